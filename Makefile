@@ -1,0 +1,40 @@
+# Makefile for the milestones PostgreSQL extension (PGXS).
+#
+#   make demo   build, install and play a story of orders in a throwaway cluster
+#   make test   build, install and run every suite (pg_regress + pgTAP + shell)
+#
+# Both set up what they need on a fresh Debian 12 machine (as root): missing
+# packages are installed by test/tools/ensure-deps.
+
+EXTENSION  = milestones
+MODULE_big = milestones
+OBJS       = $(patsubst %.c,%.o,$(wildcard src/*.c))
+DATA       = $(wildcard sql/milestones--*.sql)
+PGFILEDESC = "milestones - milestone orders for a freelance marketplace"
+
+# pg_regress suites: sql/<name>.sql against expected/<name>.out
+REGRESS      = $(patsubst sql/%.sql,%,$(filter-out sql/milestones--%,$(wildcard sql/*.sql)))
+REGRESS_OPTS = --inputdir=. --load-extension=pgtap
+
+PG_CONFIG ?= pg_config
+PG_CPPFLAGS += -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers
+
+# Without the server headers pg_config's PGXS path does not exist: install
+# them first so that even "make help"-style invocations work on a new box.
+PGXS := $(shell test/tools/ensure-deps --quiet >&2; $(PG_CONFIG) --pgxs)
+include $(PGXS)
+
+.PHONY: deps demo test
+
+deps:
+	test/tools/ensure-deps
+
+# demo: a story of real orders printed as a DBA would look at them.
+demo: all
+	$(MAKE) install
+	test/tools/demo
+
+# test: every suite in one throwaway cluster, ending with "N passed, N failed".
+test: all
+	$(MAKE) install
+	test/tools/run-tests

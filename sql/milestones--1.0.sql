@@ -588,11 +588,10 @@ BEGIN
     IF (p_role = 'seller' AND o.seller_id <> p_actor_id) OR (p_role = 'buyer' AND o.buyer_id <> p_actor_id) THEN
         RAISE EXCEPTION 'user % is not the % of order %', p_actor_id, p_role, p_order_id
             USING ERRCODE = '42501',
-                  DETAIL = format('Only the order''s %s may do this.', p_role),
-                  HINT = CASE WHEN p_actor_id IN (o.buyer_id, o.seller_id)
-                              THEN format('User %s is the %s of this order.', p_actor_id,
-                                          CASE WHEN p_actor_id = o.buyer_id THEN 'buyer' ELSE 'seller' END)
-                         END;
+                  DETAIL = format('Only the order''s %s may do this; user %s is %s.', p_role, p_actor_id,
+                                  CASE WHEN p_actor_id = o.buyer_id THEN 'its buyer'
+                                       WHEN p_actor_id = o.seller_id THEN 'its seller'
+                                       ELSE 'not a party to it' END);
     END IF;
     RETURN o;
 END
@@ -609,7 +608,9 @@ BEGIN
         USING ERRCODE = '55000',
               DETAIL = format('%s needs %s; order %s is %s.', p_action, p_needs, o.order_id, o.state),
               HINT = CASE WHEN o.state IN ('completed','withdrawn','declined','cancelled')
-                          THEN 'An ended order never changes again.' END;
+                          THEN 'An ended order never changes again.'
+                          WHEN o.state = 'offered' THEN 'The buyer places the order first.'
+                          ELSE 'The order is running; see milestones.order_status for its current milestone.' END;
 END
 $$;
 COMMENT ON FUNCTION @extschema@._state_error(@extschema@.orders, text, text) IS 'Raises 55000 naming the order''s current state.';

@@ -64,7 +64,10 @@ CheckRate(Numeric rate)
 										  NumericGetDatum(one))) >= 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("fee rate must be at least 0 and below 1")));
+				 errmsg("fee rate must be at least 0 and below 1"),
+				 errdetail("The rate is %s.",
+						   DatumGetCString(DirectFunctionCall1(numeric_out,
+															   NumericGetDatum(rate))))));
 }
 
 /*
@@ -80,13 +83,17 @@ milestones_fee(PG_FUNCTION_ARGS)
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("gross and rate must not be NULL")));
+				 errmsg("gross and rate must not be NULL"),
+				 errdetail("The %s argument was NULL.", PG_ARGISNULL(0) ? "gross" : "rate")));
 	gross = PG_GETARG_NUMERIC(0);
 	rate = PG_GETARG_NUMERIC(1);
 	if (numeric_is_nan(gross) || numeric_is_inf(gross))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("gross must be a finite amount")));
+				 errmsg("gross must be a finite amount"),
+				 errdetail("The gross is %s.",
+						   DatumGetCString(DirectFunctionCall1(numeric_out,
+															   NumericGetDatum(gross))))));
 	CheckRate(rate);
 	PG_RETURN_NUMERIC(ComputeFee(gross, rate));
 }
@@ -114,7 +121,9 @@ milestones_payout(PG_FUNCTION_ARGS)
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("order_id must not be NULL")));
+				 errmsg("order_id must not be NULL"),
+				 errdetail("The argument order_id was NULL."),
+				 errhint("Pass the id create_offer returned.")));
 	order_id = PG_GETARG_INT64(0);
 
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
@@ -152,7 +161,8 @@ milestones_payout(PG_FUNCTION_ARGS)
 	if (SPI_processed == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_NO_DATA_FOUND),
-				 errmsg("order " INT64_FORMAT " does not exist", order_id)));
+				 errmsg("order " INT64_FORMAT " does not exist", order_id),
+				 errdetail("No milestone order has id " INT64_FORMAT ".", order_id)));
 
 	currency = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
 	rate = DatumGetNumeric(SPI_getbinval(SPI_tuptable->vals[0],

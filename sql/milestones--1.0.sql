@@ -327,8 +327,12 @@ CREATE FUNCTION @extschema@._guard_append_only() RETURNS trigger
     AS 'MODULE_PATHNAME', 'milestones_guard_append_only' LANGUAGE C;
 COMMENT ON FUNCTION @extschema@._guard_append_only() IS
     'Trigger: refuses UPDATE, DELETE and TRUNCATE of a history table.';
+-- SECURITY DEFINER: the deferred check fires at COMMIT, outside the API's
+-- SECURITY DEFINER functions, as the calling role, which may not execute
+-- _order_problems nor read the tables.
 CREATE FUNCTION @extschema@._check_order() RETURNS trigger
-    AS 'MODULE_PATHNAME', 'milestones_check_order' LANGUAGE C;
+    AS 'MODULE_PATHNAME', 'milestones_check_order' LANGUAGE C
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION @extschema@._check_order() IS
     'Deferred constraint trigger: at commit, checks each touched order with _order_problems().';
 

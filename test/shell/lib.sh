@@ -1,0 +1,84 @@
+# test/shell/lib.sh - helpers for the shell/TAP suites (sourced by test/shell/*.t).
+#
+# The runner (test/tools/run-tests) starts the cluster and sets PGHOST,
+# PGPORT, PGUSER (a superuser) and PGPASSWORD.  Each test makes its own
+# databases and drops them when it ends.
+
+TAP_N=0
+TAP_FAILED=0
+
+plan()  { echo "1..$1"; }
+diag()  { local a l; for a in "$@"; do while IFS= read -r l; do echo "# $l"; done <<<"$a"; done; }
+ok() {                       # ok CONDITION-EXIT-STATUS DESCRIPTION
+  TAP_N=$((TAP_N + 1))
+  if [ "$1" -eq 0 ]; then echo "ok $TAP_N - $2"; else echo "not ok $TAP_N - $2"; TAP_FAILED=$((TAP_FAILED + 1)); fi
+}
+is() {                       # is GOT WANT DESCRIPTION
+  if [ "$1" == "$2" ]; then ok 0 "$3"; else ok 1 "$3"; diag "     got: $1" "    want: $2"; fi
+}
+bail() { echo "Bail out! $*"; exit 255; }
+
+# q DB SQL: one query, unaligned tuples only, stop on error.
+q() { psql -X -q -A -t -v ON_ERROR_STOP=1 -d "$1" -c "$2"; }
+
+# newdb DB: a fresh database with the extension, seller 10 / category
+# 'design' eligible (as in test/fixtures/setup.psql).
+newdb() {
+  dropdb --if-exists "$1" >/dev/null 2>&1
+  createdb "$1" || bail "createdb $1 failed"
+  psql -X -q -v ON_ERROR_STOP=1 -d "$1" >/dev/null <<'SQL' || bail "extension setup in $1 failed"
+CREATE EXTENSION milestones;
+SELECT milestones.set_seller_eligibility(10, true);
+SELECT milestones.set_category_eligibility('design', true);
+SQL
+}
+
+# dropdbs DB...: drop databases, ending any sessions left in them.
+dropdbs() {
+  local d
+  for d in "$@"; do dropdb --if-exists --force "$d" >/dev/null 2>&1 || true; done
+}
+
+# OFFER3: the standard 3-milestone offer (100 + 150 + 250 = 500 USD).
+OFFER3_MS='[{"name":"Storyboard","days":3,"amount":"100.00"},{"name":"Animation","days":7,"amount":"150.00"},{"name":"Final cut","days":5,"amount":"250.00"}]'
+offer3() { q "$1" "SELECT milestones.create_offer(10, 20, 'design', '$OFFER3_MS', ${2:-1})"; }
+
+# every_state_sql: SQL that leaves orders in every state (offered, active
+# in_progress, active delivered, completed finished/stopped/expired,
+# withdrawn, declined, cancelled with a refund).  Needs a superuser (moves
+# milestones.fake_now) and seller 10 / category 'design' eligible.
+every_state_sql() {
+  cat <<SQL
+\set ON_ERROR_STOP 1
+SET milestones.fake_now = '2030-01-01 00:00:00+00';
+CREATE TEMP TABLE ids AS SELECT g AS n, milestones.create_offer(10, 20, 'design', '$OFFER3_MS', 1) AS id
+  FROM generate_series(1, 9) g;
+-- 1 offered; 2 active in_progress; 3 active delivered
+SELECT milestones.place_order(id, 20) FROM ids WHERE n BETWEEN 2 AND 9;
+SELECT milestones.deliver(id, 10, 'first cut') FROM ids WHERE n IN (4, 5, 6, 9);
+-- 4 completed finished (with a revision on the way)
+SELECT milestones.request_revision(id, 20, 'more blue') FROM ids WHERE n = 4;
+SELECT milestones.deliver(id, 10) FROM ids WHERE n = 4;
+SELECT milestones.accept(id, 20) FROM ids WHERE n = 4;
+SELECT milestones.deliver(id, 10) FROM ids WHERE n = 4;
+SELECT milestones.accept(id, 20) FROM ids WHERE n = 4;
+SELECT milestones.deliver(id, 10, 'final') FROM ids WHERE n = 4;
+SELECT milestones.accept(id, 20) FROM ids WHERE n = 4;
+-- 5 completed stopped
+SELECT milestones.stop(id, 20) FROM ids WHERE n = 5;
+-- 7 withdrawn, 8 declined (new offers, one in EUR with unlimited revisions)
+SELECT milestones.withdraw_offer(milestones.create_offer(10, 20, 'design', '$OFFER3_MS'), 10);
+SELECT milestones.decline_offer(milestones.create_offer(10, 20, 'design', '$OFFER3_MS', NULL, 'EUR'), 20);
+-- 9: accept 1, then cancelled by support while 2 is in progress (refund)
+SELECT milestones.accept(id, 20) FROM ids WHERE n = 9;
+SELECT milestones.cancel(id, 'agent-7', 'mutual_agreement', 'both agreed') FROM ids WHERE n = 9;
+-- cancelled straight from offered
+SELECT milestones.cancel(milestones.create_offer(10, 20, 'design', '$OFFER3_MS'), 'agent-7', 'duplicate_order');
+-- 6 completed expired: the sweep runs after its window closed
+SELECT milestones.expire_overdue('2030-01-06 00:00:00+00');
+-- 3 delivered (window open), with an idempotency key on the books
+SET milestones.fake_now = '2030-01-07 00:00:00+00';
+SELECT milestones.deliver(id, 10, NULL, 'retry-key-1') FROM ids WHERE n = 3;
+RESET milestones.fake_now;
+SQL
+}

@@ -1326,8 +1326,10 @@ BEGIN
     LOOP
         v_done := @extschema@.expire_overdue(@extschema@.now(), v_batch);
         COMMIT;
-        i := i + 1;
-        EXIT WHEN v_done < v_batch OR i >= max_batches;
+        -- Operators qualified too: without a pinned search_path, a schema
+        -- ahead of pg_catalog in the caller's path could shadow them.
+        i := i OPERATOR(pg_catalog.+) 1;
+        EXIT WHEN v_done OPERATOR(pg_catalog.<) v_batch OR i OPERATOR(pg_catalog.>=) max_batches;
     END LOOP;
 END
 $$;

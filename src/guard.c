@@ -139,11 +139,33 @@ GuardXactCallback(XactEvent event, void *arg)
 	}
 }
 
-/* GuardInit registers the transaction callback; called from _PG_init. */
+/*
+ * GuardSubXactCallback: when a subtransaction aborts, the rows it wrote are
+ * gone, but an order it checked keeps "checked" in the dirty-order table.
+ * The order's earlier, still unchecked writes would then be skipped when
+ * their deferred events fire again at commit.  Forget every "checked" mark
+ * instead: the next event of each order checks it again.
+ */
+static void
+GuardSubXactCallback(SubXactEvent event, SubTransactionId mySubid,
+					 SubTransactionId parentSubid, void *arg)
+{
+	HASH_SEQ_STATUS status;
+	DirtyOrder *entry;
+
+	if (event != SUBXACT_EVENT_ABORT_SUB || dirty_orders == NULL)
+		return;
+	hash_seq_init(&status, dirty_orders);
+	while ((entry = (DirtyOrder *) hash_seq_search(&status)) != NULL)
+		entry->checked = false;
+}
+
+/* GuardInit registers the transaction callbacks; called from _PG_init. */
 void
 GuardInit(void)
 {
 	RegisterXactCallback(GuardXactCallback, NULL);
+	RegisterSubXactCallback(GuardSubXactCallback, NULL);
 }
 
 /* InList says whether a state name is one of a NULL-terminated list. */
@@ -507,7 +529,15 @@ CheckOrder(int64 order_id, bool money, bool updated)
 	values[0] = Int64GetDatum(order_id);
 	values[1] = BoolGetDatum(money);
 	values[2] = BoolGetDatum(updated);
-	ret = SPI_execute_plan(check_plan, values, NULL, true, 0);
+	/*
+	 * Not read-only: SPI then takes a new snapshot after a command counter
+	 * increment, so the check sees the rows written by the statement that
+	 * fired it.  (Read-only reused that statement's snapshot: fired at the
+	 * end of the statement, under SET CONSTRAINTS ALL IMMEDIATE, the check
+	 * saw the state before the write, passed it, and marked the order
+	 * checked, so an illegal write could commit.)
+	 */
+	ret = SPI_execute_plan(check_plan, values, NULL, false, 0);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "milestones guard: order check failed: %s",
 			 SPI_result_code_string(ret));

@@ -207,7 +207,7 @@ CREATE TABLE @extschema@.order_milestones (
     position     smallint NOT NULL CONSTRAINT milestones_position_range CHECK (position BETWEEN 1 AND 20),
     name         text NOT NULL
                  CONSTRAINT milestones_name_valid
-                 CHECK (pg_catalog.length(name) BETWEEN 1 AND 200 AND pg_catalog.btrim(name) <> ''),
+                 CHECK (pg_catalog.length(name) BETWEEN 1 AND 200 AND name OPERATOR(pg_catalog.~) '[^[:space:]]'),
     days         smallint NOT NULL CONSTRAINT milestones_days_range CHECK (days BETWEEN 1 AND 365),
     amount       numeric(12,2) NOT NULL CONSTRAINT milestones_amount_positive CHECK (amount > 0),
     final        boolean NOT NULL,
@@ -514,7 +514,8 @@ LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF required THEN
         PERFORM @extschema@._not_null(value, argument);
-        IF btrim(value) = '' THEN
+        -- blank: no character but white space (tabs and newlines too)
+        IF value !~ '[^[:space:]]' THEN
             RAISE EXCEPTION '% must not be blank', argument USING ERRCODE = '22023';
         END IF;
     END IF;
@@ -842,7 +843,7 @@ BEGIN
             RAISE EXCEPTION 'milestone % needs a name (a JSON string)', i USING ERRCODE = '22023';
         END IF;
         v_name := e ->> 'name';
-        IF btrim(v_name) = '' OR length(v_name) > 200 THEN
+        IF v_name !~ '[^[:space:]]' OR length(v_name) > 200 THEN
             RAISE EXCEPTION 'milestone % name must have 1 to 200 characters and not be blank', i
                 USING ERRCODE = '22023', DETAIL = format('The name has %s characters.', length(v_name));
         END IF;

@@ -1057,7 +1057,8 @@ BEGIN
     END IF;
     UPDATE @extschema@.order_milestones
        SET state = 'delivered', delivered_at = v_now, deliveries = deliveries + 1, delivery_note = deliver.note,
-           respond_by = v_now + (SELECT response_window FROM @extschema@.settings)
+           -- in UTC: the caller's TimeZone (DST) must not stretch or shrink the window
+           respond_by = ((v_now AT TIME ZONE 'UTC') + (SELECT response_window FROM @extschema@.settings)) AT TIME ZONE 'UTC'
      WHERE order_milestones.order_id = o.order_id AND position = m.position
     RETURNING * INTO m;
     PERFORM @extschema@._event(o, m.position, 'delivered', 'seller', deliver.seller_id, NULL,

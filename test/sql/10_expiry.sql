@@ -1,7 +1,7 @@
 -- test/sql/10_expiry.sql - R8, R9: the response window, the expiry sweep, pg_cron.
 BEGIN;
 \ir ../fixtures/setup.psql
-SELECT plan(108);
+SELECT plan(110);
 
 -- err(sql): runs sql and returns its SQLSTATE ('00000' when it worked), message, DETAIL and HINT.
 CREATE FUNCTION pg_temp.err(sql text, OUT e_state text, OUT e_message text, OUT e_detail text, OUT e_hint text)
@@ -75,6 +75,16 @@ SELECT is((pg_temp.ms(:o2, 1)).respond_by, '2030-01-10 10:00+00'::timestamptz,
 UPDATE milestones.settings SET response_window = '5 days';
 SELECT is((pg_temp.ms(:o2, 1)).respond_by, '2030-01-10 10:00+00'::timestamptz,
           '... and keeps it when the setting changes back');
+
+-- the window is exact whatever the seller session's TimeZone (US DST starts 2030-03-10)
+SELECT current_setting('TimeZone') AS tz_saved \gset
+SET LOCAL TimeZone = 'America/New_York';
+SELECT pg_temp.delivered_order('2030-03-08 00:00+00', '2030-03-08 17:00+00') AS o3 \gset
+SELECT is((pg_temp.ms(:o3, 1)).respond_by, '2030-03-13 17:00+00'::timestamptz,
+          'a delivery from a session in America/New_York across the DST change still gets exactly 120 hours');
+SET LOCAL TimeZone = :'tz_saved';
+SET LOCAL milestones.fake_now = '2030-03-09 00:00+00';
+SELECT lives_ok(format('SELECT milestones.stop(%s, 20)', :o3), '(that order is stopped so that it stays out of the sweeps below)');
 
 -- a revision request clears the deadline; a redelivery opens a new one
 SET LOCAL milestones.fake_now = '2030-01-03 00:00+00';

@@ -1285,12 +1285,15 @@ BEGIN
         RAISE EXCEPTION 'as_of must be a finite timestamp' USING ERRCODE = '22023';
     END IF;
 
+    -- LIMIT above the row locks: a locked (skipped) order must not use up a
+    -- place in the batch, or a few busy orders at the head of the queue
+    -- would starve the free ones behind them (and stop run_expiry early).
     FOR o IN
         SELECT ord.* FROM @extschema@.orders ord
-         WHERE ord.order_id IN (SELECT w.order_id FROM @extschema@.order_milestones w
-                                 WHERE w.state = 'delivered' AND w.respond_by <= expire_overdue.as_of
-                                 ORDER BY w.respond_by
-                                 LIMIT expire_overdue.batch)
+          JOIN @extschema@.order_milestones w ON w.order_id = ord.order_id
+         WHERE w.state = 'delivered' AND w.respond_by <= expire_overdue.as_of
+         ORDER BY w.respond_by
+         LIMIT expire_overdue.batch
            FOR UPDATE OF ord SKIP LOCKED
     LOOP
         -- Re-read under the lock: a buyer may have answered in the meantime.

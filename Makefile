@@ -38,3 +38,16 @@ demo: all
 test: all
 	$(MAKE) install
 	test/tools/run-tests
+
+# fuzz: SQLsmith (Debian package sqlsmith, installed when missing) against a
+# database with the extension and orders in every state, in a throwaway
+# cluster; fails if the server crashed even once.  Bounded by
+# FUZZ_QUERIES queries and FUZZ_SECONDS seconds.  CI runs a short pass of it
+# in make test (test/shell/33_fuzz_smoke.t).
+FUZZ_QUERIES ?= 20000
+FUZZ_SECONDS ?= 300
+.PHONY: fuzz
+fuzz: all
+	MILESTONES_EXTRA_PACKAGES=sqlsmith test/tools/ensure-deps
+	$(MAKE) install
+	test/fuzz/run-fuzz $(FUZZ_QUERIES) $(FUZZ_SECONDS)

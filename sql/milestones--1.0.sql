@@ -814,6 +814,15 @@ BEGIN
             USING ERRCODE = '22023', DETAIL = format('Got %s.', create_offer.revisions);
     END IF;
 
+    -- A retry returns the first result even if settings changed since.
+    v_prev := @extschema@._idem_claim(create_offer.idempotency_key, 'create_offer',
+        jsonb_build_object('seller_id', create_offer.seller_id, 'buyer_id', create_offer.buyer_id,
+                           'category', create_offer.category, 'milestones', create_offer.milestones,
+                           'revisions', create_offer.revisions, 'currency', create_offer.currency));
+    IF v_prev IS NOT NULL THEN
+        RETURN v_prev::bigint;
+    END IF;
+
     SELECT * INTO s FROM @extschema@.settings;
     IF jsonb_typeof(create_offer.milestones) IS DISTINCT FROM 'array' THEN
         RAISE EXCEPTION 'milestones must be a JSON array'
@@ -890,14 +899,6 @@ BEGIN
             USING ERRCODE = '22023',
                   DETAIL = format('The milestones total %s %s.', v_total, create_offer.currency),
                   HINT = 'Milestones are for larger orders; send a regular offer instead.';
-    END IF;
-
-    v_prev := @extschema@._idem_claim(create_offer.idempotency_key, 'create_offer',
-        jsonb_build_object('seller_id', create_offer.seller_id, 'buyer_id', create_offer.buyer_id,
-                           'category', create_offer.category, 'milestones', create_offer.milestones,
-                           'revisions', create_offer.revisions, 'currency', create_offer.currency));
-    IF v_prev IS NOT NULL THEN
-        RETURN v_prev::bigint;
     END IF;
 
     IF NOT EXISTS (SELECT FROM @extschema@.eligible_sellers es
@@ -1204,18 +1205,19 @@ BEGIN
     PERFORM @extschema@._check_text(cancel.agent, 'agent', 200, true);
     PERFORM @extschema@._not_null(cancel.reason, 'reason');
     PERFORM @extschema@._check_text(cancel.note, 'note', 2000, false);
+    v_prev := @extschema@._idem_claim(cancel.idempotency_key, 'cancel',
+                  jsonb_build_object('order_id', cancel.order_id, 'agent', cancel.agent,
+                                     'reason', cancel.reason, 'note', cancel.note));
+    IF v_prev IS NOT NULL THEN
+        RETURN jsonb_populate_record(NULL::@extschema@.order_status, v_prev);
+    END IF;
+    -- After the key: a retry succeeds even if the reason was retired since.
     IF NOT EXISTS (SELECT FROM @extschema@.cancellation_reasons cr WHERE cr.code = cancel.reason AND cr.active) THEN
         RAISE EXCEPTION 'unknown cancellation reason %', quote_literal(left(cancel.reason, 100))
             USING ERRCODE = '22023',
                   DETAIL = format('Valid reasons: %s.',
                                   (SELECT string_agg(code, ', ' ORDER BY code) FROM @extschema@.cancellation_reasons WHERE active)),
                   HINT = 'Support maintains the list with milestones.set_cancellation_reason().';
-    END IF;
-    v_prev := @extschema@._idem_claim(cancel.idempotency_key, 'cancel',
-                  jsonb_build_object('order_id', cancel.order_id, 'agent', cancel.agent,
-                                     'reason', cancel.reason, 'note', cancel.note));
-    IF v_prev IS NOT NULL THEN
-        RETURN jsonb_populate_record(NULL::@extschema@.order_status, v_prev);
     END IF;
     o := @extschema@._lock_order(cancel.order_id, NULL, 'support');
     IF o.state NOT IN ('offered','active') THEN

@@ -1,7 +1,7 @@
 -- test/sql/10_expiry.sql - R8, R9: the response window, the expiry sweep, pg_cron.
 BEGIN;
 \ir ../fixtures/setup.psql
-SELECT plan(110);
+SELECT plan(111);
 
 -- err(sql): runs sql and returns its SQLSTATE ('00000' when it worked), message, DETAIL and HINT.
 CREATE FUNCTION pg_temp.err(sql text, OUT e_state text, OUT e_message text, OUT e_detail text, OUT e_hint text)
@@ -318,14 +318,14 @@ SELECT pg_temp.delivered_order('2030-06-01 00:00+00', '2030-06-01 00:00+00') AS 
 ANALYZE milestones.orders;
 ANALYZE milestones.order_milestones;
 SELECT cmp_ok((SELECT count(*)::int FROM milestones.order_milestones), '>', 4500, 'the table holds thousands of milestones');
--- The work-list query of expire_overdue, as written in the function.
-SELECT pg_temp.plan_of($$
-    SELECT ord.* FROM milestones.orders ord
-     WHERE ord.order_id IN (SELECT w.order_id FROM milestones.order_milestones w
-                             WHERE w.state = 'delivered' AND w.respond_by <= '2030-06-10 00:00+00'::timestamptz
-                             ORDER BY w.respond_by
-                             LIMIT 1000)
-       FOR UPDATE OF ord SKIP LOCKED$$) AS sweep_plan \gset
+-- The work-list query of expire_overdue, taken from the function's own source
+-- (the FOR ... LOOP query), with as_of and batch filled in.
+SELECT replace(replace(split_part(substr(prosrc, strpos(prosrc, 'FOR o IN') + 8), 'LOOP', 1),
+                       'expire_overdue.as_of', $$'2030-06-10 00:00+00'::timestamptz$$),
+               'expire_overdue.batch', '1000') AS sweep_query
+  FROM pg_proc WHERE oid = 'milestones.expire_overdue(timestamptz, integer)'::regprocedure \gset
+SELECT ok(length(:'sweep_query'::text) > 100, 'the sweep''s work-list query is found in expire_overdue');
+SELECT pg_temp.plan_of(:'sweep_query') AS sweep_plan \gset
 SELECT diag(:'sweep_plan'::text);
 SELECT matches(:'sweep_plan'::text, 'Index (Only )?Scan using order_milestones_awaiting_idx on order_milestones',
                'the sweep''s work list is read through the partial index order_milestones_awaiting_idx');

@@ -152,9 +152,9 @@ buyer() {               # buyer K: acts on every 3rd order (accept, stop or acce
   printf "SET milestones.fake_now = '%s';\n\\set VERBOSITY sqlstate\n%s" "$BUYER_NOW" "$sql" |
     psql -X -q -A -t -d "$DB" >"$tmp/buyer$k.out" 2>"$tmp/buyer$k.err"
 }
-sweeper() {             # sweeper K: small batches, each its own transaction
+sweeper() {             # sweeper K: batches of 1, each its own transaction
   local k=$1 j sql=""
-  for j in $(seq 1 40); do sql+="SELECT milestones.expire_overdue('$AS_OF', 3);"$'\n'; done
+  for j in $(seq 1 40); do sql+="SELECT milestones.expire_overdue('$AS_OF', 1);"$'\n'; done
   spin
   printf "%s" "$sql" | psql -X -q -A -t -v ON_ERROR_STOP=1 -d "$DB" >"$tmp/sweep$k.out" 2>&1
 }

@@ -39,6 +39,13 @@ test: all
 	$(MAKE) install
 	test/tools/run-tests
 
+# bench: the performance benchmark (issue 6) in a throwaway cluster, about
+# 10 minutes; BENCH_QUICK=1 for a few-seconds smoke run.  See README.
+.PHONY: bench
+bench: all
+	$(MAKE) install
+	test/bench/run
+
 # fuzz: SQLsmith (Debian package sqlsmith, installed when missing) against a
 # database with the extension and orders in every state, in a throwaway
 # cluster; fails if the server crashed even once.  Bounded by

@@ -716,7 +716,7 @@ DECLARE
     m @extschema@.order_milestones;
 BEGIN
     UPDATE @extschema@.order_milestones
-       SET state = 'in_progress', started_at = v_now, due_at = v_now + make_interval(days => days)
+       SET state = 'in_progress', started_at = v_now, due_at = ((v_now AT TIME ZONE 'UTC') + make_interval(days => days)) AT TIME ZONE 'UTC'
      WHERE order_id = o.order_id AND position = p_position
     RETURNING * INTO m;
     PERFORM @extschema@._post(o, p_position, 'charge', ARRAY['buyer','escrow'], ARRAY[-m.amount, m.amount]);
@@ -1308,8 +1308,13 @@ BEGIN
         v_count := v_count + 1;
     END LOOP;
 
+    -- Purge expired keys, at most one batch per call like the orders.
     DELETE FROM @extschema@.idempotency_keys
-     WHERE created_at < expire_overdue.as_of - (SELECT idempotency_ttl FROM @extschema@.settings);
+     WHERE key IN (SELECT k.key FROM @extschema@.idempotency_keys k
+                    WHERE k.created_at < expire_overdue.as_of - (SELECT idempotency_ttl FROM @extschema@.settings)
+                    ORDER BY k.created_at
+                    LIMIT expire_overdue.batch
+                      FOR UPDATE SKIP LOCKED);
     RETURN v_count;
 END
 $$;
@@ -1329,6 +1334,10 @@ DECLARE
     v_done integer;
     i integer := 0;
 BEGIN
+    IF max_batches IS NULL OR max_batches OPERATOR(pg_catalog.<) 1 THEN
+        RAISE EXCEPTION 'max_batches must be 1 or more'
+            USING ERRCODE := '22023', DETAIL := pg_catalog.format('Got %s.', max_batches);
+    END IF;
     SELECT expiry_batch INTO v_batch FROM @extschema@.settings;
     LOOP
         v_done := @extschema@.expire_overdue(@extschema@.now(), v_batch);

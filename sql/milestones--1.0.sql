@@ -44,7 +44,8 @@ CREATE TABLE @extschema@.settings (
     idempotency_ttl  interval NOT NULL DEFAULT '7 days'
                      CONSTRAINT settings_idempotency_ttl_range CHECK (idempotency_ttl >= interval '1 hour'),
     expiry_batch     integer NOT NULL DEFAULT 1000
-                     CONSTRAINT settings_expiry_batch_range CHECK (expiry_batch BETWEEN 1 AND 100000)
+                     CONSTRAINT settings_expiry_batch_range CHECK (expiry_batch BETWEEN 1 AND 100000),
+    notify           boolean NOT NULL DEFAULT true
 );
 INSERT INTO @extschema@.settings DEFAULT VALUES;
 COMMENT ON TABLE @extschema@.settings IS
@@ -55,6 +56,8 @@ COMMENT ON COLUMN @extschema@.settings.response_window IS 'Time a buyer has afte
 COMMENT ON COLUMN @extschema@.settings.seller_fee_rate IS 'Platform fee on payouts, 0 <= rate < 1; captured on the order when offered (R7).';
 COMMENT ON COLUMN @extschema@.settings.idempotency_ttl IS 'How long idempotency keys are kept before the sweep purges them.';
 COMMENT ON COLUMN @extschema@.settings.expiry_batch IS 'Orders expired per transaction by run_expiry().';
+COMMENT ON COLUMN @extschema@.settings.notify IS
+    'Send NOTIFY milestones on every state change. PostgreSQL serializes the commits of notifying transactions cluster-wide; an application that reads the events table instead can turn it off.';
 
 -- A restore (pg_dump) re-inserts the settings row on top of the one CREATE
 -- EXTENSION made: turn that INSERT into an UPDATE so the dumped values win.
@@ -68,7 +71,8 @@ BEGIN
                response_window = NEW.response_window,
                seller_fee_rate = NEW.seller_fee_rate,
                idempotency_ttl = NEW.idempotency_ttl,
-               expiry_batch    = NEW.expiry_batch;
+               expiry_batch    = NEW.expiry_batch,
+               notify          = NEW.notify;
         RETURN NULL;
     END IF;
     RETURN NEW;
@@ -565,15 +569,25 @@ COMMENT ON FUNCTION @extschema@._idem_claim(text, text, jsonb) IS
     'Retries: reserves a new idempotency key, or returns the stored result of the first call with it (22023 if its arguments differ).';
 
 CREATE FUNCTION @extschema@._idem_store(p_key text, p_result jsonb) RETURNS void
-LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
-    UPDATE @extschema@.idempotency_keys SET result = p_result WHERE p_key IS NOT NULL AND key = p_key;
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF p_key IS NOT NULL THEN
+        UPDATE @extschema@.idempotency_keys SET result = p_result WHERE key = p_key;
+    END IF;
+END
 $$;
 COMMENT ON FUNCTION @extschema@._idem_store(text, jsonb) IS 'Retries: records the result of the call that reserved the key.';
 
--- _status is the row every action returns.
+-- _status is the row every action returns.  PL/pgSQL rather than SQL so
+-- that its plan is cached for the session instead of made at every call.
 CREATE FUNCTION @extschema@._status(p_order_id bigint) RETURNS @extschema@.order_status
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT * FROM @extschema@.order_status WHERE order_id = p_order_id;
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan AS $$
+DECLARE
+    r @extschema@.order_status;
+BEGIN
+    SELECT * INTO r FROM @extschema@.order_status s WHERE s.order_id = p_order_id;
+    RETURN r;
+END
 $$;
 COMMENT ON FUNCTION @extschema@._status(bigint) IS 'The order_status row of one order.';
 
@@ -622,9 +636,14 @@ COMMENT ON FUNCTION @extschema@._state_error(@extschema@.orders, text, text) IS 
 
 -- _current_milestone returns the milestone in progress or delivered.
 CREATE FUNCTION @extschema@._current_milestone(p_order_id bigint) RETURNS @extschema@.order_milestones
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT * FROM @extschema@.order_milestones
-     WHERE order_id = p_order_id AND state IN ('in_progress','delivered');
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    m @extschema@.order_milestones;
+BEGIN
+    SELECT * INTO m FROM @extschema@.order_milestones x
+     WHERE x.order_id = p_order_id AND x.state IN ('in_progress','delivered');
+    RETURN m;
+END
 $$;
 COMMENT ON FUNCTION @extschema@._current_milestone(bigint) IS 'The milestone of an order that is in progress or delivered, if any.';
 
@@ -680,6 +699,9 @@ BEGIN
     VALUES (o.order_id, p_position, p_event, p_actor_role, p_actor_id, p_agent,
             v_order_state, v_ms_state, COALESCE(p_detail, '{}'), v_at)
     RETURNING event_id INTO v_id;
+    IF NOT (SELECT s.notify FROM @extschema@.settings s) THEN
+        RETURN;
+    END IF;
     PERFORM pg_notify('milestones', (jsonb_build_object(
         'event_id', v_id, 'order_id', o.order_id, 'event', p_event,
         'order_state', v_order_state, 'milestone', p_position, 'milestone_state', v_ms_state,
@@ -1456,62 +1478,70 @@ COMMENT ON FUNCTION @extschema@.set_cancellation_reason(text, text, boolean) IS
 -- the rules: the deferred C guard runs it for each order a transaction
 -- touched, and check_invariants() runs it for all orders.
 -------------------------------------------------------------------------------
+-- Every rule reads one order at a time through LATERAL aggregates over the
+-- order_id indexes, so the same generic plan serves the deferred check of
+-- one order at each commit and check_invariants() over all of them; the
+-- plans are generic because re-planning at every commit cost more than
+-- running the queries.
 CREATE FUNCTION @extschema@._order_problems(p_orders bigint[], p_money boolean)
 RETURNS TABLE (order_id bigint, problem text)
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan AS $$
 BEGIN
     -- Structure: positions 1..n, one running milestone, k after k-1, order
     -- state consistent with its milestones, final flag on the last one.
     RETURN QUERY
-    WITH o AS (
-        SELECT x.order_id, x.state, x.end_reason FROM @extschema@.orders x WHERE x.order_id = ANY (p_orders)
-    ), agg AS (
-        SELECT o.order_id, o.state, o.end_reason,
-               count(m.position)::integer AS n,
-               COALESCE(max(m.position), 0)::integer AS maxpos,
-               count(*) FILTER (WHERE m.state IN ('in_progress','delivered'))::integer AS running,
-               count(*) FILTER (WHERE m.state = 'pending')::integer AS pending,
-               count(*) FILTER (WHERE m.state = 'completed')::integer AS completed,
-               count(*) FILTER (WHERE m.state = 'skipped')::integer AS skipped,
-               count(*) FILTER (WHERE m.state = 'refunded')::integer AS refunded
-          FROM o LEFT JOIN @extschema@.order_milestones m ON m.order_id = o.order_id
-         GROUP BY o.order_id, o.state, o.end_reason
+    WITH a AS MATERIALIZED (
+        SELECT x.order_id, x.state, x.end_reason, g.*
+          FROM @extschema@.orders x
+         CROSS JOIN LATERAL (
+               SELECT count(m.position)::integer AS n,
+                      COALESCE(max(m.position), 0)::integer AS maxpos,
+                      count(*) FILTER (WHERE m.state IN ('in_progress','delivered'))::integer AS running,
+                      count(*) FILTER (WHERE m.state = 'pending')::integer AS pending,
+                      count(*) FILTER (WHERE m.state = 'completed')::integer AS completed,
+                      count(*) FILTER (WHERE m.state = 'skipped')::integer AS skipped,
+                      count(*) FILTER (WHERE m.state = 'refunded')::integer AS refunded,
+                      array_agg(m.position ORDER BY m.position) AS positions,
+                      array_agg(m.state ORDER BY m.position) AS states,
+                      array_agg(m.final ORDER BY m.position) AS finals
+                 FROM @extschema@.order_milestones m
+                WHERE m.order_id = x.order_id) g
+         WHERE x.order_id = ANY (p_orders)
     )
-    SELECT a.order_id, 'order has no milestones' FROM agg a WHERE a.n = 0
+    SELECT a.order_id, 'order has no milestones' FROM a WHERE a.n = 0
     UNION ALL
-    SELECT a.order_id, format('milestone positions are not 1..%s', a.n) FROM agg a WHERE a.n > 0 AND a.maxpos <> a.n
+    SELECT a.order_id, format('milestone positions are not 1..%s', a.n) FROM a WHERE a.n > 0 AND a.maxpos <> a.n
     UNION ALL
-    SELECT a.order_id, format('%s milestones are in progress or delivered at once', a.running) FROM agg a WHERE a.running > 1
+    SELECT a.order_id, format('%s milestones are in progress or delivered at once', a.running) FROM a WHERE a.running > 1
     UNION ALL
     SELECT a.order_id, format('%s order has milestones that are not pending', a.state)
-      FROM agg a WHERE a.state = 'offered' AND a.pending <> a.n
+      FROM a WHERE a.state = 'offered' AND a.pending <> a.n
     UNION ALL
     SELECT a.order_id, 'active order has no milestone in progress or delivered'
-      FROM agg a WHERE a.state = 'active' AND a.running = 0 AND a.n > 0
+      FROM a WHERE a.state = 'active' AND a.running = 0 AND a.n > 0
     UNION ALL
     SELECT a.order_id, 'active order has skipped or refunded milestones'
-      FROM agg a WHERE a.state = 'active' AND a.skipped + a.refunded > 0
+      FROM a WHERE a.state = 'active' AND a.skipped + a.refunded > 0
     UNION ALL
     SELECT a.order_id, 'ended order still has pending, in-progress or delivered milestones'
-      FROM agg a WHERE a.state IN ('completed','cancelled','withdrawn','declined') AND a.pending + a.running > 0
+      FROM a WHERE a.state IN ('completed','cancelled','withdrawn','declined') AND a.pending + a.running > 0
     UNION ALL
     SELECT a.order_id, format('completed (%s) order has %s of %s milestones completed', a.end_reason, a.completed, a.n)
-      FROM agg a WHERE a.state = 'completed'
+      FROM a WHERE a.state = 'completed'
        AND (a.completed = 0 OR a.refunded > 0 OR (a.end_reason = 'finished' AND a.completed <> a.n))
     UNION ALL
     SELECT a.order_id, format('%s order has milestones that were not skipped', a.state)
-      FROM agg a WHERE a.state IN ('withdrawn','declined') AND a.skipped <> a.n
+      FROM a WHERE a.state IN ('withdrawn','declined') AND a.skipped <> a.n
     UNION ALL
-    SELECT m.order_id, format('milestone %s is %s but milestone %s is %s', m.position, m.state, p.position, p.state)
-      FROM @extschema@.order_milestones m
-      JOIN @extschema@.order_milestones p ON p.order_id = m.order_id AND p.position = m.position - 1
-     WHERE m.order_id = ANY (p_orders)
-       AND m.state IN ('in_progress','delivered','completed','refunded') AND p.state <> 'completed'
+    SELECT a.order_id, format('milestone %s is %s but milestone %s is %s',
+                              a.positions[u.k], u.st, a.positions[u.k - 1], a.states[u.k - 1])
+      FROM a CROSS JOIN LATERAL unnest(a.states) WITH ORDINALITY AS u(st, k)
+     WHERE u.k > 1 AND u.st IN ('in_progress','delivered','completed','refunded') AND a.states[u.k - 1] <> 'completed'
     UNION ALL
-    SELECT m.order_id, format('milestone %s final flag is %s', m.position, m.final)
-      FROM @extschema@.order_milestones m
-      JOIN agg a ON a.order_id = m.order_id
-     WHERE m.final <> (m.position = a.n);
+    SELECT a.order_id, format('milestone %s final flag is %s', a.positions[u.k], u.final)
+      FROM a CROSS JOIN LATERAL unnest(a.finals) WITH ORDINALITY AS u(final, k)
+     WHERE u.final <> (a.positions[u.k] = a.n);
 
     IF NOT p_money THEN
         RETURN;
@@ -1521,35 +1551,44 @@ BEGIN
     -- started milestone, one refund per refunded one, escrow empty when the
     -- order ends, one payout equal to the completed milestones.
     RETURN QUERY
-    WITH o AS (
+    WITH o AS MATERIALIZED (
         SELECT x.order_id, x.state, x.currency, x.fee_rate FROM @extschema@.orders x WHERE x.order_id = ANY (p_orders)
-    ), l AS (
-        SELECT e.* FROM @extschema@.ledger_entries e WHERE e.order_id = ANY (p_orders)
     ), txn AS (
-        SELECT l.order_id, l.txn_id, sum(l.amount) AS total, count(DISTINCT l.kind) AS kinds,
-               bool_or(l.currency <> o.currency) AS wrong_currency
-          FROM l JOIN o ON o.order_id = l.order_id GROUP BY l.order_id, l.txn_id
+        SELECT o.order_id, t.txn_id, t.total, t.kinds, t.wrong_currency
+          FROM o CROSS JOIN LATERAL (
+               SELECT e.txn_id, sum(e.amount) AS total, count(DISTINCT e.kind) AS kinds,
+                      bool_or(e.currency <> o.currency) AS wrong_currency
+                 FROM @extschema@.ledger_entries e WHERE e.order_id = o.order_id GROUP BY e.txn_id) t
     ), per_ms AS (
-        SELECT m.order_id, m.position, m.state, m.amount,
-               (SELECT count(*) FROM l WHERE l.order_id = m.order_id AND l.position = m.position
-                   AND l.kind = 'charge' AND l.account = 'buyer') AS charges,
-               (SELECT COALESCE(-sum(l.amount), 0) FROM l WHERE l.order_id = m.order_id AND l.position = m.position
-                   AND l.kind = 'charge' AND l.account = 'buyer') AS charged,
-               (SELECT count(*) FROM l WHERE l.order_id = m.order_id AND l.position = m.position
-                   AND l.kind = 'refund' AND l.account = 'buyer') AS refunds,
-               (SELECT COALESCE(sum(l.amount), 0) FROM l WHERE l.order_id = m.order_id AND l.position = m.position
-                   AND l.kind = 'refund' AND l.account = 'buyer') AS refunded
-          FROM @extschema@.order_milestones m WHERE m.order_id = ANY (p_orders)
+        SELECT o.order_id, p.*
+          FROM o CROSS JOIN LATERAL (
+               SELECT COALESCE(m.position, x.position) AS position, COALESCE(m.state, 'missing') AS state, m.amount,
+                      COALESCE(x.charges, 0) AS charges, COALESCE(x.charged, 0) AS charged,
+                      COALESCE(x.refunds, 0) AS refunds, COALESCE(x.refunded, 0) AS refunded
+                 FROM (SELECT m.position, m.state, m.amount FROM @extschema@.order_milestones m
+                        WHERE m.order_id = o.order_id) m
+                 FULL JOIN (
+                      SELECT e.position,
+                             count(*) FILTER (WHERE e.kind = 'charge' AND e.account = 'buyer') AS charges,
+                             COALESCE(-sum(e.amount) FILTER (WHERE e.kind = 'charge' AND e.account = 'buyer'), 0) AS charged,
+                             count(*) FILTER (WHERE e.kind = 'refund' AND e.account = 'buyer') AS refunds,
+                             COALESCE(sum(e.amount) FILTER (WHERE e.kind = 'refund' AND e.account = 'buyer'), 0) AS refunded
+                        FROM @extschema@.ledger_entries e
+                       WHERE e.order_id = o.order_id AND e.position IS NOT NULL
+                       GROUP BY e.position) x ON x.position = m.position) p
     ), money AS (
-        SELECT o.order_id, o.state, o.fee_rate,
-               COALESCE((SELECT sum(l.amount) FROM l WHERE l.order_id = o.order_id AND l.account = 'escrow'), 0) AS escrow,
-               (SELECT count(DISTINCT l.txn_id) FROM l WHERE l.order_id = o.order_id AND l.kind = 'payout') AS payouts,
-               COALESCE((SELECT -sum(l.amount) FROM l WHERE l.order_id = o.order_id AND l.kind = 'payout' AND l.account = 'escrow'), 0) AS gross,
-               COALESCE((SELECT sum(l.amount) FROM l WHERE l.order_id = o.order_id AND l.kind = 'payout' AND l.account = 'platform'), 0) AS fee,
-               COALESCE((SELECT sum(l.amount) FROM l WHERE l.order_id = o.order_id AND l.kind = 'payout' AND l.account = 'seller'), 0) AS net,
-               COALESCE((SELECT sum(m.amount) FROM @extschema@.order_milestones m
-                          WHERE m.order_id = o.order_id AND m.state = 'completed'), 0) AS earned
+        SELECT o.order_id, o.state, o.fee_rate, l.*, e.earned
           FROM o
+         CROSS JOIN LATERAL (
+               SELECT COALESCE(sum(x.amount) FILTER (WHERE x.account = 'escrow'), 0) AS escrow,
+                      count(DISTINCT x.txn_id) FILTER (WHERE x.kind = 'payout') AS payouts,
+                      COALESCE(-sum(x.amount) FILTER (WHERE x.kind = 'payout' AND x.account = 'escrow'), 0) AS gross,
+                      COALESCE(sum(x.amount) FILTER (WHERE x.kind = 'payout' AND x.account = 'platform'), 0) AS fee,
+                      COALESCE(sum(x.amount) FILTER (WHERE x.kind = 'payout' AND x.account = 'seller'), 0) AS net
+                 FROM @extschema@.ledger_entries x WHERE x.order_id = o.order_id) l
+         CROSS JOIN LATERAL (
+               SELECT COALESCE(sum(m.amount) FILTER (WHERE m.state = 'completed'), 0) AS earned
+                 FROM @extschema@.order_milestones m WHERE m.order_id = o.order_id) e
     )
     SELECT t.order_id, format('ledger transaction %s does not balance (sums to %s)', t.txn_id, t.total)
       FROM txn t WHERE t.total <> 0
@@ -1559,13 +1598,13 @@ BEGIN
     UNION ALL
     SELECT p.order_id, format('milestone %s is %s but was charged %s times (%s)', p.position, p.state, p.charges, p.charged)
       FROM per_ms p
-     WHERE p.charges <> CASE WHEN p.state IN ('pending','skipped') THEN 0 ELSE 1 END
-        OR (p.charges = 1 AND p.charged <> p.amount)
+     WHERE p.charges <> CASE WHEN p.state IN ('pending','skipped','missing') THEN 0 ELSE 1 END
+        OR (p.charges = 1 AND p.charged IS DISTINCT FROM p.amount)
     UNION ALL
     SELECT p.order_id, format('milestone %s is %s but was refunded %s times (%s)', p.position, p.state, p.refunds, p.refunded)
       FROM per_ms p
      WHERE p.refunds <> CASE WHEN p.state = 'refunded' THEN 1 ELSE 0 END
-        OR (p.refunds = 1 AND p.refunded <> p.amount)
+        OR (p.refunds = 1 AND p.refunded IS DISTINCT FROM p.amount)
     UNION ALL
     SELECT x.order_id, format('%s order holds %s in escrow', x.state, x.escrow)
       FROM money x

@@ -29,10 +29,10 @@ ok $? "prints the machine (CPUs, model, memory)"
 grep -qE '^server: .*fsync=on, synchronous_commit=on' "$out"
 ok $? "runs with durable commits (fsync=on) and says so"
 
-rows=$(grep -cE "^  (1|8\*?) +$num +$num +$num$" "$out")
-is "$rows" 3 "API and floor lifecycles/s and their ratio at 1 and 8 clients (and 8 with synchronous_commit=off)"
+rows=$(grep -cE "^  (1|8|8\*|8\*\*) +$num +$num +$num$" "$out")
+is "$rows" 4 "API and floor lifecycles/s and their ratio at 1 and 8 clients (and 8 with synchronous_commit=off, and with notify off)"
 
-lat=$(grep -cE "^  (create_offer|place_order|deliver_1|accept_1|deliver_2|accept_final)( +$num / $num){3}$" "$out")
+lat=$(grep -cE "^  (create_offer|place_order|deliver_1|accept_1|deliver_2|accept_final)( +$num / $num){4}$" "$out")
 is "$lat" 6 "p50 / p99 latency of each of the 6 calls, per client count and for the floor"
 
 grep -qE '^ _order_problems +\|' "$out"

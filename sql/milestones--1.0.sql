@@ -331,12 +331,12 @@ CREATE FUNCTION @extschema@._guard_append_only() RETURNS trigger
     AS 'MODULE_PATHNAME', 'milestones_guard_append_only' LANGUAGE C;
 COMMENT ON FUNCTION @extschema@._guard_append_only() IS
     'Trigger: refuses UPDATE, DELETE and TRUNCATE of a history table.';
--- SECURITY DEFINER: the deferred check fires at COMMIT, outside the API's
--- SECURITY DEFINER functions, as the calling role, which may not execute
--- _order_problems nor read the tables.
+-- The deferred check fires at COMMIT, outside the API's SECURITY DEFINER
+-- functions, as the calling role, which may not execute _order_problems nor
+-- read the tables: the C code switches to this function's owner (the
+-- extension owner) for the check itself, and runs only schema-qualified SQL.
 CREATE FUNCTION @extschema@._check_order() RETURNS trigger
-    AS 'MODULE_PATHNAME', 'milestones_check_order' LANGUAGE C
-    SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+    AS 'MODULE_PATHNAME', 'milestones_check_order' LANGUAGE C;
 COMMENT ON FUNCTION @extschema@._check_order() IS
     'Deferred constraint trigger: at commit, checks each touched order with _order_problems().';
 
@@ -817,8 +817,8 @@ DECLARE
     v_order_id bigint;
     o @extschema@.orders;
 BEGIN
-    PERFORM @extschema@._check_id(create_offer.seller_id, 'seller_id');
-    PERFORM @extschema@._check_id(create_offer.buyer_id, 'buyer_id');
+    IF create_offer.seller_id IS NULL OR create_offer.seller_id <= 0 THEN PERFORM @extschema@._check_id(create_offer.seller_id, 'seller_id'); END IF;
+    IF create_offer.buyer_id IS NULL OR create_offer.buyer_id <= 0 THEN PERFORM @extschema@._check_id(create_offer.buyer_id, 'buyer_id'); END IF;
     PERFORM @extschema@._check_text(create_offer.category, 'category', 100, true);
     PERFORM @extschema@._not_null(create_offer.milestones, 'milestones');
     PERFORM @extschema@._not_null(create_offer.currency, 'currency');
@@ -837,10 +837,10 @@ BEGIN
     END IF;
 
     -- A retry returns the first result even if settings changed since.
-    v_prev := @extschema@._idem_claim(create_offer.idempotency_key, 'create_offer',
+    v_prev := CASE WHEN create_offer.idempotency_key IS NOT NULL THEN @extschema@._idem_claim(create_offer.idempotency_key, 'create_offer',
         jsonb_build_object('seller_id', create_offer.seller_id, 'buyer_id', create_offer.buyer_id,
                            'category', create_offer.category, 'milestones', create_offer.milestones,
-                           'revisions', create_offer.revisions, 'currency', create_offer.currency));
+                           'revisions', create_offer.revisions, 'currency', create_offer.currency)) END;
     IF v_prev IS NOT NULL THEN
         RETURN v_prev::bigint;
     END IF;
@@ -948,7 +948,7 @@ BEGIN
     PERFORM @extschema@._event(o, NULL, 'offered', 'seller', create_offer.seller_id, NULL,
                                jsonb_build_object('milestones', n, 'total', v_total,
                                                   'revisions', create_offer.revisions));
-    PERFORM @extschema@._idem_store(create_offer.idempotency_key, to_jsonb(o.order_id));
+    IF create_offer.idempotency_key IS NOT NULL THEN PERFORM @extschema@._idem_store(create_offer.idempotency_key, to_jsonb(o.order_id)); END IF;
     RETURN o.order_id;
 END
 $$;
@@ -965,10 +965,10 @@ DECLARE
     v_prev jsonb;
     r @extschema@.order_status;
 BEGIN
-    PERFORM @extschema@._check_id(p_order_id, 'order_id');
-    PERFORM @extschema@._check_id(p_actor_id, p_role || '_id');
-    v_prev := @extschema@._idem_claim(p_key, p_function,
-                  jsonb_build_object('order_id', p_order_id, p_role || '_id', p_actor_id));
+    IF p_order_id IS NULL OR p_order_id <= 0 THEN PERFORM @extschema@._check_id(p_order_id, 'order_id'); END IF;
+    IF p_actor_id IS NULL OR p_actor_id <= 0 THEN PERFORM @extschema@._check_id(p_actor_id, p_role || '_id'); END IF;
+    v_prev := CASE WHEN p_key IS NOT NULL THEN @extschema@._idem_claim(p_key, p_function,
+                  jsonb_build_object('order_id', p_order_id, p_role || '_id', p_actor_id)) END;
     IF v_prev IS NOT NULL THEN
         RETURN jsonb_populate_record(NULL::@extschema@.order_status, v_prev);
     END IF;
@@ -980,7 +980,7 @@ BEGIN
     UPDATE @extschema@.orders SET state = p_state, completed_at = @extschema@.now() WHERE order_id = o.order_id;
     PERFORM @extschema@._event(o, NULL, p_state, p_role, p_actor_id, NULL, '{}');
     r := @extschema@._status(o.order_id);
-    PERFORM @extschema@._idem_store(p_key, to_jsonb(r));
+    IF p_key IS NOT NULL THEN PERFORM @extschema@._idem_store(p_key, to_jsonb(r)); END IF;
     RETURN r;
 END
 $$;
@@ -1013,10 +1013,10 @@ DECLARE
     v_charged numeric;
     r @extschema@.order_status;
 BEGIN
-    PERFORM @extschema@._check_id(place_order.order_id, 'order_id');
-    PERFORM @extschema@._check_id(place_order.buyer_id, 'buyer_id');
-    v_prev := @extschema@._idem_claim(place_order.idempotency_key, 'place_order',
-                  jsonb_build_object('order_id', place_order.order_id, 'buyer_id', place_order.buyer_id));
+    IF place_order.order_id IS NULL OR place_order.order_id <= 0 THEN PERFORM @extschema@._check_id(place_order.order_id, 'order_id'); END IF;
+    IF place_order.buyer_id IS NULL OR place_order.buyer_id <= 0 THEN PERFORM @extschema@._check_id(place_order.buyer_id, 'buyer_id'); END IF;
+    v_prev := CASE WHEN place_order.idempotency_key IS NOT NULL THEN @extschema@._idem_claim(place_order.idempotency_key, 'place_order',
+                  jsonb_build_object('order_id', place_order.order_id, 'buyer_id', place_order.buyer_id)) END;
     IF v_prev IS NOT NULL THEN
         RETURN jsonb_populate_record(NULL::@extschema@.order_status, v_prev);
     END IF;
@@ -1037,7 +1037,7 @@ BEGIN
     PERFORM @extschema@._event(o, 1::smallint, 'placed', 'buyer', place_order.buyer_id, NULL,
                                jsonb_build_object('charged', v_charged));
     r := @extschema@._status(o.order_id);
-    PERFORM @extschema@._idem_store(place_order.idempotency_key, to_jsonb(r));
+    IF place_order.idempotency_key IS NOT NULL THEN PERFORM @extschema@._idem_store(place_order.idempotency_key, to_jsonb(r)); END IF;
     RETURN r;
 END
 $$;
@@ -1057,12 +1057,12 @@ DECLARE
     v_now timestamptz := @extschema@.now();
     r @extschema@.order_status;
 BEGIN
-    PERFORM @extschema@._check_id(deliver.order_id, 'order_id');
-    PERFORM @extschema@._check_id(deliver.seller_id, 'seller_id');
-    PERFORM @extschema@._check_text(deliver.note, 'note', 2000, false);
-    v_prev := @extschema@._idem_claim(deliver.idempotency_key, 'deliver',
+    IF deliver.order_id IS NULL OR deliver.order_id <= 0 THEN PERFORM @extschema@._check_id(deliver.order_id, 'order_id'); END IF;
+    IF deliver.seller_id IS NULL OR deliver.seller_id <= 0 THEN PERFORM @extschema@._check_id(deliver.seller_id, 'seller_id'); END IF;
+    IF length(deliver.note) > 2000 THEN PERFORM @extschema@._check_text(deliver.note, 'note', 2000, false); END IF;
+    v_prev := CASE WHEN deliver.idempotency_key IS NOT NULL THEN @extschema@._idem_claim(deliver.idempotency_key, 'deliver',
                   jsonb_build_object('order_id', deliver.order_id, 'seller_id', deliver.seller_id,
-                                     'note', deliver.note));
+                                     'note', deliver.note)) END;
     IF v_prev IS NOT NULL THEN
         RETURN jsonb_populate_record(NULL::@extschema@.order_status, v_prev);
     END IF;
@@ -1088,7 +1088,7 @@ BEGIN
                                jsonb_build_object('final', m.final, 'respond_by', m.respond_by,
                                                   'delivery', m.deliveries, 'note', left(deliver.note, 200)));
     r := @extschema@._status(o.order_id);
-    PERFORM @extschema@._idem_store(deliver.idempotency_key, to_jsonb(r));
+    IF deliver.idempotency_key IS NOT NULL THEN PERFORM @extschema@._idem_store(deliver.idempotency_key, to_jsonb(r)); END IF;
     RETURN r;
 END
 $$;
@@ -1107,10 +1107,10 @@ DECLARE
     v_detail jsonb;
     r @extschema@.order_status;
 BEGIN
-    PERFORM @extschema@._check_id(accept.order_id, 'order_id');
-    PERFORM @extschema@._check_id(accept.buyer_id, 'buyer_id');
-    v_prev := @extschema@._idem_claim(accept.idempotency_key, 'accept',
-                  jsonb_build_object('order_id', accept.order_id, 'buyer_id', accept.buyer_id));
+    IF accept.order_id IS NULL OR accept.order_id <= 0 THEN PERFORM @extschema@._check_id(accept.order_id, 'order_id'); END IF;
+    IF accept.buyer_id IS NULL OR accept.buyer_id <= 0 THEN PERFORM @extschema@._check_id(accept.buyer_id, 'buyer_id'); END IF;
+    v_prev := CASE WHEN accept.idempotency_key IS NOT NULL THEN @extschema@._idem_claim(accept.idempotency_key, 'accept',
+                  jsonb_build_object('order_id', accept.order_id, 'buyer_id', accept.buyer_id)) END;
     IF v_prev IS NOT NULL THEN
         RETURN jsonb_populate_record(NULL::@extschema@.order_status, v_prev);
     END IF;
@@ -1126,7 +1126,7 @@ BEGIN
     END IF;
     PERFORM @extschema@._event(o, m.position, 'accepted', 'buyer', accept.buyer_id, NULL, v_detail);
     r := @extschema@._status(o.order_id);
-    PERFORM @extschema@._idem_store(accept.idempotency_key, to_jsonb(r));
+    IF accept.idempotency_key IS NOT NULL THEN PERFORM @extschema@._idem_store(accept.idempotency_key, to_jsonb(r)); END IF;
     RETURN r;
 END
 $$;
@@ -1145,12 +1145,12 @@ DECLARE
     v_prev jsonb;
     r @extschema@.order_status;
 BEGIN
-    PERFORM @extschema@._check_id(request_revision.order_id, 'order_id');
-    PERFORM @extschema@._check_id(request_revision.buyer_id, 'buyer_id');
-    PERFORM @extschema@._check_text(request_revision.note, 'note', 2000, false);
-    v_prev := @extschema@._idem_claim(request_revision.idempotency_key, 'request_revision',
+    IF request_revision.order_id IS NULL OR request_revision.order_id <= 0 THEN PERFORM @extschema@._check_id(request_revision.order_id, 'order_id'); END IF;
+    IF request_revision.buyer_id IS NULL OR request_revision.buyer_id <= 0 THEN PERFORM @extschema@._check_id(request_revision.buyer_id, 'buyer_id'); END IF;
+    IF length(request_revision.note) > 2000 THEN PERFORM @extschema@._check_text(request_revision.note, 'note', 2000, false); END IF;
+    v_prev := CASE WHEN request_revision.idempotency_key IS NOT NULL THEN @extschema@._idem_claim(request_revision.idempotency_key, 'request_revision',
                   jsonb_build_object('order_id', request_revision.order_id, 'buyer_id', request_revision.buyer_id,
-                                     'note', request_revision.note));
+                                     'note', request_revision.note)) END;
     IF v_prev IS NOT NULL THEN
         RETURN jsonb_populate_record(NULL::@extschema@.order_status, v_prev);
     END IF;
@@ -1169,7 +1169,7 @@ BEGIN
                                jsonb_build_object('revisions_used', o.revisions_used + 1,
                                                   'note', left(request_revision.note, 200)));
     r := @extschema@._status(o.order_id);
-    PERFORM @extschema@._idem_store(request_revision.idempotency_key, to_jsonb(r));
+    IF request_revision.idempotency_key IS NOT NULL THEN PERFORM @extschema@._idem_store(request_revision.idempotency_key, to_jsonb(r)); END IF;
     RETURN r;
 END
 $$;
@@ -1188,10 +1188,10 @@ DECLARE
     v_detail jsonb;
     r @extschema@.order_status;
 BEGIN
-    PERFORM @extschema@._check_id(stop.order_id, 'order_id');
-    PERFORM @extschema@._check_id(stop.buyer_id, 'buyer_id');
-    v_prev := @extschema@._idem_claim(stop.idempotency_key, 'stop',
-                  jsonb_build_object('order_id', stop.order_id, 'buyer_id', stop.buyer_id));
+    IF stop.order_id IS NULL OR stop.order_id <= 0 THEN PERFORM @extschema@._check_id(stop.order_id, 'order_id'); END IF;
+    IF stop.buyer_id IS NULL OR stop.buyer_id <= 0 THEN PERFORM @extschema@._check_id(stop.buyer_id, 'buyer_id'); END IF;
+    v_prev := CASE WHEN stop.idempotency_key IS NOT NULL THEN @extschema@._idem_claim(stop.idempotency_key, 'stop',
+                  jsonb_build_object('order_id', stop.order_id, 'buyer_id', stop.buyer_id)) END;
     IF v_prev IS NOT NULL THEN
         RETURN jsonb_populate_record(NULL::@extschema@.order_status, v_prev);
     END IF;
@@ -1200,7 +1200,7 @@ BEGIN
     v_detail := @extschema@._complete(o, m.position, 'stopped', @extschema@.now());
     PERFORM @extschema@._event(o, m.position, 'stopped', 'buyer', stop.buyer_id, NULL, v_detail);
     r := @extschema@._status(o.order_id);
-    PERFORM @extschema@._idem_store(stop.idempotency_key, to_jsonb(r));
+    IF stop.idempotency_key IS NOT NULL THEN PERFORM @extschema@._idem_store(stop.idempotency_key, to_jsonb(r)); END IF;
     RETURN r;
 END
 $$;
@@ -1223,13 +1223,13 @@ DECLARE
     v_skipped integer;
     r @extschema@.order_status;
 BEGIN
-    PERFORM @extschema@._check_id(cancel.order_id, 'order_id');
+    IF cancel.order_id IS NULL OR cancel.order_id <= 0 THEN PERFORM @extschema@._check_id(cancel.order_id, 'order_id'); END IF;
     PERFORM @extschema@._check_text(cancel.agent, 'agent', 200, true);
     PERFORM @extschema@._not_null(cancel.reason, 'reason');
-    PERFORM @extschema@._check_text(cancel.note, 'note', 2000, false);
-    v_prev := @extschema@._idem_claim(cancel.idempotency_key, 'cancel',
+    IF length(cancel.note) > 2000 THEN PERFORM @extschema@._check_text(cancel.note, 'note', 2000, false); END IF;
+    v_prev := CASE WHEN cancel.idempotency_key IS NOT NULL THEN @extschema@._idem_claim(cancel.idempotency_key, 'cancel',
                   jsonb_build_object('order_id', cancel.order_id, 'agent', cancel.agent,
-                                     'reason', cancel.reason, 'note', cancel.note));
+                                     'reason', cancel.reason, 'note', cancel.note)) END;
     IF v_prev IS NOT NULL THEN
         RETURN jsonb_populate_record(NULL::@extschema@.order_status, v_prev);
     END IF;
@@ -1273,7 +1273,7 @@ BEGIN
                                v_detail || jsonb_build_object('reason', cancel.reason, 'skipped', v_skipped,
                                                               'note', left(cancel.note, 200)));
     r := @extschema@._status(o.order_id);
-    PERFORM @extschema@._idem_store(cancel.idempotency_key, to_jsonb(r));
+    IF cancel.idempotency_key IS NOT NULL THEN PERFORM @extschema@._idem_store(cancel.idempotency_key, to_jsonb(r)); END IF;
     RETURN r;
 END
 $$;
@@ -1425,7 +1425,7 @@ COMMENT ON FUNCTION @extschema@.unschedule_expiry() IS
 CREATE FUNCTION @extschema@.set_seller_eligibility(seller_id bigint, eligible boolean) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    PERFORM @extschema@._check_id(set_seller_eligibility.seller_id, 'seller_id');
+    IF set_seller_eligibility.seller_id IS NULL OR set_seller_eligibility.seller_id <= 0 THEN PERFORM @extschema@._check_id(set_seller_eligibility.seller_id, 'seller_id'); END IF;
     PERFORM @extschema@._not_null(set_seller_eligibility.eligible, 'eligible');
     INSERT INTO @extschema@.eligible_sellers AS es (seller_id, eligible, updated_at)
     VALUES (set_seller_eligibility.seller_id, set_seller_eligibility.eligible, @extschema@.now())

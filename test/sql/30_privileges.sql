@@ -118,7 +118,7 @@ SELECT CASE WHEN x.relkind = 'S'
 -- scheduling run as their caller (the owner).
 SELECT CASE WHEN f.fn IN ('create_offer','withdraw_offer','decline_offer','place_order','deliver','accept',
                           'request_revision','stop','cancel','payout','set_seller_eligibility',
-                          'set_category_eligibility','set_cancellation_reason','check_invariants','_check_order')
+                          'set_category_eligibility','set_cancellation_reason','check_invariants')
             THEN is_definer('milestones', f.fn, f.args, format('%s(%s) is SECURITY DEFINER', f.fn, array_to_string(f.args, ', ')))
             ELSE isnt_definer('milestones', f.fn, f.args, format('%s(%s) is not SECURITY DEFINER', f.fn, array_to_string(f.args, ', ')))
        END

@@ -686,20 +686,22 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_order_state text;
     v_ms_state text;
+    v_notify boolean;
     v_at timestamptz := @extschema@.now();
     v_id bigint;
 BEGIN
-    SELECT state INTO v_order_state FROM @extschema@.orders WHERE order_id = o.order_id;
-    IF p_position IS NOT NULL THEN
-        SELECT state INTO v_ms_state FROM @extschema@.order_milestones
-         WHERE order_id = o.order_id AND position = p_position;
-    END IF;
+    -- The states after the change, and whether to notify, in one read.
+    SELECT x.state, m.state, s.notify INTO v_order_state, v_ms_state, v_notify
+      FROM @extschema@.orders x
+      CROSS JOIN @extschema@.settings s
+      LEFT JOIN @extschema@.order_milestones m ON m.order_id = x.order_id AND m.position = p_position
+     WHERE x.order_id = o.order_id;
     INSERT INTO @extschema@.events (order_id, position, event, actor_role, actor_id, agent,
                                     order_state, milestone_state, detail, created_at)
     VALUES (o.order_id, p_position, p_event, p_actor_role, p_actor_id, p_agent,
             v_order_state, v_ms_state, COALESCE(p_detail, '{}'), v_at)
     RETURNING event_id INTO v_id;
-    IF NOT (SELECT s.notify FROM @extschema@.settings s) THEN
+    IF NOT v_notify THEN
         RETURN;
     END IF;
     PERFORM pg_notify('milestones', (jsonb_build_object(

@@ -1698,5 +1698,6 @@ GRANT EXECUTE ON FUNCTION
     TO milestones_support;
 GRANT SELECT ON @extschema@.cancellation_reasons, @extschema@.eligible_sellers, @extschema@.eligible_categories
     TO milestones_support;
--- The reasons list is useful to every caller of cancel and to readers.
-GRANT SELECT ON @extschema@.cancellation_reasons TO milestones_app, milestones_reader;
+-- The application shows buyers and sellers why an order was cancelled.
+-- Readers get the views only (SPEC section 7).
+GRANT SELECT ON @extschema@.cancellation_reasons TO milestones_app;

@@ -40,7 +40,7 @@ INSERT INTO want_rel VALUES
   ('awaiting_response',    '{ms_t_app,ms_t_support,ms_t_reader}'),
   ('payouts',              '{ms_t_app,ms_t_support,ms_t_reader}'),
   ('ledger',               '{ms_t_app,ms_t_support,ms_t_reader}'),
-  ('cancellation_reasons', '{ms_t_app,ms_t_support,ms_t_reader}'),
+  ('cancellation_reasons', '{ms_t_app,ms_t_support}'),
   ('eligible_sellers',     '{ms_t_support}'),
   ('eligible_categories',  '{ms_t_support}');
 -- Everything else (orders, order_milestones, ledger_entries, events,

@@ -1480,9 +1480,10 @@ COMMENT ON FUNCTION @extschema@.set_cancellation_reason(text, text, boolean) IS
 -- the rules: the deferred C guard runs it for each order a transaction
 -- touched, and check_invariants() runs it for all orders.
 -------------------------------------------------------------------------------
--- Every rule reads one order at a time through LATERAL aggregates over the
--- order_id indexes, so the same generic plan serves the deferred check of
--- one order at each commit and check_invariants() over all of them; the
+-- Every rule reads one order at a time (the ids unnested and joined to the
+-- primary key, then LATERAL aggregates over the order_id indexes), so the
+-- same generic plan serves the deferred check of one order at each commit
+-- and check_invariants() over all of them in linear time; the
 -- plans are generic because re-planning at every commit cost more than
 -- running the queries.
 CREATE FUNCTION @extschema@._order_problems(p_orders bigint[], p_money boolean)
@@ -1495,7 +1496,8 @@ BEGIN
     RETURN QUERY
     WITH a AS MATERIALIZED (
         SELECT x.order_id, x.state, x.end_reason, g.*
-          FROM @extschema@.orders x
+          FROM unnest(p_orders) AS q(id)
+          JOIN @extschema@.orders x ON x.order_id = q.id
          CROSS JOIN LATERAL (
                SELECT count(m.position)::integer AS n,
                       COALESCE(max(m.position), 0)::integer AS maxpos,
@@ -1509,7 +1511,6 @@ BEGIN
                       array_agg(m.final ORDER BY m.position) AS finals
                  FROM @extschema@.order_milestones m
                 WHERE m.order_id = x.order_id) g
-         WHERE x.order_id = ANY (p_orders)
     )
     SELECT a.order_id, 'order has no milestones' FROM a WHERE a.n = 0
     UNION ALL
@@ -1554,7 +1555,8 @@ BEGIN
     -- order ends, one payout equal to the completed milestones.
     RETURN QUERY
     WITH o AS MATERIALIZED (
-        SELECT x.order_id, x.state, x.currency, x.fee_rate FROM @extschema@.orders x WHERE x.order_id = ANY (p_orders)
+        SELECT x.order_id, x.state, x.currency, x.fee_rate
+          FROM unnest(p_orders) AS q(id) JOIN @extschema@.orders x ON x.order_id = q.id
     ), txn AS (
         SELECT o.order_id, t.txn_id, t.total, t.kinds, t.wrong_currency
           FROM o CROSS JOIN LATERAL (

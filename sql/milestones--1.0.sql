@@ -498,7 +498,9 @@ END
 $$;
 COMMENT ON FUNCTION @extschema@._not_null(anyelement, text) IS 'Raises 22023 when a required argument is NULL.';
 
--- _check_id refuses NULL and non-positive user ids.
+-- _check_id refuses NULL and non-positive user ids.  Like _check_text, the
+-- API calls it only when an inline test has found a bad value: a helper
+-- call costs an executor run and a search_path save and restore.
 CREATE FUNCTION @extschema@._check_id(value bigint, argument text) RETURNS void
 LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
@@ -520,7 +522,8 @@ BEGIN
         PERFORM @extschema@._not_null(value, argument);
         -- blank: no character but white space (tabs and newlines too)
         IF value !~ '[^[:space:]]' THEN
-            RAISE EXCEPTION '% must not be blank', argument USING ERRCODE = '22023';
+            RAISE EXCEPTION '% must not be blank', argument
+                USING ERRCODE = '22023', DETAIL = format('%s holds only white space.', argument);
         END IF;
     END IF;
     IF length(value) > max_length THEN
@@ -873,7 +876,9 @@ BEGIN
         END IF;
         -- name: 1..200 characters, not blank
         IF jsonb_typeof(e -> 'name') IS DISTINCT FROM 'string' THEN
-            RAISE EXCEPTION 'milestone % needs a name (a JSON string)', i USING ERRCODE = '22023';
+            RAISE EXCEPTION 'milestone % needs a name (a JSON string)', i
+                USING ERRCODE = '22023', DETAIL = format('Its name is a JSON %s.', COALESCE(jsonb_typeof(e -> 'name'), 'absence')),
+                      HINT = 'Each milestone is {"name": "...", "days": N, "amount": "0.00"}.';
         END IF;
         v_name := e ->> 'name';
         IF v_name !~ '[^[:space:]]' OR length(v_name) > 200 THEN
@@ -882,7 +887,9 @@ BEGIN
         END IF;
         -- days: a whole number 1..365
         IF jsonb_typeof(e -> 'days') IS DISTINCT FROM 'number' THEN
-            RAISE EXCEPTION 'milestone % needs days (a JSON number)', i USING ERRCODE = '22023';
+            RAISE EXCEPTION 'milestone % needs days (a JSON number)', i
+                USING ERRCODE = '22023', DETAIL = format('Its days is a JSON %s.', COALESCE(jsonb_typeof(e -> 'days'), 'absence')),
+                      HINT = 'Each milestone is {"name": "...", "days": N, "amount": "0.00"}.';
         END IF;
         v_days := (e -> 'days')::numeric;
         IF v_days <> trunc(v_days) OR v_days < 1 OR v_days > 365 THEN
@@ -901,7 +908,9 @@ BEGIN
             END IF;
             v_amount := v_raw::numeric;
         ELSE
-            RAISE EXCEPTION 'milestone % needs an amount (a JSON number or string)', i USING ERRCODE = '22023';
+            RAISE EXCEPTION 'milestone % needs an amount (a JSON number or string)', i
+                USING ERRCODE = '22023', DETAIL = format('Its amount is a JSON %s.', COALESCE(jsonb_typeof(e -> 'amount'), 'absence')),
+                      HINT = 'Send the amount as a decimal string such as "150.00".';
         END IF;
         IF v_amount <= 0 OR v_amount > 999999999.99 THEN
             RAISE EXCEPTION 'milestone % amount must be more than 0 and at most 999999999.99', i
@@ -1444,7 +1453,9 @@ BEGIN
     PERFORM @extschema@._check_text(set_category_eligibility.category, 'category', 100, true);
     PERFORM @extschema@._not_null(set_category_eligibility.eligible, 'eligible');
     IF btrim(set_category_eligibility.category) <> set_category_eligibility.category THEN
-        RAISE EXCEPTION 'category must not start or end with spaces' USING ERRCODE = '22023';
+        RAISE EXCEPTION 'category must not start or end with spaces'
+            USING ERRCODE = '22023', DETAIL = format('Got %s.', quote_literal(left(set_category_eligibility.category, 100))),
+                  HINT = 'Offers name the category exactly; trim it first.';
     END IF;
     INSERT INTO @extschema@.eligible_categories AS ec (category, eligible, updated_at)
     VALUES (set_category_eligibility.category, set_category_eligibility.eligible, @extschema@.now())

@@ -9,7 +9,14 @@
 EXTENSION  = milestones
 MODULE_big = milestones
 OBJS       = $(patsubst %.c,%.o,$(wildcard src/*.c))
-DATA       = $(wildcard sql/milestones--*.sql)
+# Versions.  sql/milestones--1.0.sql is the released 1.0 script and never
+# changes.  Everything after it lives in sql/1.1/*.sql; both the 1.1 install
+# script and the 1.0 -> 1.1 upgrade script are built from those files (see
+# sql/1.1/00_header.sql), so the two cannot drift apart.
+EXTVERSION    = 1.1
+UPGRADE_PARTS = $(sort $(wildcard sql/1.1/*.sql))
+DATA          = sql/milestones--1.0.sql
+DATA_built    = sql/milestones--1.1.sql sql/milestones--1.0--1.1.sql
 PGFILEDESC = "milestones - milestone orders for a freelance marketplace"
 
 # pg_regress suites: sql/<name>.sql against expected/<name>.out
@@ -25,6 +32,19 @@ PGXS := $(shell test/tools/ensure-deps --quiet >&2; $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
 .PHONY: deps demo test
+
+SCRIPT_GUARD = \echo Use "CREATE EXTENSION milestones" to load this file. \quit
+
+sql/milestones--1.1.sql: sql/milestones--1.0.sql $(UPGRADE_PARTS)
+	{ echo '/* sql/milestones--1.1.sql - install script of milestones 1.1, built by make from sql/milestones--1.0.sql and sql/1.1/ */'; \
+	  printf '%s\n' '$(SCRIPT_GUARD)'; \
+	  grep -v '^\\echo ' $<; \
+	  cat $(UPGRADE_PARTS); } > $@
+
+sql/milestones--1.0--1.1.sql: $(UPGRADE_PARTS)
+	{ echo '/* sql/milestones--1.0--1.1.sql - upgrade script 1.0 -> 1.1, built by make from sql/1.1/ */'; \
+	  printf '%s\n' '$(SCRIPT_GUARD)'; \
+	  cat $(UPGRADE_PARTS); } > $@
 
 deps:
 	test/tools/ensure-deps

@@ -1,0 +1,19 @@
+-------------------------------------------------------------------------------
+-- milestones 1.1: everything after the 1.0 release.
+--
+-- The files in sql/1.1/ are the ONE source of the 1.0 -> 1.1 change.  The
+-- Makefile builds from them, in file-name order:
+--
+--   sql/milestones--1.0--1.1.sql = guard line + sql/1.1/*.sql
+--   sql/milestones--1.1.sql      = guard line + sql/milestones--1.0.sql
+--                                  (released, never edited) + sql/1.1/*.sql
+--
+-- so a fresh 1.1 install and an upgraded 1.0 database run the very same
+-- statements, and test/shell/50_upgrade.t proves they end with the same
+-- catalog.  Every statement here must therefore work on a database that
+-- holds 1.0 data: CREATE OR REPLACE / DROP ... IF EXISTS where needed, new
+-- columns with defaults, new objects given their privileges explicitly
+-- (the 1.0 REVOKE ... ON ALL ... FROM PUBLIC ran before them), and no
+-- COMMIT: ALTER EXTENSION UPDATE runs in one transaction, so an upgrade
+-- that fails half-way leaves the database at 1.0.
+-------------------------------------------------------------------------------

@@ -1,0 +1,234 @@
+// examples/node/lib/worker.js - drains a durable milestones consumer and
+// moves the money the events describe.
+//
+// The extension is the system of record; charging a buyer's card, paying a
+// seller and telling a seller to stop working are the application's job.
+// This worker learns of them from a named consumer (SPEC section 5):
+//
+//   next_batch(consumer)  -> a batch id, or NULL when nothing new
+//   batch_events(batch)   -> its events, in commit order
+//   finish_batch(batch)   -> the consumer moves past it
+//
+// and LISTENs on channel `milestones` only as a wake-up (a notification
+// sent while the worker was away is lost; the consumer's cursor is not), with
+// a periodic poll as a safety net.
+//
+// Guarantee: at least once + idempotency key = exactly-once effect.  A batch
+// is finished only after every request of every event in it was
+// acknowledged.  If the worker dies in between (SIGKILL, crash, lost
+// connection), the batch is handed out again and replayed from its first
+// event; each request carries a key derived from the event id
+// ("event-<id>-<kind>"), so the provider acknowledges the replays without
+// applying them twice.
+
+import { setTimeout as sleep } from 'node:timers/promises';
+import pg from 'pg';
+import { toCents } from './money.js';
+
+// The event columns the worker needs.  Amounts are read from the `detail`
+// jsonb as text (->>), so they reach JavaScript as exact decimal strings,
+// never as floats; the detail keys are the ones the extension's _event calls
+// write: charged (+ next on accept), refunded, payout {gross, fee, net}.
+const EVENTS_SQL = `
+SELECT e.event_id, e.order_id, e.position, e.event, e.order_state, e.milestone_state,
+       e.detail ->> 'charged'          AS charged,
+       e.detail ->> 'next'             AS next_position,
+       e.detail ->> 'refunded'         AS refunded,
+       e.detail #>> '{payout,gross}'   AS payout_gross,
+       e.detail #>> '{payout,fee}'     AS payout_fee,
+       e.detail #>> '{payout,net}'     AS payout_net,
+       e.detail ->> 'reason'           AS reason,
+       round(extract(epoch FROM pg_catalog.clock_timestamp() - e.recorded_at) * 1000)::integer AS lag_ms
+  FROM milestones.batch_events($1) AS e
+ ORDER BY e.event_id`;
+
+// The parties and currency of the batch's orders (the event row has none).
+const ORDERS_SQL = `
+SELECT order_id, buyer_id, seller_id, currency
+  FROM milestones.order_status
+ WHERE order_id = ANY ($1::bigint[])`;
+
+// effectsOf lists the requests one event calls for, in the order they are
+// sent.  Driven by the detail keys rather than the event names, so an event
+// type that moves money the same way (a cancelled milestone: refunded, and
+// charged for the next one) needs no new code.  Throws on a malformed
+// amount: a batch with an event the worker cannot read is not finished.
+export function effectsOf(ev) {
+  const base = { eventId: ev.event_id, orderId: ev.order_id, currency: ev.currency };
+  const key = (kind) => `event-${ev.event_id}-${kind}`;
+  const out = [];
+  if (ev.refunded != null && toCents(ev.refunded) > 0n) {
+    out.push({ ...base, kind: 'refund', key: key('refund'), position: ev.position, partyId: ev.buyer_id, amount: ev.refunded });
+  }
+  if (ev.charged != null && toCents(ev.charged) > 0n) {
+    const position = ev.next_position != null ? Number(ev.next_position) : ev.position;
+    out.push({ ...base, kind: 'charge', key: key('charge'), position, partyId: ev.buyer_id, amount: ev.charged });
+  }
+  if (ev.payout_gross != null && toCents(ev.payout_gross) > 0n) {
+    // Nothing is paid (or posted to the ledger) for a zero gross.
+    const fee = toCents(ev.payout_fee ?? '0');
+    const net = toCents(ev.payout_net ?? ev.payout_gross);
+    if (fee + net !== toCents(ev.payout_gross)) {
+      throw new Error(`event ${ev.event_id}: payout fee ${ev.payout_fee} + net ${ev.payout_net} is not gross ${ev.payout_gross}`);
+    }
+    out.push({ ...base, kind: 'payout', key: key('payout'), partyId: ev.seller_id, amount: ev.payout_net, fee: ev.payout_fee ?? '0.00' });
+  }
+  if (ev.event === 'stopped') {
+    // The source: when the buyer stops, the seller must be told to stop working.
+    out.push({ ...base, kind: 'stop_work', key: key('stop_work'), position: ev.position, partyId: ev.seller_id });
+  }
+  return out;
+}
+
+export class EventWorker {
+  // consumer: the consumer's name; provider: a PaymentProvider;
+  // connection: pg.Client options (default: the PG* environment);
+  // maxEvents: next_batch's max_events; pollMs: the safety-net poll;
+  // eventDelayMs: a pause after each event (tests use it to be killed
+  // mid-batch); once: return when nothing is left; log(record): progress.
+  constructor({ consumer, provider, connection = {}, maxEvents = 1000, pollMs = 1000, eventDelayMs = 0,
+                once = false, register = true, log = () => {} }) {
+    this.consumer = consumer;
+    this.provider = provider;
+    this.connection = connection;
+    this.maxEvents = maxEvents;
+    this.pollMs = pollMs;
+    this.eventDelayMs = eventDelayMs;
+    this.once = once;
+    this.register = register;
+    this.log = log;
+    this.client = null;
+    this.stopping = false;
+    this.notified = false;
+    this.waiter = null;
+  }
+
+  // stop asks the worker to end after the batch in hand.
+  stop() {
+    this.stopping = true;
+    this.wake();
+  }
+
+  wake() {
+    this.notified = true;
+    const w = this.waiter;
+    this.waiter = null;
+    w?.();
+  }
+
+  // connect opens the worker's session and LISTENs on milestones.
+  async connect() {
+    const client = new pg.Client({ application_name: 'milestones-worker', ...this.connection });
+    client.on('notification', () => this.wake());
+    client.on('error', (err) => {           // the session died while idle
+      this.log({ type: 'error', message: `connection lost: ${err.message}` });
+      if (this.client === client) this.client = null;
+      this.wake();
+    });
+    await client.connect();
+    await client.query('LISTEN milestones');
+    this.client = client;
+    this.log({ type: 'connected', pid: client.processID });
+  }
+
+  async disconnect() {
+    const c = this.client;
+    this.client = null;
+    if (c) await c.end().catch(() => {});
+  }
+
+  // run drains batches until stop() (or, with once, until nothing is left).
+  async run() {
+    let backoff = 100;
+    while (!this.stopping) {
+      try {
+        if (!this.client) await this.connect();
+        this.notified = false;
+        const handled = await this.drainOne();
+        backoff = 100;
+        if (handled) continue;
+        if (this.once) break;
+        this.log({ type: 'idle' });
+        await this.waitForWake(this.pollMs);
+      } catch (err) {
+        // The batch in hand stays unfinished: next_batch hands it out again.
+        this.log({ type: 'error', message: err.message, code: err.code });
+        await this.disconnect();
+        if (this.stopping) break;
+        await sleep(backoff);
+        backoff = Math.min(backoff * 2, 5000);
+      }
+    }
+    await this.disconnect();
+  }
+
+  // waitForWake waits for a notification, stop() or the poll interval.
+  async waitForWake(ms) {
+    if (this.notified || this.stopping) return;
+    let timer;
+    await new Promise((resolve) => {
+      this.waiter = resolve;
+      timer = setTimeout(resolve, ms);
+    });
+    clearTimeout(timer);
+    this.waiter = null;
+  }
+
+  // nextBatch asks for the consumer's next batch, registering the consumer
+  // the first time (P0002: unknown consumer).
+  async nextBatch() {
+    const sql = 'SELECT milestones.next_batch($1, $2) AS batch_id';
+    try {
+      return (await this.client.query(sql, [this.consumer, this.maxEvents])).rows[0].batch_id;
+    } catch (err) {
+      if (err.code !== 'P0002' || !this.register) throw err;
+      await this.client.query('SELECT milestones.register_consumer($1)', [this.consumer]);
+      this.log({ type: 'registered', consumer: this.consumer });
+      return (await this.client.query(sql, [this.consumer, this.maxEvents])).rows[0].batch_id;
+    }
+  }
+
+  // drainOne handles one batch; false when there was none.
+  async drainOne() {
+    const batchId = await this.nextBatch();
+    if (batchId === null) return false;
+    const events = (await this.client.query(EVENTS_SQL, [batchId])).rows;
+    const orderIds = [...new Set(events.map((e) => e.order_id))];
+    const orders = new Map();
+    if (orderIds.length > 0) {
+      for (const o of (await this.client.query(ORDERS_SQL, [orderIds])).rows) orders.set(o.order_id, o);
+    }
+    this.log({
+      type: 'batch', batch_id: batchId, events: events.length,
+      first_event_id: events[0]?.event_id, last_event_id: events.at(-1)?.event_id,
+      lag_ms: events.length ? Math.max(...events.map((e) => e.lag_ms)) : 0,
+    });
+    for (const ev of events) {
+      const o = orders.get(ev.order_id);
+      if (!o) throw new Error(`order ${ev.order_id} of event ${ev.event_id} not found`);
+      const done = [];
+      for (const eff of effectsOf({ ...ev, ...o })) {
+        const { applied } = await this.send(eff);
+        done.push({ kind: eff.kind, amount: eff.amount ?? null, fee: eff.fee ?? null, position: eff.position ?? null, applied });
+      }
+      this.log({ type: 'event', batch_id: batchId, event_id: ev.event_id, order_id: ev.order_id, event: ev.event,
+                 position: ev.position, reason: ev.reason, effects: done });
+      if (this.eventDelayMs > 0) await sleep(this.eventDelayMs);
+    }
+    // Only now: every request of the batch was acknowledged.
+    await this.client.query('SELECT milestones.finish_batch($1)', [batchId]);
+    this.log({ type: 'finished', batch_id: batchId, events: events.length });
+    return true;
+  }
+
+  // send passes one effect to the provider.
+  send(eff) {
+    switch (eff.kind) {
+      case 'charge': return this.provider.charge(eff);
+      case 'refund': return this.provider.refund(eff);
+      case 'payout': return this.provider.payout(eff);
+      case 'stop_work': return this.provider.tellSellerToStop(eff);
+      default: throw new Error(`unknown effect ${eff.kind}`);
+    }
+  }
+}

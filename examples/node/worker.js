@@ -1,0 +1,72 @@
+#!/usr/bin/env node
+// examples/node/worker.js - run the milestones event worker.
+//
+//   node worker.js [--consumer payments] [--max-events 1000] [--poll-ms 1000]
+//                  [--once] [--log text|json] [--event-delay-ms 0]
+//
+// The database comes from the libpq environment (PGHOST, PGPORT, PGUSER,
+// PGPASSWORD, PGDATABASE); its role needs milestones_app.  The payment
+// provider stand-in lives in the same database unless PROVIDER_DATABASE is
+// set.  SIGTERM/SIGINT end the worker after the batch in hand.
+
+import { parseArgs } from 'node:util';
+import pg from 'pg';
+import { PaymentProvider } from './lib/provider.js';
+import { EventWorker } from './lib/worker.js';
+
+const { values: opt } = parseArgs({
+  options: {
+    consumer: { type: 'string', default: 'payments' },
+    'max-events': { type: 'string', default: '1000' },
+    'poll-ms': { type: 'string', default: '1000' },
+    'event-delay-ms': { type: 'string', default: '0' },
+    once: { type: 'boolean', default: false },
+    log: { type: 'string', default: 'text' },
+  },
+});
+
+// textLine renders one progress record for people; json mode prints it as is.
+function textLine(r) {
+  switch (r.type) {
+    case 'batch':
+      return `batch ${r.batch_id}: ${r.events} events (${r.first_event_id ?? '-'}..${r.last_event_id ?? '-'}), oldest ${r.lag_ms} ms old`;
+    case 'event': {
+      const what = r.effects.map((e) => {
+        const amount = e.kind === 'payout' ? `${e.amount} (fee ${e.fee})` : (e.amount ?? '');
+        return `${e.kind} ${amount}`.trim() + (e.applied ? '' : ' [replay, not applied again]');
+      }).join(', ');
+      return `  event ${r.event_id}  order ${r.order_id}  ${r.event}${r.position ? ` m${r.position}` : ''}${what ? `  -> ${what}` : ''}`;
+    }
+    case 'finished': return `batch ${r.batch_id} finished`;
+    case 'error': return `error: ${r.message}${r.code ? ` (${r.code})` : ''}`;
+    case 'idle': return null;
+    default: return `${r.type}${r.pid ? ` (backend ${r.pid})` : ''}${r.consumer ? ` ${r.consumer}` : ''}`;
+  }
+}
+
+const log = opt.log === 'json'
+  ? (r) => process.stdout.write(`${JSON.stringify(r)}\n`)
+  : (r) => { const l = textLine(r); if (l !== null) process.stdout.write(`${l}\n`); };
+
+const providerPool = new pg.Pool({
+  max: 2,
+  application_name: 'payment-provider-standin',
+  ...(process.env.PROVIDER_DATABASE ? { database: process.env.PROVIDER_DATABASE } : {}),
+});
+providerPool.on('error', () => {});   // an idle connection lost; the next request reconnects
+const provider = new PaymentProvider({ pool: providerPool });
+
+const worker = new EventWorker({
+  consumer: opt.consumer,
+  provider,
+  maxEvents: Number(opt['max-events']),
+  pollMs: Number(opt['poll-ms']),
+  eventDelayMs: Number(opt['event-delay-ms']),
+  once: opt.once,
+  log,
+});
+process.on('SIGTERM', () => worker.stop());
+process.on('SIGINT', () => worker.stop());
+
+await worker.run();
+await providerPool.end();

@@ -192,16 +192,18 @@ export class EventWorker {
   async drainOne() {
     const batchId = await this.nextBatch();
     if (batchId === null) return false;
+    const fetchedAt = performance.now();
     const events = (await this.client.query(EVENTS_SQL, [batchId])).rows;
     const orderIds = [...new Set(events.map((e) => e.order_id))];
     const orders = new Map();
     if (orderIds.length > 0) {
       for (const o of (await this.client.query(ORDERS_SQL, [orderIds])).rows) orders.set(o.order_id, o);
     }
+    // lag_ms: how old the batch's oldest event was when the batch was read.
+    const lagMs = events.length ? Math.max(...events.map((e) => e.lag_ms)) : 0;
     this.log({
       type: 'batch', batch_id: batchId, events: events.length,
-      first_event_id: events[0]?.event_id, last_event_id: events.at(-1)?.event_id,
-      lag_ms: events.length ? Math.max(...events.map((e) => e.lag_ms)) : 0,
+      first_event_id: events[0]?.event_id, last_event_id: events.at(-1)?.event_id, lag_ms: lagMs,
     });
     for (const ev of events) {
       const o = orders.get(ev.order_id);
@@ -217,7 +219,9 @@ export class EventWorker {
     }
     // Only now: every request of the batch was acknowledged.
     await this.client.query('SELECT milestones.finish_batch($1)', [batchId]);
-    this.log({ type: 'finished', batch_id: batchId, events: events.length });
+    // lag_ms here: from the oldest event's write to the end of its batch.
+    const handledMs = Math.round(performance.now() - fetchedAt);
+    this.log({ type: 'finished', batch_id: batchId, events: events.length, handled_ms: handledMs, lag_ms: lagMs + handledMs });
     return true;
   }
 

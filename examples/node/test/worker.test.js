@@ -46,10 +46,10 @@ after(async () => {
 // WorkerProcess: worker.js as a child process, its JSON progress records
 // collected as they arrive.
 class WorkerProcess {
-  constructor(args) {
+  constructor(args, consumer = CONSUMER) {
     this.records = [];
     this.stderr = '';
-    this.child = spawn(process.execPath, [join(here, '..', 'worker.js'), '--consumer', CONSUMER, '--log', 'json',
+    this.child = spawn(process.execPath, [join(here, '..', 'worker.js'), '--consumer', consumer, '--log', 'json',
       '--poll-ms', '300', ...args], { env: db.env('worker'), stdio: ['ignore', 'pipe', 'pipe'] });
     createInterface({ input: this.child.stdout }).on('line', (l) => {
       try { this.records.push(JSON.parse(l)); } catch { this.stderr += `${l}\n`; }
@@ -164,6 +164,22 @@ test('effectsOf reads the event detail keys', () => {
   assert.throws(() => effectsOf({ ...base, event: 'placed', charged: '1.005' }), TypeError);
   assert.throws(() => effectsOf({ ...base, event: 'expired', payout_gross: '10.00', payout_fee: '1.00', payout_net: '8.00' }),
     /is not gross/);
+});
+
+test('a notification wakes the worker; a new consumer registers itself', { skip, timeout: 60000 }, async () => {
+  // The poll is a minute away: only LISTEN can bring the event in time.
+  const w = new WorkerProcess(['--poll-ms', '60000'], 'wakeup');
+  await waitFor('the worker to register and go idle',
+    () => w.of('registered').length === 1 && w.records.at(-1)?.type === 'idle', 15000);
+  const order = await api.createOffer({ sellerId: 10, buyerId: 20, category: 'design', milestones: OFFER3 });
+  const started = Date.now();
+  await waitFor('the worker to handle the new offer',
+    () => w.of('event').some((r) => r.order_id === order && r.event === 'offered'), 10000, 10);
+  assert.ok(Date.now() - started < 10000);
+  w.child.kill('SIGTERM');
+  assert.equal((await w.exited).code, 0);
+  const admin = db.pool({ max: 1 }, 'worker');
+  await admin.query("SELECT milestones.unregister_consumer('wakeup')");
 });
 
 test('a story of orders while the worker runs; the worker killed mid-batch and restarted; every effect once', { skip, timeout: 180000 }, async () => {

@@ -120,8 +120,10 @@ fuzz: all
 # the results land in build-deb/:
 #   build-deb/postgresql-15-milestones_1.1-1_amd64.deb  (+ .buildinfo, .changes)
 # The copy holds what git knows (tracked and new, not ignored files) in
-# their working-tree state.  DEB_BUILD_OPTIONS=nocheck skips the
-# pg_regress run against the built files.
+# their working-tree state.  The build runs make installcheck against the
+# built files in a throwaway cluster of its own (pg_virtualenv; the PG*
+# connection variables are cleared so that it never aims at another
+# server's port); DEB_BUILD_OPTIONS=nocheck skips that.
 DEB_DIR = build-deb
 deb:
 	rm -rf $(DEB_DIR) && mkdir -p $(DEB_DIR)/src
@@ -130,6 +132,7 @@ deb:
 	  else \
 	    tar -cf - --exclude=./$(DEB_DIR) --exclude-vcs .; \
 	  fi | tar -xf - -C $(CURDIR)/$(DEB_DIR)/src
-	cd $(DEB_DIR)/src && dpkg-buildpackage -us -uc -b
+	cd $(DEB_DIR)/src && env -u PGHOST -u PGPORT -u PGDATABASE -u PGUSER -u PGPASSWORD \
+	  dpkg-buildpackage -us -uc -b
 	rm -rf $(DEB_DIR)/src
 	@ls -1 $(DEB_DIR)/*.deb

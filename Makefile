@@ -45,6 +45,10 @@ COMPANION_DATA = $(patsubst $(srcdir)/%,%,$(wildcard $(srcdir)/proxy/*.control $
 # runs against any server that has milestones installed.
 REGRESS = $(patsubst $(srcdir)/sql/%.sql,%,$(filter-out $(srcdir)/sql/milestones--%,$(wildcard $(srcdir)/sql/*.sql)))
 
+# make deb's results (see deb below); make clean removes them.
+DEB_DIR     = build-deb
+EXTRA_CLEAN = $(DEB_DIR)
+
 PG_CONFIG ?= pg_config
 PG_CPPFLAGS += -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers
 
@@ -124,7 +128,6 @@ fuzz: all
 # built files in a throwaway cluster of its own (pg_virtualenv; the PG*
 # connection variables are cleared so that it never aims at another
 # server's port); DEB_BUILD_OPTIONS=nocheck skips that.
-DEB_DIR = build-deb
 deb:
 	rm -rf $(DEB_DIR) && mkdir -p $(DEB_DIR)/src
 	cd $(srcdir) && if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then \

@@ -118,24 +118,11 @@ fuzz: all
 	$(MAKE) install
 	test/fuzz/run-fuzz $(FUZZ_QUERIES) $(FUZZ_SECONDS)
 
-# deb: the Debian package postgresql-15-milestones (debian/, pg_buildext).
-# dpkg-buildpackage runs on a copy of the tree in build-deb/src (it cleans
-# the tree it builds, and writes its results into the parent folder), so
-# the results land in build-deb/:
-#   build-deb/postgresql-15-milestones_1.1-1_amd64.deb  (+ .buildinfo, .changes)
-# The copy holds what git knows (tracked and new, not ignored files) in
-# their working-tree state.  The build runs make installcheck against the
-# built files in a throwaway cluster of its own (pg_virtualenv; the PG*
-# connection variables are cleared so that it never aims at another
-# server's port); DEB_BUILD_OPTIONS=nocheck skips that.
+# deb: the Debian package postgresql-15-milestones (debian/, pg_buildext),
+# built from a copy of the tree (test/tools/build-deb says why and how):
+#   build-deb/postgresql-15-milestones_1.1-1_amd64.deb  (+ -dbgsym, .buildinfo, .changes)
+# Its build runs make installcheck against the built files in a throwaway
+# cluster; DEB_BUILD_OPTIONS=nocheck skips that.
 deb:
-	rm -rf $(DEB_DIR) && mkdir -p $(DEB_DIR)/src
-	cd $(srcdir) && if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then \
-	    git ls-files -z -c -o --exclude-standard | tar -cf - --null --ignore-failed-read -T -; \
-	  else \
-	    tar -cf - --exclude=./$(DEB_DIR) --exclude-vcs .; \
-	  fi | tar -xf - -C $(CURDIR)/$(DEB_DIR)/src
-	cd $(DEB_DIR)/src && env -u PGHOST -u PGPORT -u PGDATABASE -u PGUSER -u PGPASSWORD \
-	  dpkg-buildpackage -us -uc -b
-	rm -rf $(DEB_DIR)/src
-	@ls -1 $(DEB_DIR)/*.deb
+	rm -rf $(DEB_DIR)
+	$(srcdir)/test/tools/build-deb $(CURDIR)/$(DEB_DIR)

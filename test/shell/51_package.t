@@ -2,20 +2,23 @@
 # test/shell/51_package.t - the Debian package postgresql-15-milestones
 # (issue 9): built, installed, used and removed again.
 #
-# The package is built with make deb from a git clone of HEAD in a
-# temporary folder (so only committed files go in, as in a release).  Its
-# build runs make installcheck against the built files in a plain
-# throwaway cluster (no pg_cron preloaded).  Then:
+# First the files make install placed (the library, its bitcode, the
+# control files and scripts of milestones and its companions) are saved
+# with their checksums and set aside, so that only the package can serve
+# the extension.  Then:
+#   - make deb builds the package from a git clone of HEAD in a temporary
+#     folder (only committed files go in, as in a release); its build runs
+#     make installcheck against the built files in a plain throwaway
+#     cluster (no pg_cron);
 #   - its contents: the library, the control file and the scripts of every
-#     version (1.0 byte for byte the released one, 1.1, 1.0--1.1), and every
-#     extension file make install placed on this machine;
+#     version (1.0 byte for byte the released one, 1.1, 1.0--1.1), and
+#     every extension file make install had placed;
 #   - apt-get install ./postgresql-15-milestones_*.deb, after which the
 #     running test cluster creates the extension at 1.1, and at 1.0 then
 #     updates it to 1.1;
-#   - apt-get purge, after which the machine is as it was: every file the
-#     package held that existed before (what make install had placed) is
-#     back byte for byte, the others are gone, and the package is unknown
-#     to dpkg.
+#   - apt-get purge leaves none of the package's files and dpkg forgets it;
+#   - what make install had placed is put back and is byte for byte what
+#     it was.
 # Needs root (apt-get; it waits up to 5 minutes for the dpkg lock).  Skips
 # itself when not root, or when the package is already installed (it could
 # not leave that machine as it found it).
@@ -26,6 +29,8 @@ top=$(cd "$(dirname "$0")/../.." && pwd)
 pkg=postgresql-15-milestones
 db=ms_pkg
 db10=ms_pkg10
+ext=$(pg_config --sharedir)/extension
+lib=$(pg_config --pkglibdir)
 tmp=$(mktemp -d)
 
 # pkg_status: dpkg's status of the package, "none" when dpkg does not know it.
@@ -34,6 +39,7 @@ pkg_status() {
   s=$(dpkg-query -W -f='${Status}' $pkg 2>/dev/null || true)
   case "$s" in ""|"unknown ok not-installed") echo none ;; *) echo "$s" ;; esac
 }
+apt() { DEBIAN_FRONTEND=noninteractive apt-get -y -qq -o DPkg::Lock::Timeout=300 "$@"; }
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "1..0 # SKIP apt-get install needs root"; exit 0
@@ -42,36 +48,27 @@ if [ "$(pkg_status)" != none ]; then
   echo "1..0 # SKIP $pkg is on this machine already ($(pkg_status)): not touching it"; exit 0
 fi
 
-# cleanup: remove the package if it is in, put back what was there before.
+# The files make install placed, saved in $tmp/saved with their checksums.
+(cd / && { ls -d "${ext#/}"/milestones*.control "${ext#/}"/milestones*--*.sql "${lib#/}"/milestones.so 2>/dev/null
+           [ -d "${lib#/}/bitcode" ] && find "${lib#/}/bitcode" -path '*/bitcode/milestones*' -type f; } | sort) > "$tmp/installed"
+mkdir -p "$tmp/saved"
+(cd / && tar -cf - -T "$tmp/installed") | tar -xf - -C "$tmp/saved"
+(cd "$tmp/saved" && xargs -r sha256sum < "$tmp/installed" | sort -k2) > "$tmp/before.sums"
+
+# put_back: the package out if it is in, then make install's files back.
 # Runs on every exit, so a failing step still leaves the machine as it was.
-restored=0
-cleanup() {
+put_back() {
   dropdbs $db $db10
-  if [ "$(pkg_status)" != none ]; then
-    DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq -o DPkg::Lock::Timeout=300 $pkg >"$tmp/purge.log" 2>&1
-  fi
-  if [ $restored -eq 0 ] && [ -f "$tmp/files" ]; then
-    restore
-  fi
-  rm -rf "$tmp"
+  [ "$(pkg_status)" = none ] || apt purge $pkg >"$tmp/purge-again.log" 2>&1
+  (cd "$tmp/saved" && tar -cf - -T "$tmp/installed") | tar -xf - -C / --no-overwrite-dir
 }
-trap cleanup EXIT
+trap 'put_back; rm -rf "$tmp"' EXIT
 
-# restore: every package path that existed before comes back from the
-# backup (with its mode and times); every other one is removed.
-restore() {
-  local f
-  while IFS= read -r f; do
-    if [ -e "$tmp/backup$f" ]; then
-      mkdir -p "$(dirname "$f")" && cp -a "$tmp/backup$f" "$f"
-    else
-      rm -f "$f"
-    fi
-  done < "$tmp/files"
-  restored=1
-}
+plan 17
 
-plan 16
+(cd / && xargs rm -f < "$tmp/installed")
+ls "$ext"/milestones*.control "$lib/milestones.so" >/dev/null 2>&1
+ok $((! $?)) "make install's $(wc -l < "$tmp/installed") files are saved and set aside: only the package can serve milestones now"
 
 # Build from a clone of HEAD, as a release would be.
 head=$(git -C "$top" rev-parse HEAD)
@@ -85,13 +82,11 @@ grep -q '^### End 15 installcheck ###' "$tmp/build.log" && grep -q 'All [0-9]* t
 ok $? "its build ran make installcheck against the built files in a plain cluster (pg_buildext, no pg_cron) and it passed"
 deb=$(ls "$tmp"/src/build-deb/${pkg}_*.deb 2>/dev/null | head -1)
 [ -n "$deb" ] || bail "no ${pkg}_*.deb in build-deb/"
-is "$(git -C "$tmp/src" status --porcelain --ignored | grep -v '^!! build-deb/$')" "" \
+is "$(git -C "$tmp/src" status --porcelain --ignored)" "!! build-deb/" \
    "the build left nothing in the tree but build-deb/"
 
 # Contents.
-dpkg-deb -c "$deb" | awk '{print $NF}' | sed 's|^\./|/|' > "$tmp/listing"
-ext=$(pg_config --sharedir)/extension
-lib=$(pg_config --pkglibdir)
+dpkg-deb -c "$deb" | awk '{print $NF}' | grep -v '/$' | sed 's|^\./|/|' > "$tmp/listing"
 missing=""
 for f in "$lib/milestones.so" "$ext/milestones.control" "$ext/milestones--1.0.sql" \
          "$ext/milestones--1.1.sql" "$ext/milestones--1.0--1.1.sql"; do
@@ -104,30 +99,17 @@ is "$(sha256sum "$tmp/unpacked$ext/milestones--1.0.sql" | cut -c1-64)" \
    "its 1.0 script is the released one, byte for byte"
 is "$(grep -h default_version "$tmp/unpacked$ext/milestones.control")" "default_version = '1.1'" \
    "its control file installs 1.1 by default"
-# Every extension file make install placed here (milestones and its
-# companions, e.g. milestones_proxy) is in the package too.
-notin=""
-for f in $(ls "$ext" | grep -E '^milestones(_[a-z]+)?(\.control|--.*\.sql)$'); do
-  grep -qxF "$ext/$f" "$tmp/listing" || notin="$notin $f"
-done
-is "$notin" "" "every extension file make install placed in $ext is in the package"
-diag "package contents:" "$(grep -v '/$' "$tmp/listing")"
-
-# What is there now (make install's files): save it before dpkg touches it.
-grep -v '/$' "$tmp/listing" > "$tmp/files"
-mkdir -p "$tmp/backup"
-while IFS= read -r f; do
-  if [ -e "$f" ]; then mkdir -p "$tmp/backup$(dirname "$f")" && cp -a "$f" "$tmp/backup$f"; fi
-done < "$tmp/files"
-(cd "$tmp/backup" && find . -type f -exec sha256sum {} + | sort -k2) > "$tmp/before.sums"
-diag "$(wc -l < "$tmp/before.sums") of the package's $(wc -l < "$tmp/files") files were on this machine before"
+# Every file make install placed (milestones and its companions, e.g.
+# milestones_proxy) is in the package too.
+is "$(sed 's|^|/|' "$tmp/installed" | grep -vxF -f "$tmp/listing" | tr '\n' ' ')" "" \
+   "every file make install had placed is in the package"
+diag "package contents:" "$(cat "$tmp/listing")"
 
 # Install it.
 t0=$(date +%s)
-DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends -o DPkg::Lock::Timeout=300 "$deb" > "$tmp/install.log" 2>&1
+apt install --no-install-recommends "$deb" > "$tmp/install.log" 2>&1
 rc=$?; ok $rc "apt-get install ./$(basename "$deb")"; [ $rc -eq 0 ] || diag "$(tail -20 "$tmp/install.log")"
 is "$(dpkg-query -W -f='${Status} ${Version}' $pkg 2>/dev/null)" "install ok installed 1.1-1" "$pkg 1.1-1 is installed"
-is "$(dpkg -S "$ext/milestones.control" 2>/dev/null | cut -d: -f1)" "$pkg" "the control file now belongs to the package"
 
 # The running test cluster uses it.
 dropdb --if-exists $db >/dev/null 2>&1; createdb $db
@@ -146,15 +128,18 @@ is "$(tail -2 <<<"$out" | tr '\n' ' ')" "1.1 0 " \
 diag "install + use took $(( $(date +%s) - t0 )) s"
 dropdbs $db $db10
 
-# Remove it and put back what was there.
-DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq -o DPkg::Lock::Timeout=300 $pkg > "$tmp/purge.log" 2>&1
+# Remove it: nothing of it stays.
+apt purge $pkg > "$tmp/purge.log" 2>&1
 rc=$?; ok $rc "apt-get purge $pkg"; [ $rc -eq 0 ] || diag "$(tail -20 "$tmp/purge.log")"
 is "$(pkg_status)" "none" "dpkg no longer knows the package"
-restore
-# Compare the live files (not the backup) with the sums taken before.
-(while IFS= read -r f; do [ -e "$f" ] && sha256sum "$f" | sed "s|  /|  ./|"; done < "$tmp/files" | sort -k2) > "$tmp/after.sums"
+left=$(while IFS= read -r f; do [ -e "$f" ] && echo "$f"; done < "$tmp/listing")
+is "$left" "" "none of the package's files is left"
+
+# Put back what make install had placed, and compare.
+put_back
+(cd / && xargs -r sha256sum < "$tmp/installed" | sort -k2) > "$tmp/after.sums"
 diff -u "$tmp/before.sums" "$tmp/after.sums" > "$tmp/sums.diff"
-ok $? "what make install had placed is back, byte for byte, and nothing else of the package is left"
+ok $? "what make install had placed is back, byte for byte ($(wc -l < "$tmp/before.sums") files)"
 [ -s "$tmp/sums.diff" ] && diag "$(head -20 "$tmp/sums.diff")"
 
 [ $TAP_FAILED -eq 0 ]

@@ -48,11 +48,12 @@ if [ "$(pkg_status)" != none ]; then
   echo "1..0 # SKIP $pkg is on this machine already ($(pkg_status)): not touching it"; exit 0
 fi
 
-# The files make install placed, saved in $tmp/saved with their checksums.
+# The files make install placed, saved in $tmp/saved (cp -a: contents,
+# modes, times) with their checksums.
 (cd / && { ls -d "${ext#/}"/milestones*.control "${ext#/}"/milestones*--*.sql "${lib#/}"/milestones.so 2>/dev/null
            [ -d "${lib#/}/bitcode" ] && find "${lib#/}/bitcode" -path '*/bitcode/milestones*' -type f; } | sort) > "$tmp/installed"
 mkdir -p "$tmp/saved"
-(cd / && tar -cf - -T "$tmp/installed") | tar -xf - -C "$tmp/saved"
+(cd / && xargs -r cp -a --parents -t "$tmp/saved" < "$tmp/installed")
 (cd "$tmp/saved" && xargs -r sha256sum < "$tmp/installed" | sort -k2) > "$tmp/before.sums"
 
 # put_back: the package out if it is in, then make install's files back.
@@ -60,7 +61,7 @@ mkdir -p "$tmp/saved"
 put_back() {
   dropdbs $db $db10
   [ "$(pkg_status)" = none ] || apt purge $pkg >"$tmp/purge-again.log" 2>&1
-  (cd "$tmp/saved" && tar -cf - -T "$tmp/installed") | tar -xf - -C / --no-overwrite-dir
+  (cd "$tmp/saved" && xargs -r cp -a --parents -t / < "$tmp/installed")
 }
 trap 'put_back; rm -rf "$tmp"' EXIT
 

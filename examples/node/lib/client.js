@@ -109,7 +109,8 @@ export class MilestonesClient {
   async call(fn, args, { single = false } = {}) {
     const names = Object.keys(args);
     const values = names.map((n) => args[n]);
-    const list = names.map((n, i) => `${n} => $${i + 1}`).join(', ');
+    // Quoted: "position" is a keyword where a parameter name stands.
+    const list = names.map((n, i) => `"${n}" => $${i + 1}`).join(', ');
     const text = single
       ? `SELECT milestones.${fn}(${list}) AS result`
       : `SELECT * FROM milestones.${fn}(${list})`;

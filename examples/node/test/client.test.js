@@ -116,6 +116,24 @@ describe('SQLSTATE -> HTTP', () => {
   });
 });
 
+describe('support', () => {
+  test('cancelMilestone: a running milestone refunded, the next one charged; unknown position 404', async (t) => {
+    const has = (await db.admin.query(
+      "SELECT to_regprocedure('milestones.cancel_milestone(bigint, integer, text, text, text, text)') IS NOT NULL AS ok")).rows[0].ok;
+    if (!has) { t.skip('cancel_milestone is not installed'); return; }
+    const order = await api.createOffer({ sellerId: 10, buyerId: 20, category: 'design', milestones: OFFER3 });
+    await api.placeOrder(order, 20);
+    const row = await support.cancelMilestone(order, 1, 'agent-7', 'seller_unresponsive', 'no answer for a week');
+    assert.equal(row.state, 'active');
+    assert.equal(row.current_milestone, 2);
+    assert.deepEqual([row.total, row.charged, row.refunded], ['500.50', '250.00', '100.00']);
+    const e = await rejects(support.cancelMilestone(order, 9, 'agent-7', 'seller_unresponsive'));
+    assert.deepEqual([e.status, e.code], [404, 'P0002']);
+    const app = await rejects(api.cancelMilestone(order, 3, 'agent-7', 'seller_unresponsive'));
+    assert.equal(app.status, 403, 'the application role is not support');
+  });
+});
+
 describe('money and keys', () => {
   test('amounts go out and come back as strings, never floats', async () => {
     await assert.rejects(

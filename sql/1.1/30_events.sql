@@ -577,6 +577,142 @@ SELECT pg_catalog.pg_extension_config_dump('@extschema@.consumer_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.consumer_batch_id_seq', '');
 
 -------------------------------------------------------------------------------
+-- The relay (src/relay.c): a background worker that sends the notifications
+-- of the database named by milestones.database_name, reading the events as
+-- the reserved consumer "_relay".
+-------------------------------------------------------------------------------
+-- _has_pending says, without writing, whether a consumer has anything to
+-- read: an open batch, a range being drained, or events committed since its
+-- position.  The relay asks it before taking a tick, so an idle database
+-- costs it no transaction id.
+CREATE FUNCTION @extschema@._has_pending(p_consumer text) RETURNS boolean
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    c @extschema@.consumers;
+    t @extschema@.consumer_ticks;
+    v_here bigint := @extschema@._cluster_id();
+BEGIN
+    SELECT * INTO c FROM @extschema@.consumers WHERE name OPERATOR(pg_catalog.=) p_consumer;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    IF c.upper_tick_id IS NOT NULL
+       OR EXISTS (SELECT FROM @extschema@.consumer_batches b WHERE b.consumer_id OPERATOR(pg_catalog.=) c.consumer_id) THEN
+        RETURN true;
+    END IF;
+    SELECT * INTO t FROM @extschema@.consumer_ticks WHERE tick_id OPERATOR(pg_catalog.=) c.tick_id;
+    IF t.cluster_id OPERATOR(pg_catalog.<>) v_here THEN
+        RETURN true;                -- restored from another cluster: let next_batch sort it out
+    END IF;
+    RETURN EXISTS (SELECT FROM @extschema@.events e
+                    WHERE e.txid OPERATOR(pg_catalog.>=) pg_catalog.pg_snapshot_xmin(t.snapshot)
+                      AND e.txid_cluster OPERATOR(pg_catalog.=) v_here
+                      AND NOT pg_catalog.pg_visible_in_snapshot(e.txid, t.snapshot));
+END
+$$;
+COMMENT ON FUNCTION @extschema@._has_pending(text) IS
+    'Whether a consumer has an open batch, a range being drained, or events committed since its position (read-only).';
+
+-- _relay_start runs when a relay worker starts: it registers the relay's
+-- consumer when missing, and moves it to the present when its position is
+-- older than the server's start.  Listeners do not outlive a server restart
+-- (a notification is a wake-up, not a queue), and a database that ran in
+-- fallback mode has had those events notified at commit already; within one
+-- server life (a killed relay, a crash of any backend) the relay resumes
+-- from its saved position.
+CREATE FUNCTION @extschema@._relay_start() RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    c @extschema@.consumers;
+BEGIN
+    SELECT * INTO c FROM @extschema@.consumers WHERE name OPERATOR(pg_catalog.=) '_relay' FOR UPDATE;
+    IF NOT FOUND THEN
+        PERFORM @extschema@._register_consumer('_relay');
+        RETURN;
+    END IF;
+    IF (SELECT t.taken_at FROM @extschema@.consumer_ticks t WHERE t.tick_id OPERATOR(pg_catalog.=) c.tick_id)
+       OPERATOR(pg_catalog.<) pg_catalog.pg_postmaster_start_time() THEN
+        DELETE FROM @extschema@.consumer_batches WHERE consumer_id OPERATOR(pg_catalog.=) c.consumer_id;
+        UPDATE @extschema@.consumers
+           SET tick_id = @extschema@._take_tick(), upper_tick_id = NULL, after_event_id = NULL
+         WHERE consumer_id OPERATOR(pg_catalog.=) c.consumer_id;
+        PERFORM @extschema@._prune_ticks();
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._relay_start() IS
+    'Relay start: registers the "_relay" consumer, or moves it to the present when its position predates the server start.';
+
+CREATE FUNCTION @extschema@._relay_serves() RETURNS boolean
+    AS 'MODULE_PATHNAME', 'milestones_relay_serves' LANGUAGE C STABLE;
+COMMENT ON FUNCTION @extschema@._relay_serves() IS
+    'Whether the relay sends this database''s notifications (preloaded, registered, milestones.database_name, not given up).';
+
+-- The relay's consumer exists from the install on in the database it
+-- serves, so no event of the first moments is missed.
+SELECT @extschema@._register_consumer('_relay')
+ WHERE @extschema@._relay_serves()
+   AND NOT EXISTS (SELECT FROM @extschema@.consumers WHERE name OPERATOR(pg_catalog.=) '_relay');
+
+CREATE FUNCTION @extschema@._relay_info(
+    OUT preloaded boolean, OUT registered boolean, OUT database_name text, OUT serves_this_database boolean,
+    OUT pid integer, OUT started_at timestamptz, OUT heartbeat timestamptz, OUT paused boolean,
+    OUT gave_up boolean, OUT notifications bigint, OUT batches bigint, OUT last_batch_at timestamptz,
+    OUT last_error text)
+    AS 'MODULE_PATHNAME', 'milestones_relay_info' LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION @extschema@._relay_info() IS
+    'The relay as this backend and the shared memory see it (for relay_status()).';
+
+-- SECURITY DEFINER: reads the relay's consumer position, which readers
+-- cannot read directly.
+CREATE FUNCTION @extschema@.relay_status(
+    OUT mode text, OUT reason text, OUT database_name text, OUT relay_pid integer,
+    OUT relay_started_at timestamptz, OUT paused boolean, OUT position_at timestamptz,
+    OUT pending_events bigint, OUT lag interval, OUT notifications_sent bigint,
+    OUT batches_sent bigint, OUT last_batch_at timestamptz, OUT last_error text)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    i record;
+    s record;
+BEGIN
+    i := @extschema@._relay_info();
+    database_name := i.database_name;
+    relay_pid := i.pid;
+    relay_started_at := i.started_at;
+    paused := i.paused;
+    notifications_sent := i.notifications;
+    batches_sent := i.batches;
+    last_batch_at := i.last_batch_at;
+    last_error := i.last_error;
+    IF i.serves_this_database THEN
+        mode := 'relay';
+        reason := CASE
+            WHEN i.pid IS NULL THEN 'the relay serves this database; it is (re)starting and will send what committed meanwhile'
+            WHEN i.paused THEN 'the relay serves this database; paused: the notification queue is above milestones.relay_max_queue_usage'
+            ELSE 'the relay serves this database' END;
+        SELECT * INTO s FROM @extschema@.consumer_status WHERE consumer OPERATOR(pg_catalog.=) '_relay';
+        IF FOUND THEN
+            position_at := s.position_at;
+            pending_events := s.pending_events;
+            lag := s.lag;
+        END IF;
+    ELSE
+        mode := 'fallback';
+        reason := CASE
+            WHEN NOT i.preloaded THEN 'milestones is not in shared_preload_libraries: NOTIFY at commit'
+            WHEN NOT i.registered THEN 'no background worker slot was free at server start (max_worker_processes): NOTIFY at commit'
+            WHEN i.gave_up THEN pg_catalog.format('the relay stopped when its database %I was dropped: NOTIFY at commit', i.database_name)
+            ELSE pg_catalog.format('the relay serves database %I (milestones.database_name), not this one: NOTIFY at commit', i.database_name)
+        END;
+        relay_pid := NULL;
+    END IF;
+    RETURN;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.relay_status() IS
+    'Which way notifications leave this database (relay or fallback NOTIFY at commit) and why; the relay''s process, position, pending events, lag and totals.';
+
+-------------------------------------------------------------------------------
 -- Privileges of the objects above (the 1.0 REVOKE ... ON ALL FUNCTIONS ran
 -- before this file).  The helpers and the trigger are the owner's alone.
 -------------------------------------------------------------------------------
@@ -599,7 +735,12 @@ REVOKE ALL ON FUNCTION
     @extschema@.unregister_consumer(text),
     @extschema@.next_batch(text, integer),
     @extschema@.batch_events(bigint, text),
-    @extschema@.finish_batch(bigint, text)
+    @extschema@.finish_batch(bigint, text),
+    @extschema@._has_pending(text),
+    @extschema@._relay_start(),
+    @extschema@._relay_serves(),
+    @extschema@._relay_info(),
+    @extschema@.relay_status()
     FROM PUBLIC;
 REVOKE ALL ON @extschema@.consumer_ticks, @extschema@.consumers, @extschema@.consumer_batches,
     @extschema@.consumer_status FROM PUBLIC;
@@ -614,5 +755,7 @@ GRANT EXECUTE ON FUNCTION
     @extschema@.batch_events(bigint, text),
     @extschema@.finish_batch(bigint, text)
     TO milestones_app, milestones_support;
+-- Everyone with a milestones role may see how notifications leave (SPEC 7).
+GRANT EXECUTE ON FUNCTION @extschema@.relay_status() TO milestones_app, milestones_support, milestones_reader;
 -- Everyone with a milestones role may watch the consumers' positions.
 GRANT SELECT ON @extschema@.consumer_status TO milestones_app, milestones_support, milestones_reader;

@@ -35,7 +35,8 @@ INSERT INTO want_exec VALUES
   ('unregister_consumer',     '{ms_t_app,ms_t_support}'),
   ('next_batch',              '{ms_t_app,ms_t_support}'),
   ('batch_events',            '{ms_t_app,ms_t_support}'),
-  ('finish_batch',            '{ms_t_app,ms_t_support}');
+  ('finish_batch',            '{ms_t_app,ms_t_support}'),
+  ('relay_status',            '{ms_t_app,ms_t_support,ms_t_reader}');
 -- Everything else (expire_overdue, run_expiry, schedule_expiry,
 -- unschedule_expiry and every _helper) is the owner's alone.
 
@@ -80,7 +81,7 @@ SELECT plan(
 );
 
 -- Inventory: the lists above cover what the extension has.
-SELECT is((SELECT count(*)::int FROM ext_funcs), 64, 'the extension has 64 functions and procedures');
+SELECT is((SELECT count(*)::int FROM ext_funcs), 69, 'the extension has 69 functions and procedures');
 SELECT is((SELECT count(*)::int FROM ext_rels), 24, 'the extension has 24 tables, views and sequences');
 SELECT is((SELECT count(*)::int FROM want_exec w WHERE NOT EXISTS (SELECT FROM ext_funcs f WHERE f.fn = w.fn)), 0,
           'every function named in the expected grants exists');
@@ -126,7 +127,8 @@ SELECT CASE WHEN x.relkind = 'S'
 SELECT CASE WHEN f.fn IN ('create_offer','withdraw_offer','decline_offer','place_order','deliver','accept',
                           'request_revision','stop','cancel','payout','set_seller_eligibility',
                           'set_category_eligibility','set_cancellation_reason','check_invariants',
-                          'register_consumer','unregister_consumer','next_batch','batch_events','finish_batch')
+                          'register_consumer','unregister_consumer','next_batch','batch_events','finish_batch',
+                          'relay_status')
             THEN is_definer('milestones', f.fn, f.args, format('%s(%s) is SECURITY DEFINER', f.fn, array_to_string(f.args, ', ')))
             ELSE isnt_definer('milestones', f.fn, f.args, format('%s(%s) is not SECURITY DEFINER', f.fn, array_to_string(f.args, ', ')))
        END

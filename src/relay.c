@@ -121,6 +121,9 @@ static int	serves_this_database = -1;
 /* This backend: set the relay's latch when the transaction commits. */
 static bool wake_at_commit = false;
 
+/* The worker: when it last warned of a full notification queue. */
+static TimestampTz last_pause_warning = 0;
+
 /* The worker: set by its signal handlers. */
 static volatile sig_atomic_t got_sigterm = false;
 
@@ -388,8 +391,9 @@ ExecOrDie(const char *sql, int nargs, Oid *argtypes, Datum *values, int expected
 
 /*
  * QueueTooFull pauses the relay above milestones.relay_max_queue_usage of
- * the notification queue, with one WARNING when it starts and one LOG line
- * when it ends, so a listener that never reads cannot make the relay fill
+ * the notification queue, with one WARNING when it starts (a pause again
+ * within a minute, as the relay's own catch-up refills the queue, is a LOG
+ * line) and one LOG line when it ends, so a listener that never reads cannot make the relay fill
  * the queue (and then fail every NOTIFY of the cluster).
  */
 static bool
@@ -404,12 +408,19 @@ QueueTooFull(void)
 	SpinLockRelease(&relay->mutex);
 	if (usage > relay_max_queue_usage)
 	{
-		if (!was_paused)
+		/* One WARNING per stretch of trouble: a minute after the last one. */
+		if (!was_paused &&
+			TimestampDifferenceExceeds(last_pause_warning, GetCurrentTimestamp(), 60 * 1000))
+		{
+			last_pause_warning = GetCurrentTimestamp();
 			ereport(WARNING,
 					(errmsg("milestones relay paused: the notification queue is %.1f%% full", usage * 100.0),
 					 errdetail("A session listens without reading its notifications; above milestones.relay_max_queue_usage (%.1f%%) the relay sends nothing.",
 							   relay_max_queue_usage * 100.0),
 					 errhint("Find the listener with pg_stat_activity; the relay goes on when the queue drains.")));
+		}
+		else if (!was_paused)
+			ereport(LOG, (errmsg("milestones relay paused again: the notification queue is %.1f%% full", usage * 100.0)));
 		return true;
 	}
 	if (was_paused)

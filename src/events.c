@@ -11,7 +11,7 @@
  *	  sends the notification from its own transaction, so the API's commit
  *	  never takes PostgreSQL's cluster-wide notification lock;
  *	- otherwise (fallback) it sends NOTIFY milestones with the payload of
- *	  milestones._payload(), delivered by PostgreSQL at commit, when
+ *	  milestones._payloads(), delivered by PostgreSQL at commit, when
  *	  settings.notify is on.
  *
  * It also provides milestones._cluster_id(), the system identifier stored
@@ -95,7 +95,7 @@ PreparePayloadPlan(Relation rel)
 	schema = quote_identifier(get_namespace_name(RelationGetNamespace(rel)));
 	initStringInfo(&sql);
 	appendStringInfo(&sql,
-					 "SELECT %s._payload($1) FROM %s.settings s WHERE s.notify",
+					 "SELECT p.payload FROM %s.settings s, %s._payloads(ARRAY[$1]) p WHERE s.notify",
 					 schema, schema);
 	plan = SPI_prepare(sql.data, 1, &rowtype);
 	if (plan == NULL)

@@ -511,7 +511,8 @@ RelayUnit(void)
 		uint64		i;
 
 		resetStringInfo(&sql);
-		appendStringInfo(&sql, "SELECT %s._payload(e) FROM %s.batch_events($1) e ORDER BY e.event_id",
+		appendStringInfo(&sql, "SELECT p.payload FROM %s._payloads(ARRAY(SELECT e FROM %s.batch_events($1) e"
+						 " ORDER BY e.event_id)) p ORDER BY p.event_id",
 						 schema, schema);
 		ExecOrDie(sql.data, 1, btypes, bvalues, SPI_OK_SELECT);
 		sent = (int) SPI_processed;

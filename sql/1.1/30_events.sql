@@ -2,7 +2,7 @@
 -------------------------------------------------------------------------------
 -- 30_events.sql: events out of the database (SPEC section 5, issues 10 and 12).
 --
---   * one payload builder, _payload(events), used by the fallback NOTIFY and
+--   * one payload builder, _payloads(events[]), used by the fallback NOTIFY and
 --     by the relay, with money as strings;
 --   * the events trigger: NOTIFY at commit only in fallback mode (no relay
 --     serving this database); _event() no longer notifies by itself;
@@ -39,57 +39,55 @@ CREATE INDEX events_txid_idx ON @extschema@.events (txid);
 -------------------------------------------------------------------------------
 -- The notification payload.
 -------------------------------------------------------------------------------
--- _money_strings turns the money of an event's detail into strings with
--- cents ("100.00"), so that JSON readers that parse numbers as floats
--- cannot lose a cent: total, charged, refunded, amount, and gross, fee, net
--- inside payout.  Other keys are kept as they are.
-CREATE FUNCTION @extschema@._money_strings(detail jsonb) RETURNS jsonb
-LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT COALESCE(pg_catalog.jsonb_object_agg(d.key,
-        CASE
-            WHEN d.key OPERATOR(pg_catalog.=) ANY (ARRAY['total', 'charged', 'refunded', 'amount'])
-                 AND pg_catalog.jsonb_typeof(d.value) OPERATOR(pg_catalog.=) 'number'
-            THEN pg_catalog.to_jsonb(pg_catalog.round((d.value OPERATOR(pg_catalog.#>>) '{}')::numeric, 2)::text)
-            WHEN d.key OPERATOR(pg_catalog.=) 'payout'
-                 AND pg_catalog.jsonb_typeof(d.value) OPERATOR(pg_catalog.=) 'object'
-            THEN (SELECT COALESCE(pg_catalog.jsonb_object_agg(p.key,
-                     CASE WHEN p.key OPERATOR(pg_catalog.=) ANY (ARRAY['gross', 'fee', 'net'])
-                               AND pg_catalog.jsonb_typeof(p.value) OPERATOR(pg_catalog.=) 'number'
-                          THEN pg_catalog.to_jsonb(pg_catalog.round((p.value OPERATOR(pg_catalog.#>>) '{}')::numeric, 2)::text)
-                          ELSE p.value END), '{}'::jsonb)
-                    FROM pg_catalog.jsonb_each(d.value) p)
-            ELSE d.value
-        END), '{}'::jsonb)
-      FROM pg_catalog.jsonb_each(COALESCE(detail, '{}'::jsonb)) d
-$$;
-COMMENT ON FUNCTION @extschema@._money_strings(jsonb) IS
-    'An event detail with its money (total, charged, refunded, amount, payout gross/fee/net) as strings with cents.';
-
--- _payload is THE notification payload of an event (the one builder): the
--- 1.0 payload (event, states, actor, the order's parties and currency, the
--- time, then the detail) with money as strings.
-CREATE FUNCTION @extschema@._payload(e @extschema@.events) RETURNS text
+-- _payloads is THE builder of notification payloads (used by the fallback
+-- trigger for one event and by the relay for a batch, set-based: one query
+-- per batch): the 1.0 payload (event, states, actor, the order's parties and
+-- currency, the time, then the detail) with the money of the detail as
+-- strings with cents ("100.00": total, charged, refunded, amount, and gross,
+-- fee, net inside payout), so that JSON readers that parse numbers as
+-- floats cannot lose a cent.  In event_id order.
+CREATE FUNCTION @extschema@._payloads(p_events @extschema@.events[])
+RETURNS TABLE (event_id bigint, payload text)
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT (pg_catalog.jsonb_build_object(
+    SELECT e.event_id,
+           (pg_catalog.jsonb_build_object(
                 'event_id', e.event_id, 'order_id', e.order_id, 'event', e.event,
                 'order_state', e.order_state, 'milestone', e.position,
                 'milestone_state', e.milestone_state,
                 'actor_role', e.actor_role, 'actor_id', e.actor_id,
                 'seller_id', o.seller_id, 'buyer_id', o.buyer_id, 'currency', o.currency,
                 'at', e.created_at)
-            OPERATOR(pg_catalog.||) @extschema@._money_strings(e.detail))::text
-      FROM @extschema@.orders o
-     WHERE o.order_id OPERATOR(pg_catalog.=) e.order_id
+            OPERATOR(pg_catalog.||) COALESCE(m.detail, '{}'::jsonb))::text
+      FROM pg_catalog.unnest(p_events) e
+      JOIN @extschema@.orders o ON o.order_id OPERATOR(pg_catalog.=) e.order_id
+      LEFT JOIN LATERAL (
+          SELECT pg_catalog.jsonb_object_agg(d.key,
+              CASE
+                  WHEN d.key OPERATOR(pg_catalog.=) ANY (ARRAY['total', 'charged', 'refunded', 'amount'])
+                       AND pg_catalog.jsonb_typeof(d.value) OPERATOR(pg_catalog.=) 'number'
+                  THEN pg_catalog.to_jsonb(pg_catalog.round((d.value OPERATOR(pg_catalog.#>>) '{}')::numeric, 2)::text)
+                  WHEN d.key OPERATOR(pg_catalog.=) 'payout'
+                       AND pg_catalog.jsonb_typeof(d.value) OPERATOR(pg_catalog.=) 'object'
+                  THEN (SELECT COALESCE(pg_catalog.jsonb_object_agg(p.key,
+                           CASE WHEN p.key OPERATOR(pg_catalog.=) ANY (ARRAY['gross', 'fee', 'net'])
+                                     AND pg_catalog.jsonb_typeof(p.value) OPERATOR(pg_catalog.=) 'number'
+                                THEN pg_catalog.to_jsonb(pg_catalog.round((p.value OPERATOR(pg_catalog.#>>) '{}')::numeric, 2)::text)
+                                ELSE p.value END), '{}'::jsonb)
+                          FROM pg_catalog.jsonb_each(d.value) p)
+                  ELSE d.value
+              END) AS detail
+            FROM pg_catalog.jsonb_each(e.detail) d) m ON true
+     ORDER BY e.event_id
 $$;
-COMMENT ON FUNCTION @extschema@._payload(@extschema@.events) IS
-    'The JSON payload of NOTIFY milestones for one event (money as strings); used by the fallback trigger and the relay.';
+COMMENT ON FUNCTION @extschema@._payloads(@extschema@.events[]) IS
+    'The JSON payloads of NOTIFY milestones for some events (money as strings), in event_id order; the one builder, used by the fallback trigger and the relay.';
 
 -------------------------------------------------------------------------------
 -- The events trigger and _event().
 -------------------------------------------------------------------------------
 -- In C (src/events.c): in a database the relay serves it only wakes the
 -- relay at commit; otherwise (fallback) it sends NOTIFY milestones with
--- _payload(NEW) when settings.notify is on.  Rows a restore re-inserts (they
+-- the payload _payloads() builds for NEW when settings.notify is on.  Rows a restore re-inserts (they
 -- carry another transaction's id) are not notified again.
 CREATE FUNCTION @extschema@._events_notify() RETURNS trigger
     AS 'MODULE_PATHNAME', 'milestones_events_notify' LANGUAGE C;
@@ -268,18 +266,22 @@ $$;
 COMMENT ON FUNCTION @extschema@._take_tick() IS
     'Stores the current snapshot as a tick, with the caller''s own transaction (and any id between the snapshot''s xmax and it) counted as in progress; returns its id.';
 
--- _prune_ticks deletes the ticks no consumer and no open batch stands on.
-CREATE FUNCTION @extschema@._prune_ticks() RETURNS void
+-- _prune_ticks deletes the given ticks (all ticks when NULL) that no
+-- consumer and no open batch stands on.  The hot paths name the one or two
+-- ticks a consumer just left, so pruning costs index lookups, not a scan.
+CREATE FUNCTION @extschema@._prune_ticks(p_ticks bigint[] DEFAULT NULL) RETURNS void
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
     DELETE FROM @extschema@.consumer_ticks t
-     WHERE NOT EXISTS (SELECT FROM @extschema@.consumers c
+     WHERE (p_ticks IS NULL OR t.tick_id OPERATOR(pg_catalog.=) ANY (p_ticks))
+       AND NOT EXISTS (SELECT FROM @extschema@.consumers c
                         WHERE c.tick_id OPERATOR(pg_catalog.=) t.tick_id
                            OR c.upper_tick_id OPERATOR(pg_catalog.=) t.tick_id)
        AND NOT EXISTS (SELECT FROM @extschema@.consumer_batches b
                         WHERE b.lower_tick_id OPERATOR(pg_catalog.=) t.tick_id
                            OR b.upper_tick_id OPERATOR(pg_catalog.=) t.tick_id)
 $$;
-COMMENT ON FUNCTION @extschema@._prune_ticks() IS 'Deletes the ticks that no consumer and no open batch uses.';
+COMMENT ON FUNCTION @extschema@._prune_ticks(bigint[]) IS
+    'Deletes the given ticks (all when NULL) that no consumer and no open batch uses.';
 
 -- _consumer_name_check refuses a NULL, blank, untrimmed or overlong name.
 CREATE FUNCTION @extschema@._consumer_name_check(p_name text) RETURNS void
@@ -427,11 +429,11 @@ BEGIN
         UPDATE @extschema@.consumers
            SET tick_id = c.upper_tick_id, upper_tick_id = NULL, after_event_id = NULL
          WHERE consumer_id OPERATOR(pg_catalog.=) c.consumer_id;
+        PERFORM @extschema@._prune_ticks(ARRAY[c.tick_id]);
         c.tick_id := c.upper_tick_id;
         c.upper_tick_id := NULL;
         c.after_event_id := NULL;
         IF v_new_tick THEN
-            PERFORM @extschema@._prune_ticks();
             RETURN NULL;            -- nothing new since the last tick
         END IF;
     END LOOP;
@@ -527,7 +529,7 @@ BEGIN
          WHERE consumer_id OPERATOR(pg_catalog.=) b.consumer_id;
     END IF;
     DELETE FROM @extschema@.consumer_batches WHERE batch_id OPERATOR(pg_catalog.=) b.batch_id;
-    PERFORM @extschema@._prune_ticks();
+    PERFORM @extschema@._prune_ticks(ARRAY[b.lower_tick_id, b.upper_tick_id]);
 END
 $$;
 COMMENT ON FUNCTION @extschema@._finish_batch(bigint, text) IS
@@ -718,13 +720,12 @@ COMMENT ON FUNCTION @extschema@.relay_status() IS
 -------------------------------------------------------------------------------
 REVOKE ALL ON FUNCTION
     @extschema@._cluster_id(),
-    @extschema@._money_strings(jsonb),
-    @extschema@._payload(@extschema@.events),
+    @extschema@._payloads(@extschema@.events[]),
     @extschema@._events_notify(),
     @extschema@._tick_sees(xid8, bigint, pg_snapshot, bigint, bigint),
     @extschema@._range_events(bigint, bigint, bigint, bigint, integer),
     @extschema@._take_tick(),
-    @extschema@._prune_ticks(),
+    @extschema@._prune_ticks(bigint[]),
     @extschema@._consumer_name_check(text),
     @extschema@._register_consumer(text),
     @extschema@._consumer_row(text),

@@ -378,15 +378,84 @@ RelayShutdown(void)
 	proc_exit(1);
 }
 
-/* ExecOrDie runs one SPI statement and checks its result code. */
+/* The relay's statements; %1$s is the extension's schema (quoted). */
+typedef enum RelayStmt
+{
+	STMT_EXTENSION,
+	STMT_START,
+	STMT_PENDING,
+	STMT_NEXT,
+	STMT_PAYLOADS,
+	STMT_FINISH,
+	STMT_COUNT
+} RelayStmt;
+
+typedef struct RelayStmtDef
+{
+	const char *sql;
+	int			nargs;
+	Oid			argtypes[2];
+} RelayStmtDef;
+
+static const RelayStmtDef relay_stmts[STMT_COUNT] = {
+	[STMT_EXTENSION] = {
+		"SELECT pg_catalog.quote_ident(n.nspname) FROM pg_catalog.pg_extension e"
+		" JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) e.extnamespace"
+		" WHERE e.extname OPERATOR(pg_catalog.=) 'milestones'"
+		" AND EXISTS (SELECT FROM pg_catalog.pg_proc p WHERE p.pronamespace OPERATOR(pg_catalog.=) n.oid"
+		" AND p.proname OPERATOR(pg_catalog.=) '_next_batch')", 0, {InvalidOid}},
+	[STMT_START] = {"SELECT %1$s._relay_start()", 0, {InvalidOid}},
+	[STMT_PENDING] = {"SELECT %1$s._has_pending($1)", 1, {TEXTOID}},
+	[STMT_NEXT] = {"SELECT %1$s._next_batch($1, $2), s.notify FROM %1$s.settings s", 2, {TEXTOID, INT4OID}},
+	[STMT_PAYLOADS] = {"SELECT p.payload FROM %1$s._payloads(ARRAY(SELECT e FROM %1$s.batch_events($1) e"
+	" ORDER BY e.event_id)) p ORDER BY p.event_id", 1, {INT8OID}},
+	[STMT_FINISH] = {"SELECT %1$s._finish_batch($1, NULL)", 1, {INT8OID}},
+};
+
+/* The prepared and kept plans, and the schema they were prepared for. */
+static SPIPlanPtr relay_plans[STMT_COUNT];
+static char relay_plans_schema[2 * NAMEDATALEN + 3] = "";
+
+/*
+ * RunStmt runs one of the relay's statements from its saved plan (prepared
+ * on first use, again if the extension's schema changed) and checks that
+ * it returned rows.
+ */
 static void
-ExecOrDie(const char *sql, int nargs, Oid *argtypes, Datum *values, int expected)
+RunStmt(RelayStmt stmt, const char *schema, Datum *values)
 {
 	int			ret;
+	int			i;
 
-	ret = SPI_execute_with_args(sql, nargs, argtypes, values, NULL, false, 0);
-	if (ret != expected)
-		elog(ERROR, "milestones relay: \"%s\" failed: %s", sql, SPI_result_code_string(ret));
+	if (schema != NULL && strcmp(schema, relay_plans_schema) != 0)
+	{
+		for (i = 0; i < STMT_COUNT; i++)
+			if (i != STMT_EXTENSION && relay_plans[i] != NULL)
+			{
+				SPI_freeplan(relay_plans[i]);
+				relay_plans[i] = NULL;
+			}
+		strlcpy(relay_plans_schema, schema, sizeof(relay_plans_schema));
+	}
+	if (relay_plans[stmt] == NULL)
+	{
+		StringInfoData sql;
+		SPIPlanPtr	plan;
+
+		initStringInfo(&sql);
+		appendStringInfo(&sql, relay_stmts[stmt].sql, relay_plans_schema);
+		plan = SPI_prepare(sql.data, relay_stmts[stmt].nargs, (Oid *) relay_stmts[stmt].argtypes);
+		if (plan == NULL)
+			elog(ERROR, "milestones relay: SPI_prepare failed for \"%s\": %s",
+				 sql.data, SPI_result_code_string(SPI_result));
+		if (SPI_keepplan(plan) != 0)
+			elog(ERROR, "milestones relay: SPI_keepplan failed");
+		relay_plans[stmt] = plan;
+		pfree(sql.data);
+	}
+	ret = SPI_execute_plan(relay_plans[stmt], values, NULL, false, 0);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "milestones relay: statement %d failed: %s", (int) stmt, SPI_result_code_string(ret));
 }
 
 /*
@@ -438,9 +507,7 @@ QueueTooFull(void)
 static int
 RelayUnit(void)
 {
-	Oid			argtypes[2] = {TEXTOID, INT4OID};
 	Datum		values[2];
-	StringInfoData sql;
 	char	   *schema;
 	bool		isnull;
 	int64		batch;
@@ -453,15 +520,9 @@ RelayUnit(void)
 		elog(ERROR, "milestones relay: SPI_connect failed");
 	PushActiveSnapshot(GetTransactionSnapshot());
 	pgstat_report_activity(STATE_RUNNING, "milestones relay: looking for committed events");
-	initStringInfo(&sql);
 
 	/* The extension, and its schema. */
-	ExecOrDie("SELECT pg_catalog.quote_ident(n.nspname) FROM pg_catalog.pg_extension e"
-			  " JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) e.extnamespace"
-			  " WHERE e.extname OPERATOR(pg_catalog.=) 'milestones'"
-			  " AND EXISTS (SELECT FROM pg_catalog.pg_proc p WHERE p.pronamespace OPERATOR(pg_catalog.=) n.oid"
-			  " AND p.proname OPERATOR(pg_catalog.=) '_next_batch')",
-			  0, NULL, NULL, SPI_OK_SELECT);
+	RunStmt(STMT_EXTENSION, NULL, NULL);
 	SpinLockAcquire(&relay->mutex);
 	relay->extension_present = SPI_processed == 1;
 	SpinLockRelease(&relay->mutex);
@@ -475,27 +536,21 @@ RelayUnit(void)
 	/* Once per worker start: the relay's consumer, at a sensible position. */
 	if (!relay_start_done)
 	{
-		resetStringInfo(&sql);
-		appendStringInfo(&sql, "SELECT %s._relay_start()", schema);
-		ExecOrDie(sql.data, 0, NULL, NULL, SPI_OK_SELECT);
+		RunStmt(STMT_START, schema, NULL);
 		relay_start_done = true;
 	}
 
 	/* Anything new since the relay's position?  A read-only look first. */
 	values[0] = CStringGetTextDatum(RELAY_CONSUMER);
-	resetStringInfo(&sql);
-	appendStringInfo(&sql, "SELECT %s._has_pending($1)", schema);
-	ExecOrDie(sql.data, 1, argtypes, values, SPI_OK_SELECT);
+	RunStmt(STMT_PENDING, schema, values);
 	if (SPI_processed != 1)
 		elog(ERROR, "milestones relay: _has_pending returned no row");
 	if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)) || isnull)
 		goto done;
 
-	/* The next batch (the relay's consumer is registered on first use). */
+	/* The next batch of the relay's consumer (_relay_start made sure it exists). */
 	values[1] = Int32GetDatum(relay_batch_size);
-	resetStringInfo(&sql);
-	appendStringInfo(&sql, "SELECT %s._next_batch($1, $2), s.notify FROM %s.settings s", schema, schema);
-	ExecOrDie(sql.data, 2, argtypes, values, SPI_OK_SELECT);
+	RunStmt(STMT_NEXT, schema, values);
 	if (SPI_processed != 1)
 		elog(ERROR, "milestones relay: _next_batch returned no row");
 	batch = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
@@ -506,15 +561,10 @@ RelayUnit(void)
 	/* Its payloads, in event order, sent when this transaction commits. */
 	pgstat_report_activity(STATE_RUNNING, "milestones relay: sending a batch");
 	{
-		Oid			btypes[1] = {INT8OID};
 		Datum		bvalues[1] = {Int64GetDatum(batch)};
 		uint64		i;
 
-		resetStringInfo(&sql);
-		appendStringInfo(&sql, "SELECT p.payload FROM %s._payloads(ARRAY(SELECT e FROM %s.batch_events($1) e"
-						 " ORDER BY e.event_id)) p ORDER BY p.event_id",
-						 schema, schema);
-		ExecOrDie(sql.data, 1, btypes, bvalues, SPI_OK_SELECT);
+		RunStmt(STMT_PAYLOADS, schema, bvalues);
 		sent = (int) SPI_processed;
 		if (notify)
 			for (i = 0; i < SPI_processed; i++)
@@ -524,9 +574,7 @@ RelayUnit(void)
 				if (payload != NULL)
 					Async_Notify(EVENTS_CHANNEL, payload);
 			}
-		resetStringInfo(&sql);
-		appendStringInfo(&sql, "SELECT %s._finish_batch($1, NULL)", schema);
-		ExecOrDie(sql.data, 1, btypes, bvalues, SPI_OK_SELECT);
+		RunStmt(STMT_FINISH, schema, bvalues);
 	}
 
 done:

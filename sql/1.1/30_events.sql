@@ -209,17 +209,19 @@ BEGIN
     SELECT * INTO STRICT lo FROM @extschema@.consumer_ticks WHERE tick_id OPERATOR(pg_catalog.=) p_lower;
     SELECT * INTO STRICT hi FROM @extschema@.consumer_ticks WHERE tick_id OPERATOR(pg_catalog.=) p_upper;
     IF lo.cluster_id OPERATOR(pg_catalog.=) v_here AND hi.cluster_id OPERATOR(pg_catalog.=) v_here THEN
+        -- Materialized, so that the transaction id range (index
+        -- events_txid_idx) drives the scan, never the event_id order.
         RETURN QUERY
-        SELECT e.* FROM @extschema@.events e
-         WHERE e.txid OPERATOR(pg_catalog.>=) pg_catalog.pg_snapshot_xmin(lo.snapshot)
-           AND e.txid OPERATOR(pg_catalog.<) pg_catalog.pg_snapshot_xmax(hi.snapshot)
-           AND e.txid_cluster OPERATOR(pg_catalog.=) v_here
-           AND NOT pg_catalog.pg_visible_in_snapshot(e.txid, lo.snapshot)
-           AND pg_catalog.pg_visible_in_snapshot(e.txid, hi.snapshot)
-           AND e.event_id OPERATOR(pg_catalog.>) COALESCE(p_after, 0)
-           AND e.event_id OPERATOR(pg_catalog.<=) COALESCE(p_upto, 9223372036854775807)
-         ORDER BY e.event_id
-         LIMIT p_limit;
+        WITH r AS MATERIALIZED (
+            SELECT e.* FROM @extschema@.events e
+             WHERE e.txid OPERATOR(pg_catalog.>=) pg_catalog.pg_snapshot_xmin(lo.snapshot)
+               AND e.txid OPERATOR(pg_catalog.<) pg_catalog.pg_snapshot_xmax(hi.snapshot)
+               AND e.txid_cluster OPERATOR(pg_catalog.=) v_here
+               AND NOT pg_catalog.pg_visible_in_snapshot(e.txid, lo.snapshot)
+               AND pg_catalog.pg_visible_in_snapshot(e.txid, hi.snapshot)
+               AND e.event_id OPERATOR(pg_catalog.>) COALESCE(p_after, 0)
+               AND e.event_id OPERATOR(pg_catalog.<=) COALESCE(p_upto, 9223372036854775807))
+        SELECT * FROM r ORDER BY r.event_id LIMIT p_limit;
     ELSE
         RETURN QUERY
         SELECT e.* FROM @extschema@.events e
@@ -606,10 +608,13 @@ BEGIN
     IF t.cluster_id OPERATOR(pg_catalog.<>) v_here THEN
         RETURN true;                -- restored from another cluster: let next_batch sort it out
     END IF;
-    RETURN EXISTS (SELECT FROM @extschema@.events e
-                    WHERE e.txid OPERATOR(pg_catalog.>=) pg_catalog.pg_snapshot_xmin(t.snapshot)
-                      AND e.txid_cluster OPERATOR(pg_catalog.=) v_here
-                      AND NOT pg_catalog.pg_visible_in_snapshot(e.txid, t.snapshot));
+    -- Newest first along events_txid_idx: a new event is found at once,
+    -- and without one the scan stops at the position's xmin.
+    RETURN EXISTS (SELECT FROM (SELECT e.txid FROM @extschema@.events e
+                                 WHERE e.txid OPERATOR(pg_catalog.>=) pg_catalog.pg_snapshot_xmin(t.snapshot)
+                                   AND e.txid_cluster OPERATOR(pg_catalog.=) v_here
+                                   AND NOT pg_catalog.pg_visible_in_snapshot(e.txid, t.snapshot)
+                                 ORDER BY e.txid DESC LIMIT 1) x);
 END
 $$;
 COMMENT ON FUNCTION @extschema@._has_pending(text) IS

@@ -2,7 +2,10 @@
 // examples/node/worker.js - run the milestones event worker.
 //
 //   node worker.js [--consumer payments] [--max-events 1000] [--poll-ms 1000]
-//                  [--once] [--log text|json] [--event-delay-ms 0]
+//                  [--concurrency 4] [--once] [--log text|json] [--event-delay-ms 0]
+//
+// --concurrency: orders handled side by side within a batch (the events of
+// one order always in their order); the batch is finished when all are done.
 //
 // The database comes from the libpq environment (PGHOST, PGPORT, PGUSER,
 // PGPASSWORD, PGDATABASE); its role needs milestones_app.  The payment
@@ -19,6 +22,7 @@ const { values: opt } = parseArgs({
     consumer: { type: 'string', default: 'payments' },
     'max-events': { type: 'string', default: '1000' },
     'poll-ms': { type: 'string', default: '1000' },
+    concurrency: { type: 'string', default: '4' },
     'event-delay-ms': { type: 'string', default: '0' },
     once: { type: 'boolean', default: false },
     log: { type: 'string', default: 'text' },
@@ -49,7 +53,7 @@ const log = opt.log === 'json'
   : (r) => { const l = textLine(r); if (l !== null) process.stdout.write(`${l}\n`); };
 
 const providerPool = new pg.Pool({
-  max: 2,
+  max: Number(opt.concurrency),
   application_name: 'payment-provider-standin',
   ...(process.env.PROVIDER_DATABASE ? { database: process.env.PROVIDER_DATABASE } : {}),
 });
@@ -61,6 +65,7 @@ const worker = new EventWorker({
   provider,
   maxEvents: Number(opt['max-events']),
   pollMs: Number(opt['poll-ms']),
+  concurrency: Number(opt.concurrency),
   eventDelayMs: Number(opt['event-delay-ms']),
   once: opt.once,
   log,

@@ -84,10 +84,12 @@ export class EventWorker {
   // consumer: the consumer's name; provider: a PaymentProvider;
   // connection: pg.Client options (default: the PG* environment);
   // maxEvents: next_batch's max_events; pollMs: the safety-net poll;
+  // concurrency: orders handled side by side within a batch;
   // eventDelayMs: a pause after each event (tests use it to be killed
   // mid-batch); once: return when nothing is left; log(record): progress.
-  constructor({ consumer, provider, connection = {}, maxEvents = 1000, pollMs = 1000, eventDelayMs = 0,
-                once = false, register = true, log = () => {} }) {
+  constructor({ consumer, provider, connection = {}, maxEvents = 1000, pollMs = 1000, concurrency = 1,
+                eventDelayMs = 0, once = false, register = true, log = () => {} }) {
+    this.concurrency = Math.max(1, concurrency);
     this.consumer = consumer;
     this.provider = provider;
     this.connection = connection;
@@ -204,25 +206,50 @@ export class EventWorker {
     this.log({
       type: 'batch', batch_id: batchId, events: events.length,
       first_event_id: events[0]?.event_id, last_event_id: events.at(-1)?.event_id, lag_ms: lagMs,
+      read_ms: Math.round(performance.now() - fetchedAt),
     });
+    // One lane per order: an order's events are handled in their order,
+    // different orders side by side (at most `concurrency` at a time).
+    const lanes = new Map();
     for (const ev of events) {
-      const o = orders.get(ev.order_id);
-      if (!o) throw new Error(`order ${ev.order_id} of event ${ev.event_id} not found`);
-      const done = [];
-      for (const eff of effectsOf({ ...ev, ...o })) {
-        const { applied } = await this.send(eff);
-        done.push({ kind: eff.kind, amount: eff.amount ?? null, fee: eff.fee ?? null, position: eff.position ?? null, applied });
-      }
-      this.log({ type: 'event', batch_id: batchId, event_id: ev.event_id, order_id: ev.order_id, event: ev.event,
-                 position: ev.position, reason: ev.reason, effects: done });
-      if (this.eventDelayMs > 0) await sleep(this.eventDelayMs);
+      if (!lanes.has(ev.order_id)) lanes.set(ev.order_id, []);
+      lanes.get(ev.order_id).push(ev);
     }
+    const queue = [...lanes.values()];
+    let failure = null;
+    const runLanes = async () => {
+      for (let lane = queue.shift(); lane && !failure; lane = queue.shift()) {
+        for (const ev of lane) {
+          if (failure) return;
+          try {
+            await this.handle(ev, orders.get(ev.order_id), batchId);
+          } catch (err) {
+            failure ??= err;
+          }
+        }
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(this.concurrency, queue.length) }, runLanes));
+    if (failure) throw failure;
     // Only now: every request of the batch was acknowledged.
     await this.client.query('SELECT milestones.finish_batch($1)', [batchId]);
     // lag_ms here: from the oldest event's write to the end of its batch.
     const handledMs = Math.round(performance.now() - fetchedAt);
     this.log({ type: 'finished', batch_id: batchId, events: events.length, handled_ms: handledMs, lag_ms: lagMs + handledMs });
     return true;
+  }
+
+  // handle sends the requests of one event, then reports it.
+  async handle(ev, order, batchId) {
+    if (!order) throw new Error(`order ${ev.order_id} of event ${ev.event_id} not found`);
+    const done = [];
+    for (const eff of effectsOf({ ...ev, ...order })) {
+      const { applied } = await this.send(eff);
+      done.push({ kind: eff.kind, amount: eff.amount ?? null, fee: eff.fee ?? null, position: eff.position ?? null, applied });
+    }
+    this.log({ type: 'event', batch_id: batchId, event_id: ev.event_id, order_id: ev.order_id, event: ev.event,
+               position: ev.position, reason: ev.reason, effects: done });
+    if (this.eventDelayMs > 0) await sleep(this.eventDelayMs);
   }
 
   // send passes one effect to the provider.

@@ -52,10 +52,6 @@ export class TestDatabase {
     await this.admin.query(PROVIDER_SCHEMA_SQL);
     await this.admin.query(`GRANT USAGE ON SCHEMA payment_provider TO ${this.roles.worker};
                             GRANT SELECT, INSERT, UPDATE ON payment_provider.requests TO ${this.roles.worker}`);
-    if (process.env.MILESTONES_DEV_CONSUMER_SQL) {
-      const { readFileSync } = await import('node:fs');
-      await this.admin.query(readFileSync(process.env.MILESTONES_DEV_CONSUMER_SQL, 'utf8'));
-    }
   }
 
   // hasConsumers tells whether the consumer API (SPEC section 5) is installed.

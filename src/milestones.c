@@ -131,7 +131,7 @@ _PG_init(void)
 							   assign_fake_now,
 							   NULL);
 	MarkGUCPrefixReserved("milestones");
-	GuardInit();
+	CheckInit();
 }
 
 /*

@@ -285,7 +285,7 @@ milestones_deliver(PG_FUNCTION_ARGS)
 		" respond_by = pg_catalog.timezone('UTC', pg_catalog.timezone('UTC', $3)"
 		" OPERATOR(pg_catalog.+) (SELECT s.response_window FROM milestones.settings s))"
 		" WHERE order_id OPERATOR(pg_catalog.=) $1 AND position OPERATOR(pg_catalog.=) $2"
-		" RETURNING final, respond_by, deliveries",
+		" RETURNING respond_by, deliveries",
 		4, {INT8OID, INT2OID, TIMESTAMPTZOID, TEXTOID}
 	};
 
@@ -334,9 +334,20 @@ milestones_deliver(PG_FUNCTION_ARGS)
 	if (SPI_processed != 1)
 		elog(ERROR, "milestones engine: milestone %d of order " INT64_FORMAT " not delivered",
 			 m->position, order_id);
-	final = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-	respond_by = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
-	deliveries = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull));
+	/*
+	 * The final delivery is that of the last milestone not cancelled
+	 * (issue 11); without cancelled milestones that is the final flag.
+	 */
+	final = true;
+	{
+		int			k;
+
+		for (k = 0; k < o->nmilestones; k++)
+			if (o->ms[k].position > m->position && o->ms[k].state != MS_CANCELLED)
+				final = false;
+	}
+	respond_by = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	deliveries = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
 	EngineSetMilestone(o, m, MS_DELIVERED);
 	initStringInfo(&detail);
 	JsonAddBool(&detail, "final", final);
@@ -365,6 +376,7 @@ milestones_accept(PG_FUNCTION_ARGS)
 	text	   *key = ARG_TEXT(2);
 	EngineOrder *o = palloc(sizeof(EngineOrder));
 	EngineMilestone *m;
+	EngineMilestone *next = NULL;
 	Datum		prev;
 	Datum		result;
 	StringInfoData detail;
@@ -382,24 +394,29 @@ milestones_accept(PG_FUNCTION_ARGS)
 	}
 	EngineLockOrder(o, order_id, buyer_id, "buyer");
 	m = EngineOpenDelivery(o, "accept");
+	/*
+	 * The next milestone is the first pending one after it (in an active
+	 * order every later milestone is pending, or cancelled by issue 11's
+	 * cancel_milestone); with none left the order finishes.
+	 */
+	{
+		int			i;
+
+		for (i = 0; i < o->nmilestones; i++)
+			if (o->ms[i].position > m->position && o->ms[i].state == MS_PENDING &&
+				(next == NULL || o->ms[i].position < next->position))
+				next = &o->ms[i];
+	}
 	initStringInfo(&detail);
-	if (m->final)
+	if (next == NULL)
 		LedgerComplete(o, m, "finished", MilestonesNow(), &detail);
 	else
 	{
-		EngineMilestone *next = NULL;
-		int			i;
 		Datum		charged;
 
 		LedgerCompleteOne(o, m, MilestonesNow());
-		for (i = 0; i < o->nmilestones; i++)
-			if (o->ms[i].position == m->position + 1)
-				next = &o->ms[i];
-		if (next == NULL || next->state != MS_PENDING)
-			elog(ERROR, "milestones engine: order " INT64_FORMAT " has no pending milestone %d",
-				 order_id, m->position + 1);
 		charged = LedgerStart(o, next);
-		JsonAddInt(&detail, "next", false, m->position + 1);
+		JsonAddInt(&detail, "next", false, next->position);
 		JsonAddNumeric(&detail, "charged", charged);
 	}
 	EngineEvent(o, m->position, "accepted", "buyer", false, buyer_id, NULL, m->state,

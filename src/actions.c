@@ -158,8 +158,7 @@ EndOffer(FunctionCallInfo fcinfo, const char *role, const char *idkey,
 		elog(ERROR, "milestones engine: order " INT64_FORMAT " not ended", order_id);
 	EngineSetOrder(o, to, true);
 	(void) f;
-	EngineEvent(o, -1, StateName(&OrderMachine, to), role, false, actor_id, NULL, -1, "");
-	result = EngineStatus(fcinfo, caller, order_id, key == NULL, key);
+	result = EngineEventStatus(fcinfo, caller, o, -1, StateName(&OrderMachine, to), role, false, actor_id, NULL, -1, "", key);
 	EngineFinish();
 	return result;
 }
@@ -196,15 +195,8 @@ milestones_place_order(PG_FUNCTION_ARGS)
 	Datum		result;
 	Datum		values[2];
 	Datum		charged;
-	bool		isnull;
+	bool		eligible;
 	StringInfoData detail;
-	static EnginePlan eligible_plan = {
-		"SELECT EXISTS (SELECT FROM milestones.eligible_sellers es"
-		" WHERE es.seller_id OPERATOR(pg_catalog.=) $1 AND es.eligible)"
-		" AND EXISTS (SELECT FROM milestones.eligible_categories ec"
-		" WHERE ec.category OPERATOR(pg_catalog.=) $2 AND ec.eligible)",
-		2, {INT8OID, TEXTOID}
-	};
 	static EnginePlan place_plan = {
 		"UPDATE milestones.orders SET state = 'active', placed_at = $2"
 		" WHERE order_id OPERATOR(pg_catalog.=) $1",
@@ -222,14 +214,11 @@ milestones_place_order(PG_FUNCTION_ARGS)
 		EngineFinish();
 		PG_RETURN_DATUM(result);
 	}
-	EngineLockOrder(o, order_id, buyer_id, "buyer");
+	eligible = EngineLockOrderEligible(o, order_id, buyer_id, "buyer");
 	if (o->state != ORDER_OFFERED)
 		EngineStateError(o, "place_order", "an offered order");
 	/* Eligibility can be withdrawn between the offer and the order. */
-	values[0] = Int64GetDatum(o->seller_id);
-	values[1] = CStringGetTextDatum(o->category);
-	EngineExec(&eligible_plan, values, NULL, SPI_OK_SELECT, 0);
-	if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)))
+	if (!eligible)
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 errmsg("order " INT64_FORMAT " can no longer be placed as a milestone order", order_id),
@@ -247,8 +236,7 @@ milestones_place_order(PG_FUNCTION_ARGS)
 	charged = LedgerStart(o, &o->ms[0]);
 	initStringInfo(&detail);
 	JsonAddNumeric(&detail, "charged", charged);
-	EngineEvent(o, 1, "placed", "buyer", false, buyer_id, NULL, o->ms[0].state, JsonClose(&detail));
-	result = EngineStatus(fcinfo, caller, order_id, key == NULL, key);
+	result = EngineEventStatus(fcinfo, caller, o, 1, "placed", "buyer", false, buyer_id, NULL, o->ms[0].state, JsonClose(&detail), key);
 	EngineFinish();
 	PG_RETURN_DATUM(result);
 }
@@ -354,9 +342,8 @@ milestones_deliver(PG_FUNCTION_ARGS)
 	JsonAddTimestamp(&detail, "respond_by", respond_by);
 	JsonAddInt(&detail, "delivery", false, deliveries);
 	JsonAddText(&detail, "note", NoteLeft(note));
-	EngineEvent(o, m->position, "delivered", "seller", false, seller_id, NULL, m->state,
-				JsonClose(&detail));
-	result = EngineStatus(fcinfo, caller, order_id, key == NULL, key);
+	result = EngineEventStatus(fcinfo, caller, o, m->position, "delivered", "seller", false, seller_id, NULL, m->state,
+				JsonClose(&detail), key);
 	EngineFinish();
 	PG_RETURN_DATUM(result);
 }
@@ -419,9 +406,8 @@ milestones_accept(PG_FUNCTION_ARGS)
 		JsonAddInt(&detail, "next", false, next->position);
 		JsonAddNumeric(&detail, "charged", charged);
 	}
-	EngineEvent(o, m->position, "accepted", "buyer", false, buyer_id, NULL, m->state,
-				JsonClose(&detail));
-	result = EngineStatus(fcinfo, caller, order_id, key == NULL, key);
+	result = EngineEventStatus(fcinfo, caller, o, m->position, "accepted", "buyer", false, buyer_id, NULL, m->state,
+				JsonClose(&detail), key);
 	EngineFinish();
 	PG_RETURN_DATUM(result);
 }
@@ -493,9 +479,8 @@ milestones_request_revision(PG_FUNCTION_ARGS)
 	initStringInfo(&detail);
 	JsonAddInt(&detail, "revisions_used", false, (int64) o->revisions_used + 1);
 	JsonAddText(&detail, "note", NoteLeft(note));
-	EngineEvent(o, m->position, "revision_requested", "buyer", false, buyer_id, NULL, m->state,
-				JsonClose(&detail));
-	result = EngineStatus(fcinfo, caller, order_id, key == NULL, key);
+	result = EngineEventStatus(fcinfo, caller, o, m->position, "revision_requested", "buyer", false, buyer_id, NULL, m->state,
+				JsonClose(&detail), key);
 	EngineFinish();
 	PG_RETURN_DATUM(result);
 }
@@ -535,9 +520,8 @@ milestones_stop(PG_FUNCTION_ARGS)
 	m = EngineOpenDelivery(o, "stop");
 	initStringInfo(&detail);
 	LedgerComplete(o, m, "stopped", MilestonesNow(), &detail);
-	EngineEvent(o, m->position, "stopped", "buyer", false, buyer_id, NULL, m->state,
-				JsonClose(&detail));
-	result = EngineStatus(fcinfo, caller, order_id, key == NULL, key);
+	result = EngineEventStatus(fcinfo, caller, o, m->position, "stopped", "buyer", false, buyer_id, NULL, m->state,
+				JsonClose(&detail), key);
 	EngineFinish();
 	PG_RETURN_DATUM(result);
 }
@@ -681,9 +665,8 @@ milestones_cancel(PG_FUNCTION_ARGS)
 	JsonAddText(&detail, "reason", reason_s);
 	JsonAddInt(&detail, "skipped", false, skipped);
 	JsonAddText(&detail, "note", NoteLeft(note));
-	EngineEvent(o, m ? m->position : -1, "cancelled", "support", true, 0, agent_s,
-				m ? m->state : -1, JsonClose(&detail));
-	result = EngineStatus(fcinfo, caller, order_id, key == NULL, key);
+	result = EngineEventStatus(fcinfo, caller, o, m ? m->position : -1, "cancelled", "support", true, 0, agent_s,
+				m ? m->state : -1, JsonClose(&detail), key);
 	EngineFinish();
 	PG_RETURN_DATUM(result);
 }

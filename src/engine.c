@@ -350,6 +350,18 @@ static EnginePlan lock_plan = {
 	" FROM milestones.orders o WHERE o.order_id OPERATOR(pg_catalog.=) $1 FOR UPDATE",
 	1, {INT8OID}
 };
+static EnginePlan lock_eligible_plan = {
+	"SELECT o.order_id, o.seller_id, o.buyer_id, o.category, o.currency, o.state,"
+	" COALESCE(o.end_reason, o.cancel_reason), o.revisions_allowed, o.revisions_used, o.fee_rate,"
+	" EXISTS (SELECT FROM milestones.eligible_sellers es"
+	" WHERE es.seller_id OPERATOR(pg_catalog.=) o.seller_id AND es.eligible)"
+	" AND EXISTS (SELECT FROM milestones.eligible_categories ec"
+	" WHERE ec.category OPERATOR(pg_catalog.=) o.category AND ec.eligible)"
+	" FROM milestones.orders o WHERE o.order_id OPERATOR(pg_catalog.=) $1 FOR UPDATE OF o",
+	1, {INT8OID}
+};
+static void LockOrder(EngineOrder *o, int64 order_id, int64 actor_id, const char *role,
+					  EnginePlan *plan);
 static EnginePlan milestones_plan = {
 	"SELECT m.position, m.state, m.name, m.final, m.amount, m.respond_by, m.delivered_at,"
 	" m.deliveries FROM milestones.order_milestones m"
@@ -365,6 +377,27 @@ static EnginePlan milestones_plan = {
 void
 EngineLockOrder(EngineOrder *o, int64 order_id, int64 actor_id, const char *role)
 {
+	LockOrder(o, order_id, actor_id, role, &lock_plan);
+}
+
+/*
+ * EngineLockOrderEligible is EngineLockOrder for place_order, which also
+ * needs to know whether the order's seller and category are still
+ * eligible: one statement instead of two.
+ */
+bool
+EngineLockOrderEligible(EngineOrder *o, int64 order_id, int64 actor_id, const char *role)
+{
+	bool		isnull;
+
+	LockOrder(o, order_id, actor_id, role, &lock_eligible_plan);
+	return DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 11, &isnull));
+}
+
+/* LockOrder is the body of EngineLockOrder with the statement to run. */
+static void
+LockOrder(EngineOrder *o, int64 order_id, int64 actor_id, const char *role, EnginePlan *plan)
+{
 	Datum		values[1];
 	HeapTuple	tup;
 	TupleDesc	desc;
@@ -372,7 +405,7 @@ EngineLockOrder(EngineOrder *o, int64 order_id, int64 actor_id, const char *role
 	char	   *state;
 
 	values[0] = Int64GetDatum(order_id);
-	EngineExec(&lock_plan, values, NULL, SPI_OK_SELECT, 0);
+	EngineExec(plan, values, NULL, SPI_OK_SELECT, 0);
 	if (SPI_processed == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_NO_DATA_FOUND),
@@ -528,19 +561,16 @@ static EnginePlan event_plan = {
 };
 
 /*
- * EngineEvent appends the event of an action (1.0's _event, without the
- * NOTIFY: the events table's own trigger or relay sends notifications).
- * position < 0 is NULL; milestone_state < 0 is NULL; detail is JSON text.
+ * EventValues fills the parameters of an event row ($1..$10 of the event
+ * statements): position < 0 is NULL, milestone_state < 0 is NULL, detail
+ * is JSON text.  order_state is the order's state after the action.
  */
-void
-EngineEvent(EngineOrder *o, int position, const char *event, const char *actor_role,
-			bool actor_null, int64 actor_id, const char *agent, int milestone_state,
-			const char *detail)
+static void
+EventValues(Datum *values, char *nulls, EngineOrder *o, int position, const char *event,
+			const char *actor_role, bool actor_null, int64 actor_id, const char *agent,
+			int milestone_state, const char *detail)
 {
-	Datum		values[10];
-	char		nulls[10];
-
-	memset(nulls, ' ', sizeof(nulls));
+	memset(nulls, ' ', 10);
 	values[0] = Int64GetDatum(o->order_id);
 	values[1] = Int16GetDatum((int16) position);
 	if (position < 0)
@@ -557,9 +587,28 @@ EngineEvent(EngineOrder *o, int position, const char *event, const char *actor_r
 	if (milestone_state >= 0)
 		values[7] = CStringGetTextDatum(StateName(&MilestoneMachine, milestone_state));
 	else
+	{
+		values[7] = (Datum) 0;
 		nulls[7] = 'n';
+	}
 	values[8] = EngineJsonb(detail);
 	values[9] = TimestampTzGetDatum(MilestonesNow());
+}
+
+/*
+ * EngineEvent appends the event of an action (1.0's _event, without the
+ * NOTIFY: the events table's own trigger or relay sends notifications).
+ */
+void
+EngineEvent(EngineOrder *o, int position, const char *event, const char *actor_role,
+			bool actor_null, int64 actor_id, const char *agent, int milestone_state,
+			const char *detail)
+{
+	Datum		values[10];
+	char		nulls[10];
+
+	EventValues(values, nulls, o, position, event, actor_role, actor_null, actor_id,
+				agent, milestone_state, detail);
 	EngineExec(&event_plan, values, nulls, SPI_OK_INSERT, 0);
 	if (SPI_processed != 1)
 		elog(ERROR, "milestones engine: event of order " INT64_FORMAT " not written", o->order_id);
@@ -636,6 +685,59 @@ EngineStatus(FunctionCallInfo fcinfo, MemoryContext caller, int64 order_id,
 
 		EngineIdemStore(key, json);
 	}
+	return result;
+}
+
+#define EVENT_CTE \
+	"WITH e AS (INSERT INTO milestones.events (order_id, position, event, actor_role, actor_id, agent," \
+	" order_state, milestone_state, detail, created_at)" \
+	" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING 1) "
+#define EVENT_ARGTYPES \
+	{INT8OID, INT2OID, TEXTOID, TEXTOID, INT8OID, TEXTOID, TEXTOID, TEXTOID, JSONBOID, TIMESTAMPTZOID}
+
+static EnginePlan event_status_plan = {
+	EVENT_CTE
+	"SELECT s.*, (SELECT pg_catalog.count(*) FROM e) FROM milestones.order_status s"
+	" WHERE s.order_id OPERATOR(pg_catalog.=) $1",
+	10, EVENT_ARGTYPES
+};
+static EnginePlan event_status_json_plan = {
+	EVENT_CTE
+	"SELECT s.*, pg_catalog.to_jsonb(s), (SELECT pg_catalog.count(*) FROM e)"
+	" FROM milestones.order_status s WHERE s.order_id OPERATOR(pg_catalog.=) $1",
+	10, EVENT_ARGTYPES
+};
+
+/*
+ * EngineEventStatus appends the action's event and reads the order_status
+ * row it returns in one statement (the view does not read the events, and
+ * sees the action's earlier statements); with a key it also stores the row
+ * as the key's result, as to_jsonb of the row.
+ */
+Datum
+EngineEventStatus(FunctionCallInfo fcinfo, MemoryContext caller, EngineOrder *o,
+				  int position, const char *event, const char *actor_role,
+				  bool actor_null, int64 actor_id, const char *agent,
+				  int milestone_state, const char *detail, text *key)
+{
+	Datum		values[10];
+	char		nulls[10];
+	Datum		result;
+	bool		isnull;
+	int			natts;
+
+	EventValues(values, nulls, o, position, event, actor_role, actor_null, actor_id,
+				agent, milestone_state, detail);
+	EngineExec(key == NULL ? &event_status_plan : &event_status_json_plan,
+			   values, nulls, SPI_OK_SELECT, 0);
+	result = ResultRow(fcinfo, caller);
+	natts = SPI_tuptable->tupdesc->natts;
+	if (DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
+									natts, &isnull)) != 1)
+		elog(ERROR, "milestones engine: event of order " INT64_FORMAT " not written", o->order_id);
+	if (key != NULL)
+		EngineIdemStore(key, SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
+										   natts - 1, &isnull));
 	return result;
 }
 

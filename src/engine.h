@@ -88,6 +88,8 @@ extern bool EngineIdemClaim(bool keynull, text *key, const char *function,
 extern void EngineIdemStore(text *key, Datum result);
 extern void EngineLockOrder(EngineOrder *o, int64 order_id, int64 actor_id,
 							const char *role);
+extern bool EngineLockOrderEligible(EngineOrder *o, int64 order_id, int64 actor_id,
+									const char *role);
 extern void EngineReadMilestones(EngineOrder *o);
 extern void EngineStateError(EngineOrder *o, const char *action, const char *needs) pg_attribute_noreturn();
 extern EngineMilestone *EngineOpenDelivery(EngineOrder *o, const char *action);
@@ -96,6 +98,10 @@ extern void EngineEvent(EngineOrder *o, int position, const char *event,
 						const char *agent, int milestone_state, const char *detail);
 extern Datum EngineStatus(FunctionCallInfo fcinfo, MemoryContext caller,
 						  int64 order_id, bool keynull, text *key);
+extern Datum EngineEventStatus(FunctionCallInfo fcinfo, MemoryContext caller, EngineOrder *o,
+							   int position, const char *event, const char *actor_role,
+							   bool actor_null, int64 actor_id, const char *agent,
+							   int milestone_state, const char *detail, text *key);
 extern Datum EngineStoredStatus(FunctionCallInfo fcinfo, MemoryContext caller,
 								Datum stored);
 extern void EngineSetMilestone(EngineOrder *o, EngineMilestone *m, int to);

@@ -401,8 +401,7 @@ milestones_accept(PG_FUNCTION_ARGS)
 	{
 		Datum		charged;
 
-		LedgerCompleteOne(o, m, MilestonesNow());
-		charged = LedgerStart(o, next);
+		charged = LedgerAdvance(o, m, next);
 		JsonAddInt(&detail, "next", false, next->position);
 		JsonAddNumeric(&detail, "charged", charged);
 	}

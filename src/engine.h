@@ -114,7 +114,7 @@ extern void LedgerComplete(EngineOrder *o, EngineMilestone *m, const char *reaso
 						   TimestampTz at, StringInfo detail);
 extern void LedgerSettle(EngineOrder *o, StringInfo detail);
 extern int	LedgerSkipPending(EngineOrder *o);
-extern void LedgerCompleteOne(EngineOrder *o, EngineMilestone *m, TimestampTz at);
+extern Datum LedgerAdvance(EngineOrder *o, EngineMilestone *m, EngineMilestone *next);
 extern Datum LedgerStart(EngineOrder *o, EngineMilestone *m);
 
 #endif							/* MILESTONES_ENGINE_H */

@@ -185,58 +185,76 @@ LedgerSettle(EngineOrder *o, StringInfo detail)
 	appendStringInfoChar(detail, '}');
 }
 
-static EnginePlan complete_milestone_plan = {
-	"UPDATE milestones.order_milestones SET state = 'completed', completed_at = $3"
-	" WHERE order_id OPERATOR(pg_catalog.=) $1 AND position OPERATOR(pg_catalog.=) $2",
-	3, {INT8OID, INT2OID, TIMESTAMPTZOID}
+static EnginePlan complete_plan = {
+	"WITH o AS (UPDATE milestones.orders SET state = 'completed', end_reason = $3, completed_at = $4"
+	" WHERE order_id OPERATOR(pg_catalog.=) $1 RETURNING 1)"
+	" UPDATE milestones.order_milestones"
+	" SET state = CASE WHEN position OPERATOR(pg_catalog.=) $2 THEN 'completed' ELSE 'skipped' END,"
+	" completed_at = CASE WHEN position OPERATOR(pg_catalog.=) $2 THEN $4 ELSE completed_at END"
+	" WHERE order_id OPERATOR(pg_catalog.=) $1"
+	" AND (position OPERATOR(pg_catalog.=) $2 OR state OPERATOR(pg_catalog.=) 'pending')"
+	" RETURNING position, (SELECT pg_catalog.count(*) FROM o)",
+	4, {INT8OID, INT2OID, TEXTOID, TIMESTAMPTZOID}
 };
-static EnginePlan complete_order_plan = {
-	"UPDATE milestones.orders SET state = 'completed', end_reason = $2, completed_at = $3"
-	" WHERE order_id OPERATOR(pg_catalog.=) $1",
-	3, {INT8OID, TEXTOID, TIMESTAMPTZOID}
-};
-
-/*
- * LedgerCompleteMilestone completes a delivered milestone at a time.
- */
-static void
-LedgerCompleteMilestone(EngineOrder *o, EngineMilestone *m, TimestampTz at)
-{
-	Datum		values[3];
-
-	values[0] = Int64GetDatum(o->order_id);
-	values[1] = Int16GetDatum((int16) m->position);
-	values[2] = TimestampTzGetDatum(at);
-	EngineExec(&complete_milestone_plan, values, NULL, SPI_OK_UPDATE, 0);
-	if (SPI_processed != 1)
-		elog(ERROR, "milestones engine: milestone %d of order " INT64_FORMAT " not completed",
-			 m->position, o->order_id);
-	EngineSetMilestone(o, m, MS_COMPLETED);
-}
 
 /*
  * LedgerComplete ends an active order whose current milestone is
  * delivered (1.0's _complete): that milestone completes, later ones are
- * skipped, the seller is paid.  accept (of the last milestone), stop and
- * the expiry sweep all end here.  Appends {"skipped", "payout"} members to
- * detail (left open for the caller's further members).
+ * skipped, the order completes (one statement for the three), and the
+ * seller is paid.  accept (of the last milestone), stop and the expiry
+ * sweep all end here.  Appends {"skipped", "payout"} members to detail
+ * (left open for the caller's further members).
  */
 void
 LedgerComplete(EngineOrder *o, EngineMilestone *m, const char *reason,
 			   TimestampTz at, StringInfo detail)
 {
-	Datum		values[3];
-	int			skipped;
+	Datum		values[4];
+	int			skipped = 0;
+	int			expected = 0;
+	int			i;
+	uint64		r;
+	bool		done = false;
 	StringInfoData payout;
 
-	LedgerCompleteMilestone(o, m, at);
-	skipped = LedgerSkipPending(o);
+	for (i = 0; i < o->nmilestones; i++)
+		if (o->ms[i].state == MS_PENDING)
+			expected++;
 	values[0] = Int64GetDatum(o->order_id);
-	values[1] = CStringGetTextDatum(reason);
-	values[2] = TimestampTzGetDatum(at);
-	EngineExec(&complete_order_plan, values, NULL, SPI_OK_UPDATE, 0);
-	if (SPI_processed != 1)
-		elog(ERROR, "milestones engine: order " INT64_FORMAT " not completed", o->order_id);
+	values[1] = Int16GetDatum((int16) m->position);
+	values[2] = CStringGetTextDatum(reason);
+	values[3] = TimestampTzGetDatum(at);
+	EngineExec(&complete_plan, values, NULL, SPI_OK_UPDATE_RETURNING, 0);
+	if ((int) SPI_processed != expected + 1)
+		elog(ERROR, "milestones engine: order " INT64_FORMAT " completed %d milestones, expected %d",
+			 o->order_id, (int) SPI_processed, expected + 1);
+	for (r = 0; r < SPI_processed; r++)
+	{
+		bool		isnull;
+		int			pos = DatumGetInt16(SPI_getbinval(SPI_tuptable->vals[r],
+													  SPI_tuptable->tupdesc, 1, &isnull));
+
+		if (DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 2, &isnull)) != 1)
+			elog(ERROR, "milestones engine: order " INT64_FORMAT " not completed", o->order_id);
+		if (pos == m->position)
+		{
+			EngineSetMilestone(o, m, MS_COMPLETED);
+			done = true;
+			continue;
+		}
+		for (i = 0; i < o->nmilestones; i++)
+			if (o->ms[i].position == pos && o->ms[i].state == MS_PENDING)
+			{
+				EngineSetMilestone(o, &o->ms[i], MS_SKIPPED);
+				skipped++;
+				break;
+			}
+		if (i == o->nmilestones)
+			elog(ERROR, "milestones engine: skipped an unexpected milestone %d of order " INT64_FORMAT,
+				 pos, o->order_id);
+	}
+	if (!done || skipped != expected)
+		elog(ERROR, "milestones engine: order " INT64_FORMAT " not completed as read", o->order_id);
 	EngineSetOrder(o, ORDER_COMPLETED, true);
 	JsonAddInt(detail, "skipped", false, skipped);
 	initStringInfo(&payout);
@@ -245,11 +263,64 @@ LedgerComplete(EngineOrder *o, EngineMilestone *m, const char *reason,
 	appendStringInfoString(detail, payout.data);
 }
 
-/* LedgerCompleteOne completes a delivered milestone that is not the last. */
-void
-LedgerCompleteOne(EngineOrder *o, EngineMilestone *m, TimestampTz at)
+static EnginePlan advance_plan = {
+	"UPDATE milestones.order_milestones"
+	" SET state = CASE WHEN position OPERATOR(pg_catalog.=) $2 THEN 'completed' ELSE 'in_progress' END,"
+	" completed_at = CASE WHEN position OPERATOR(pg_catalog.=) $2 THEN $4 ELSE completed_at END,"
+	" started_at = CASE WHEN position OPERATOR(pg_catalog.=) $2 THEN started_at ELSE $4 END,"
+	" due_at = CASE WHEN position OPERATOR(pg_catalog.=) $2 THEN due_at"
+	" ELSE pg_catalog.timezone('UTC', pg_catalog.timezone('UTC', $4)"
+	" OPERATOR(pg_catalog.+) pg_catalog.make_interval(days => days)) END"
+	" WHERE order_id OPERATOR(pg_catalog.=) $1"
+	" AND (position OPERATOR(pg_catalog.=) $2 OR position OPERATOR(pg_catalog.=) $3)"
+	" RETURNING position, amount",
+	4, {INT8OID, INT2OID, INT2OID, TIMESTAMPTZOID}
+};
+
+/*
+ * LedgerAdvance completes the delivered milestone m and starts the next
+ * one (one statement for both: due_at in UTC as in LedgerStart), then
+ * charges the buyer for it (R4).  Returns the amount charged.
+ */
+Datum
+LedgerAdvance(EngineOrder *o, EngineMilestone *m, EngineMilestone *next)
 {
-	LedgerCompleteMilestone(o, m, at);
+	static const char *const accounts[] = {"buyer", "escrow"};
+	Datum		values[4];
+	Datum		amounts[2];
+	Datum		amount = (Datum) 0;
+	bool		started = false;
+	bool		completed = false;
+	uint64		r;
+
+	values[0] = Int64GetDatum(o->order_id);
+	values[1] = Int16GetDatum((int16) m->position);
+	values[2] = Int16GetDatum((int16) next->position);
+	values[3] = TimestampTzGetDatum(MilestonesNow());
+	EngineExec(&advance_plan, values, NULL, SPI_OK_UPDATE_RETURNING, 0);
+	for (r = 0; r < SPI_processed; r++)
+	{
+		bool		isnull;
+		int			pos = DatumGetInt16(SPI_getbinval(SPI_tuptable->vals[r],
+													  SPI_tuptable->tupdesc, 1, &isnull));
+
+		if (pos == m->position && !completed)
+			completed = true;
+		else if (pos == next->position && !started)
+		{
+			started = true;
+			amount = SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 2, &isnull);
+		}
+	}
+	if (SPI_processed != 2 || !completed || !started)
+		elog(ERROR, "milestones engine: order " INT64_FORMAT " did not move from milestone %d to %d",
+			 o->order_id, m->position, next->position);
+	EngineSetMilestone(o, m, MS_COMPLETED);
+	EngineSetMilestone(o, next, MS_IN_PROGRESS);
+	amounts[0] = DirectFunctionCall1(numeric_uminus, amount);
+	amounts[1] = amount;
+	LedgerPost(o, next->position, "charge", accounts, amounts, 2);
+	return amount;
 }
 
 static EnginePlan start_plan = {

@@ -16,8 +16,8 @@
  *	- milestones_check_order (deferred constraint trigger, AFTER ROW) checks,
  *	  once per touched order and at commit, the order-level invariants that
  *	  no single row can show: milestone positions 1..n, one active milestone,
- *	  milestone k started only after k-1 completed, the order state matching
- *	  its milestones, and (after an UPDATE or a ledger write) the money:
+ *	  milestone k started only after every earlier one ended (completed,
+ *	  refunded or cancelled), the order state matching its milestones, and (after an UPDATE or a ledger write) the money:
  *	  balanced transactions, one charge per started milestone, one payout.
  *
  * The order-level check is deferred so that pg_restore, which loads rows

@@ -39,6 +39,7 @@ PG_FUNCTION_INFO_V1(milestones_request_revision);
 PG_FUNCTION_INFO_V1(milestones_stop);
 PG_FUNCTION_INFO_V1(milestones_cancel);
 PG_FUNCTION_INFO_V1(milestones_expire_overdue);
+PG_FUNCTION_INFO_V1(milestones_cancel_milestone);
 
 #define ARG_INT64(n, isnull) ((isnull) = PG_ARGISNULL(n), (isnull) ? 0 : PG_GETARG_INT64(n))
 #define ARG_TEXT(n) (PG_ARGISNULL(n) ? NULL : PG_GETARG_TEXT_PP(n))
@@ -1207,4 +1208,229 @@ milestones_create_offer(PG_FUNCTION_ARGS)
 	}
 	EngineFinish();
 	PG_RETURN_INT64(order_id);
+}
+
+/*
+ * milestones_cancel_milestone: customer support ends one milestone of an
+ * active order for a listed reason, and the order goes on (R10b, SPEC
+ * section 8).  A pending milestone is cancelled (never charged); the
+ * running one (in progress, or delivered with its window open) is
+ * refunded and the next pending milestone is charged and started as on
+ * accept -- or, when none is left, the order ends exactly as cancel ends
+ * it.  The behaviour of issue 11's PL/pgSQL version, message for message.
+ */
+Datum
+milestones_cancel_milestone(PG_FUNCTION_ARGS)
+{
+	MemoryContext caller = CurrentMemoryContext;
+	bool		idnull;
+	int64		order_id = ARG_INT64(0, idnull);
+	bool		posnull = PG_ARGISNULL(1);
+	int32		position = posnull ? 0 : PG_GETARG_INT32(1);
+	text	   *agent = ARG_TEXT(2);
+	text	   *reason = ARG_TEXT(3);
+	text	   *note = ARG_TEXT(4);
+	text	   *key = ARG_TEXT(5);
+	EngineOrder *o = palloc(sizeof(EngineOrder));
+	EngineMilestone *m = NULL;
+	EngineMilestone *cur;
+	EngineMilestone *next = NULL;
+	Datum		prev;
+	Datum		result;
+	Datum		values[6];
+	char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
+	bool		isnull;
+	char	   *reason_s;
+	char	   *agent_s;
+	int			i;
+	int			final = -1;
+	Datum		total = (Datum) 0;
+	Datum		refunded = NumericGetDatum(int64_to_numeric(0));
+	Datum		charged = NumericGetDatum(int64_to_numeric(0));
+	StringInfoData args;
+	StringInfoData detail;
+	static EnginePlan reason_plan = {
+		"SELECT EXISTS (SELECT FROM milestones.cancellation_reasons cr"
+		" WHERE cr.code OPERATOR(pg_catalog.=) $1 AND cr.active)",
+		1, {TEXTOID}
+	};
+	static EnginePlan reasons_plan = {
+		"SELECT pg_catalog.string_agg(code, ', ' ORDER BY code)"
+		" FROM milestones.cancellation_reasons WHERE active",
+		0, {InvalidOid}
+	};
+	static EnginePlan end_milestone_plan = {
+		"UPDATE milestones.order_milestones SET state = $3, cancel_reason = $4,"
+		" cancelled_by = $5, cancel_note = $6"
+		" WHERE order_id OPERATOR(pg_catalog.=) $1 AND position OPERATOR(pg_catalog.=) $2",
+		6, {INT8OID, INT2OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID}
+	};
+	static EnginePlan cancel_plan = {
+		"UPDATE milestones.orders SET state = 'cancelled', cancel_reason = $2, cancelled_by = $3,"
+		" cancel_note = $4, completed_at = $5 WHERE order_id OPERATOR(pg_catalog.=) $1",
+		5, {INT8OID, TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID}
+	};
+
+	if (idnull || order_id <= 0)
+		EngineCheckId(idnull, order_id, "order_id");
+	EngineNotNull(posnull, "position");
+	if (position < 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("position must be 1 or more"),
+				 errdetail("Got %d; milestones are numbered from 1.", position)));
+	EngineCheckText(agent == NULL, agent, "agent", 200, true);
+	EngineNotNull(reason == NULL, "reason");
+	CheckNote(note);
+	reason_s = text_to_cstring(reason);
+	agent_s = text_to_cstring(agent);
+	EngineConnect();
+	initStringInfo(&args);
+	JsonAddInt(&args, "order_id", false, order_id);
+	JsonAddInt(&args, "position", false, position);
+	JsonAddText(&args, "agent", agent_s);
+	JsonAddText(&args, "reason", reason_s);
+	JsonAddText(&args, "note", note ? text_to_cstring(note) : NULL);
+	if (EngineIdemClaim(key == NULL, key, "cancel_milestone", JsonClose(&args), &prev))
+	{
+		result = EngineStoredStatus(fcinfo, caller, prev);
+		EngineFinish();
+		PG_RETURN_DATUM(result);
+	}
+	/* After the key: a retry succeeds even if the reason was retired since. */
+	values[0] = PointerGetDatum(reason);
+	EngineExec(&reason_plan, values, NULL, SPI_OK_SELECT, 0);
+	if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)))
+	{
+		char	   *list;
+
+		EngineExec(&reasons_plan, NULL, NULL, SPI_OK_SELECT, 0);
+		list = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("unknown cancellation reason %s", EngineQuoteLiteral(reason_s, 100)),
+				 errdetail("Valid reasons: %s.", list ? list : ""),
+				 errhint("Support maintains the list with milestones.set_cancellation_reason().")));
+	}
+	EngineLockOrder(o, order_id, 0, "support");
+	if (o->state != ORDER_ACTIVE)
+	{
+		const char *state = StateName(&OrderMachine, o->state);
+
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("cancel_milestone is not allowed: order " INT64_FORMAT " is %s%s%s%s", order_id,
+						state, o->reason ? " (" : "", o->reason ? o->reason : "", o->reason ? ")" : ""),
+				 errdetail("cancel_milestone needs an active order; order " INT64_FORMAT " is %s.", order_id, state),
+				 errhint("%s", o->state == ORDER_OFFERED ?
+						 "An offer is ended whole: support calls milestones.cancel(), the seller withdraw_offer() or the buyer decline_offer()." :
+						 "An ended order never changes again. milestones.cancel() ends a whole order; withdraw_offer() and decline_offer() end an offer.")));
+	}
+	EngineReadMilestones(o);
+	for (i = 0; i < o->nmilestones; i++)
+		if (o->ms[i].position == position)
+			m = &o->ms[i];
+	if (m == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_NO_DATA_FOUND),
+				 errmsg("milestone %d of order " INT64_FORMAT " does not exist", position, order_id),
+				 errdetail("Order " INT64_FORMAT " has milestones 1 to %d.", order_id, o->nmilestones)));
+	cur = o->current >= 0 ? &o->ms[o->current] : NULL;
+	if (cur != NULL && cur->state == MS_DELIVERED && MilestonesNow() >= cur->respond_by)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("cancel_milestone is not allowed: order " INT64_FORMAT " has expired", order_id),
+				 errdetail("Milestone %d was delivered at %s and the buyer's window closed at %s.",
+						   cur->position, EngineTimestampOut(cur->delivered_at_null, cur->delivered_at),
+						   EngineTimestampOut(cur->respond_by_null, cur->respond_by)),
+				 errhint("The order is in effect completed as expired; the expiry sweep records it.")));
+	if (m->state != MS_PENDING && m->state != MS_IN_PROGRESS && m->state != MS_DELIVERED)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("cancel_milestone is not allowed: milestone %d of order " INT64_FORMAT " is %s",
+						m->position, order_id, StateName(&MilestoneMachine, m->state)),
+				 errdetail("Milestone %d (%s) has ended as %s; only a pending, in-progress or delivered milestone can be cancelled.",
+						   m->position, m->name, StateName(&MilestoneMachine, m->state)),
+				 errhint("See milestones.milestone_status for the order's milestones.")));
+
+	initStringInfo(&detail);
+	values[0] = Int64GetDatum(order_id);
+	values[1] = Int16GetDatum((int16) m->position);
+	values[2] = CStringGetTextDatum(m->state == MS_PENDING ? "cancelled" : "refunded");
+	values[3] = PointerGetDatum(reason);
+	values[4] = PointerGetDatum(agent);
+	values[5] = note ? PointerGetDatum(note) : (Datum) 0;
+	if (note == NULL)
+		nulls[5] = 'n';
+	EngineExec(&end_milestone_plan, values, nulls, SPI_OK_UPDATE, 0);
+	if (SPI_processed != 1)
+		elog(ERROR, "milestones engine: milestone %d of order " INT64_FORMAT " not cancelled",
+			 m->position, order_id);
+	if (m->state == MS_PENDING)
+		/* Never charged: nothing moves.  The order goes on as it was. */
+		EngineSetMilestone(o, m, MS_CANCELLED);
+	else
+	{
+		/* The running milestone: its charge goes back to the buyer. */
+		static const char *const accounts[] = {"escrow", "buyer"};
+		Datum		amounts[2];
+
+		EngineSetMilestone(o, m, MS_REFUNDED);
+		amounts[0] = DirectFunctionCall1(numeric_uminus, m->amount);
+		amounts[1] = m->amount;
+		LedgerPost(o, m->position, "refund", accounts, amounts, 2);
+		refunded = m->amount;
+		for (i = 0; i < o->nmilestones; i++)
+			if (o->ms[i].state == MS_PENDING && (next == NULL || o->ms[i].position < next->position))
+				next = &o->ms[i];
+		if (next != NULL)
+			charged = LedgerStart(o, next);
+		else
+		{
+			/* Nothing left: the order ends exactly as cancel ends it. */
+			StringInfoData payout;
+			Datum		ovalues[5];
+			char		onulls[5] = {' ', ' ', ' ', ' ', ' '};
+
+			ovalues[0] = Int64GetDatum(order_id);
+			ovalues[1] = PointerGetDatum(reason);
+			ovalues[2] = PointerGetDatum(agent);
+			ovalues[3] = note ? PointerGetDatum(note) : (Datum) 0;
+			if (note == NULL)
+				onulls[3] = 'n';
+			ovalues[4] = TimestampTzGetDatum(MilestonesNow());
+			EngineExec(&cancel_plan, ovalues, onulls, SPI_OK_UPDATE, 0);
+			if (SPI_processed != 1)
+				elog(ERROR, "milestones engine: order " INT64_FORMAT " not cancelled", order_id);
+			EngineSetOrder(o, ORDER_CANCELLED, true);
+			initStringInfo(&payout);
+			LedgerSettle(o, &payout);
+			JsonAddKey(&detail, "payout");
+			appendStringInfoString(&detail, payout.data);
+		}
+	}
+
+	/* final: the last milestone not cancelled; total: what they add up to */
+	for (i = 0; i < o->nmilestones; i++)
+		if (o->ms[i].state != MS_CANCELLED)
+		{
+			if (o->ms[i].position > final)
+				final = o->ms[i].position;
+			total = total == (Datum) 0 ? o->ms[i].amount :
+				DirectFunctionCall2(numeric_add, total, o->ms[i].amount);
+		}
+	if (total == (Datum) 0)
+		total = NumericGetDatum(int64_to_numeric(0));
+	JsonAddText(&detail, "reason", reason_s);
+	JsonAddText(&detail, "note", NoteLeft(note));
+	JsonAddNumeric(&detail, "amount", m->amount);
+	JsonAddNumeric(&detail, "refunded", refunded);
+	JsonAddInt(&detail, "next", next == NULL, next ? next->position : 0);
+	JsonAddNumeric(&detail, "charged", charged);
+	JsonAddInt(&detail, "final", final < 0, final);
+	JsonAddNumeric(&detail, "total", total);
+	result = EngineEventStatus(fcinfo, caller, o, m->position, "milestone_cancelled", "support", true, 0,
+							   agent_s, m->state, JsonClose(&detail), key);
+	EngineFinish();
+	PG_RETURN_DATUM(result);
 }

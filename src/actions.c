@@ -117,7 +117,6 @@ EndOffer(FunctionCallInfo fcinfo, const char *role, const char *idkey,
 	Datum		prev;
 	Datum		result;
 	int			i;
-	WriteFact	f;
 	static EnginePlan skip_all_plan = {
 		"UPDATE milestones.order_milestones SET state = 'skipped'"
 		" WHERE order_id OPERATOR(pg_catalog.=) $1",
@@ -158,7 +157,6 @@ EndOffer(FunctionCallInfo fcinfo, const char *role, const char *idkey,
 	if (SPI_processed != 1)
 		elog(ERROR, "milestones engine: order " INT64_FORMAT " not ended", order_id);
 	EngineSetOrder(o, to, true);
-	(void) f;
 	result = EngineEventStatus(fcinfo, caller, o, -1, StateName(&OrderMachine, to), role, false, actor_id, NULL, -1, "", key);
 	EngineFinish();
 	return result;

@@ -614,15 +614,6 @@ EngineEvent(EngineOrder *o, int position, const char *event, const char *actor_r
 		elog(ERROR, "milestones engine: event of order " INT64_FORMAT " not written", o->order_id);
 }
 
-static EnginePlan status_plan = {
-	"SELECT s.* FROM milestones.order_status s WHERE s.order_id OPERATOR(pg_catalog.=) $1",
-	1, {INT8OID}
-};
-static EnginePlan status_json_plan = {
-	"SELECT s.*, pg_catalog.to_jsonb(s) FROM milestones.order_status s"
-	" WHERE s.order_id OPERATOR(pg_catalog.=) $1",
-	1, {INT8OID}
-};
 static EnginePlan populate_plan = {
 	"SELECT s.* FROM pg_catalog.jsonb_populate_record(NULL::milestones.order_status, $1) s",
 	1, {JSONBOID}
@@ -661,31 +652,6 @@ ResultRow(FunctionCallInfo fcinfo, MemoryContext caller)
 	tup = heap_form_tuple(resdesc, values, nulls);
 	MemoryContextSwitchTo(old);
 	return HeapTupleGetDatum(tup);
-}
-
-/*
- * EngineStatus reads the order_status row the action returns (and, with a
- * key, stores it as the key's result, as to_jsonb of the row).
- */
-Datum
-EngineStatus(FunctionCallInfo fcinfo, MemoryContext caller, int64 order_id,
-			 bool keynull, text *key)
-{
-	Datum		values[1];
-	Datum		result;
-
-	values[0] = Int64GetDatum(order_id);
-	EngineExec(keynull ? &status_plan : &status_json_plan, values, NULL, SPI_OK_SELECT, 1);
-	result = ResultRow(fcinfo, caller);
-	if (!keynull)
-	{
-		bool		isnull;
-		Datum		json = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
-										 SPI_tuptable->tupdesc->natts, &isnull);
-
-		EngineIdemStore(key, json);
-	}
-	return result;
 }
 
 #define EVENT_CTE \

@@ -96,8 +96,6 @@ extern EngineMilestone *EngineOpenDelivery(EngineOrder *o, const char *action);
 extern void EngineEvent(EngineOrder *o, int position, const char *event,
 						const char *actor_role, bool actor_null, int64 actor_id,
 						const char *agent, int milestone_state, const char *detail);
-extern Datum EngineStatus(FunctionCallInfo fcinfo, MemoryContext caller,
-						  int64 order_id, bool keynull, text *key);
 extern Datum EngineEventStatus(FunctionCallInfo fcinfo, MemoryContext caller, EngineOrder *o,
 							   int position, const char *event, const char *actor_role,
 							   bool actor_null, int64 actor_id, const char *agent,

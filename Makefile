@@ -33,6 +33,16 @@ include $(PGXS)
 
 .PHONY: deps demo test
 
+# The second extension, milestones_proxy (proxy/, SQL only), is installed,
+# uninstalled and cleaned with this one.
+install: install-proxy
+installdirs: installdirs-proxy
+uninstall: uninstall-proxy
+clean: clean-proxy
+.PHONY: install-proxy installdirs-proxy uninstall-proxy clean-proxy
+install-proxy installdirs-proxy uninstall-proxy clean-proxy:
+	$(MAKE) -C proxy $(@:-proxy=)
+
 SCRIPT_GUARD = \echo Use "CREATE EXTENSION milestones" to load this file. \quit
 
 sql/milestones--1.1.sql: sql/milestones--1.0.sql $(UPGRADE_PARTS)

@@ -15,8 +15,12 @@ OBJS       = $(patsubst %.c,%.o,$(wildcard src/*.c))
 # sql/1.1/00_header.sql), so the two cannot drift apart.
 EXTVERSION    = 1.1
 UPGRADE_PARTS = $(sort $(wildcard sql/1.1/*.sql))
-DATA          = sql/milestones--1.0.sql
+DATA          = sql/milestones--1.0.sql $(COMPANION_DATA)
 DATA_built    = sql/milestones--1.1.sql sql/milestones--1.0--1.1.sql
+# Companion extensions shipped with milestones (issue 13): milestones_proxy
+# lives in proxy/ (SQL only).  Its control file and scripts are DATA of this
+# Makefile, installed next to milestones' own files in share/extension.
+COMPANION_DATA = $(wildcard proxy/*.control proxy/sql/*--*.sql)
 PGFILEDESC = "milestones - milestone orders for a freelance marketplace"
 
 # pg_regress suites: sql/<name>.sql against expected/<name>.out
@@ -32,16 +36,6 @@ PGXS := $(shell test/tools/ensure-deps --quiet >&2; $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
 .PHONY: deps demo test
-
-# The second extension, milestones_proxy (proxy/, SQL only), is installed,
-# uninstalled and cleaned with this one.
-install: install-proxy
-installdirs: installdirs-proxy
-uninstall: uninstall-proxy
-clean: clean-proxy
-.PHONY: install-proxy installdirs-proxy uninstall-proxy clean-proxy
-install-proxy installdirs-proxy uninstall-proxy clean-proxy:
-	$(MAKE) -C proxy $(@:-proxy=)
 
 SCRIPT_GUARD = \echo Use "CREATE EXTENSION milestones" to load this file. \quit
 

@@ -1,4 +1,4 @@
-/* proxy/milestones_proxy--1.1.sql - install script of milestones_proxy 1.1 */
+/* proxy/sql/milestones_proxy--1.1.sql - install script of milestones_proxy 1.1 */
 
 -- complain if script is sourced in psql, rather than via CREATE EXTENSION
 \echo Use "CREATE EXTENSION milestones_proxy CASCADE" to load this file. \quit

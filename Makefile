@@ -1,41 +1,79 @@
 # Makefile for the milestones PostgreSQL extension (PGXS).
 #
-#   make demo   build, install and play a story of orders in a throwaway cluster
-#   make test   build, install and run every suite (pg_regress + pgTAP + shell)
+#   make && make install   build and install (needs the server headers:
+#                          postgresql-server-dev-15); never installs packages
+#   make installcheck      the pg_regress suites against a running server
+#   make demo              build, install and play a story of orders in a throwaway cluster
+#   make test              build, install and run every suite (pg_regress + pgTAP + shell)
+#   make deb               the Debian package postgresql-15-milestones, in build-deb/
 #
-# Both set up what they need on a fresh Debian 12 machine (as root): missing
-# packages are installed by test/tools/ensure-deps.
+# Only the convenience targets (demo, test, bench, fuzz, deb, deps,
+# scaleout-demo) set up a fresh Debian 12 machine: as root they install the
+# packages that are missing (test/tools/ensure-deps, one list).  Plain make,
+# make install and make installcheck never run the package manager:
+# packagers build in chroots, and other systems have no dpkg.
+#
+# The Makefile also works out of tree (VPATH), as pg_buildext builds it:
+#   make -C build-15 -f ../Makefile VPATH=.. PG_CONFIG=...
+# so every source path below goes through $(srcdir), and sources are
+# found with $(wildcard $(srcdir)/...).
 
 EXTENSION  = milestones
 MODULE_big = milestones
-OBJS       = $(patsubst %.c,%.o,$(wildcard src/*.c))
+OBJS       = $(patsubst $(srcdir)/%.c,%.o,$(wildcard $(srcdir)/src/*.c))
 # Versions.  sql/milestones--1.0.sql is the released 1.0 script and never
 # changes.  Everything after it lives in sql/1.1/*.sql; both the 1.1 install
 # script and the 1.0 -> 1.1 upgrade script are built from those files (see
-# sql/1.1/00_header.sql), so the two cannot drift apart.
+# sql/1.1/00_header.sql), so the two cannot drift apart.  Every version's
+# scripts are installed: a database at 1.0 keeps working and can be updated.
 EXTVERSION    = 1.1
-UPGRADE_PARTS = $(sort $(wildcard sql/1.1/*.sql))
+UPGRADE_PARTS = $(sort $(wildcard $(srcdir)/sql/1.1/*.sql))
 DATA          = sql/milestones--1.0.sql $(COMPANION_DATA)
 DATA_built    = sql/milestones--1.1.sql sql/milestones--1.0--1.1.sql
-# Companion extensions shipped with milestones (issue 13): milestones_proxy
-# lives in proxy/ (SQL only).  Its control file and scripts are DATA of this
-# Makefile, installed next to milestones' own files in share/extension.
-COMPANION_DATA = $(wildcard proxy/*.control proxy/sql/*--*.sql)
 PGFILEDESC = "milestones - milestone orders for a freelance marketplace"
 
-# pg_regress suites: sql/<name>.sql against expected/<name>.out
-REGRESS      = $(patsubst sql/%.sql,%,$(filter-out sql/milestones--%,$(wildcard sql/*.sql)))
-REGRESS_OPTS = --inputdir=. --load-extension=pgtap
+# Companion extensions shipped with milestones (issue 13): milestones_proxy
+# lives in proxy/.  Its control file proxy/*.control and its scripts
+# proxy/sql/*--*.sql are DATA of this Makefile, installed next to
+# milestones' own files in share/extension, so make install, make deb and
+# the Debian package carry them as soon as they exist.  A script built by
+# make goes into DATA_built instead (with its rule here, like milestones').
+COMPANION_DATA = $(patsubst $(srcdir)/%,%,$(wildcard $(srcdir)/proxy/*.control $(srcdir)/proxy/sql/*--*.sql))
+
+# pg_regress suites: sql/<name>.sql against expected/<name>.out.  They need
+# only the extension itself (no pg_cron, no pgTAP), so make installcheck
+# runs against any server that has milestones installed.
+REGRESS = $(patsubst $(srcdir)/sql/%.sql,%,$(filter-out $(srcdir)/sql/milestones--%,$(wildcard $(srcdir)/sql/*.sql)))
+
+# make deb's results (see deb below); make clean removes them.
+DEB_DIR     = build-deb
+EXTRA_CLEAN = $(DEB_DIR)
 
 PG_CONFIG ?= pg_config
 PG_CPPFLAGS += -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers
 
-# Without the server headers pg_config's PGXS path does not exist: install
-# them first so that even "make help"-style invocations work on a new box.
-PGXS := $(shell test/tools/ensure-deps --quiet >&2; $(PG_CONFIG) --pgxs)
+# The convenience targets install missing packages BEFORE pg_config is
+# asked for PGXS: on a bare machine that is what brings the server headers.
+CONVENIENCE_GOALS = deps demo test bench fuzz deb scaleout-demo
+ifneq (,$(filter $(CONVENIENCE_GOALS),$(MAKECMDGOALS)))
+ENSURE_DEPS := $(shell $(dir $(firstword $(MAKEFILE_LIST)))test/tools/ensure-deps --quiet >&2)
+ifneq ($(.SHELLSTATUS),0)
+$(error test/tools/ensure-deps could not install the packages milestones needs (see above))
+endif
+endif
+
+PGXS := $(shell $(PG_CONFIG) --pgxs 2>/dev/null)
+ifeq (,$(wildcard $(PGXS)))
+$(error PostgreSQL's PGXS not found (pg_config: $(PG_CONFIG)).  Install the server headers (Debian: postgresql-server-dev-15), set PG_CONFIG=/path/to/pg_config, or run "make deps" as root)
+endif
 include $(PGXS)
 
-.PHONY: deps demo test
+# Out of tree the object and script folders do not exist yet.
+ifneq ($(abspath $(srcdir)),$(CURDIR))
+$(shell $(MKDIR_P) src sql)
+endif
+
+.PHONY: deps demo test bench fuzz deb
 
 SCRIPT_GUARD = \echo Use "CREATE EXTENSION milestones" to load this file. \quit
 
@@ -50,8 +88,9 @@ sql/milestones--1.0--1.1.sql: $(UPGRADE_PARTS)
 	  printf '%s\n' '$(SCRIPT_GUARD)'; \
 	  cat $(UPGRADE_PARTS); } > $@
 
+# deps: install every package the targets below need (as root).
 deps:
-	test/tools/ensure-deps
+	$(srcdir)/test/tools/ensure-deps
 
 # demo: a story of real orders printed as a DBA would look at them.
 demo: all
@@ -73,20 +112,25 @@ test: all
 
 # bench: the performance benchmark (issue 6) in a throwaway cluster, about
 # 10 minutes; BENCH_QUICK=1 for a few-seconds smoke run.  See README.
-.PHONY: bench
 bench: all
 	$(MAKE) install
 	test/bench/run
 
-# fuzz: SQLsmith (Debian package sqlsmith, installed when missing) against a
-# database with the extension and orders in every state, in a throwaway
-# cluster; fails if the server crashed even once.  Bounded by
-# FUZZ_QUERIES queries and FUZZ_SECONDS seconds.  CI runs a short pass of it
-# in make test (test/shell/33_fuzz_smoke.t).
+# fuzz: SQLsmith against a database with the extension and orders in every
+# state, in a throwaway cluster; fails if the server crashed even once.
+# Bounded by FUZZ_QUERIES queries and FUZZ_SECONDS seconds.  CI runs a short
+# pass of it in make test (test/shell/33_fuzz_smoke.t).
 FUZZ_QUERIES ?= 20000
 FUZZ_SECONDS ?= 300
-.PHONY: fuzz
 fuzz: all
-	MILESTONES_EXTRA_PACKAGES=sqlsmith test/tools/ensure-deps
 	$(MAKE) install
 	test/fuzz/run-fuzz $(FUZZ_QUERIES) $(FUZZ_SECONDS)
+
+# deb: the Debian package postgresql-15-milestones (debian/, pg_buildext),
+# built from a copy of the tree (test/tools/build-deb says why and how):
+#   build-deb/postgresql-15-milestones_1.1-1_amd64.deb  (+ -dbgsym, .buildinfo, .changes)
+# Its build runs make installcheck against the built files in a throwaway
+# cluster; DEB_BUILD_OPTIONS=nocheck skips that.
+deb:
+	rm -rf $(DEB_DIR)
+	$(srcdir)/test/tools/build-deb $(CURDIR)/$(DEB_DIR)

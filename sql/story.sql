@@ -35,13 +35,17 @@ SELECT milestones.create_offer(102, 206, 'explainer-video', '[{"name":"Teaser","
 -- 7: an order still waiting for its buyer at the end of the story
 SELECT milestones.create_offer(101, 207, 'logo-design',
     '[{"name":"Icon set","days":5,"amount":"90.00"},{"name":"Guidelines","days":5,"amount":"90.00"}]', NULL) AS waiting \gset
+-- 8: a brand kit; support will cancel one of its milestones and the order goes on
+SELECT milestones.create_offer(101, 209, 'logo-design',
+    '[{"name":"Logo","days":4,"amount":"150.00"},{"name":"Stationery","days":3,"amount":"120.00"},{"name":"Social templates","days":2,"amount":"90.00"}]',
+    1) AS brandkit \gset
 -- the minimum total and eligibility are enforced
 SELECT milestones.create_offer(101, 208, 'logo-design', '[{"name":"Tiny","days":1,"amount":"100.00"}]');
 SELECT milestones.create_offer(103, 208, 'logo-design', '[{"name":"Big","days":1,"amount":"500.00"}]');
 
 \echo '== Buyers place their orders: milestone 1 is charged'
 SELECT s.order_id, s.state, s.current_milestone AS ms, s.milestone_state, s.due_at, s.charged
-  FROM (VALUES (:logo, 201), (:video, 202), (:silent, 203), (:troubled, 204), (:waiting, 207)) AS b(order_id, buyer_id),
+  FROM (VALUES (:logo, 201), (:video, 202), (:silent, 203), (:troubled, 204), (:waiting, 207), (:brandkit, 209)) AS b(order_id, buyer_id),
        LATERAL milestones.place_order(b.order_id, b.buyer_id) AS s
  ORDER BY s.order_id;
 SELECT state FROM milestones.withdraw_offer(:withdrawn, 101);
@@ -64,6 +68,14 @@ SELECT order_id, state, reason, charged, refunded, paid_out
 -- support must give a reason from the cancellation_reasons list
 SELECT milestones.cancel(:video, 'agent.kim', 'changed my mind');
 
+\echo '== Saturday 6 June: the brand-kit buyer will make the social templates in-house; support cancels that milestone alone'
+SELECT order_id, state, current_milestone AS ms, milestone_state, total, charged, refunded
+  FROM milestones.cancel_milestone(:brandkit, 3, 'agent.kim', 'mutual_agreement', 'Buyer will make the social templates in-house.');
+SELECT position, name, amount, state, final, reason, agent, note
+  FROM milestones.milestone_status WHERE order_id = :brandkit ORDER BY position;
+-- a milestone that has ended cannot be cancelled
+SELECT milestones.cancel_milestone(:logo, 1, 'agent.kim', 'mutual_agreement');
+
 \echo '== Tuesday 9 June: the silent buyer''s window (3 June 15:00 + 5 days) has closed'
 SET milestones.fake_now = '2026-06-09 12:00:00+00';
 SELECT order_id, milestone, overdue, respond_by FROM milestones.awaiting_response;
@@ -81,6 +93,10 @@ SELECT order_id, milestone_state FROM milestones.deliver(:video, 102, 'animation
 SELECT order_id, state, reason, charged, paid_out FROM milestones.stop(:video, 202);
 SELECT milestones.deliver(:video, 102, 'voice-over anyway');
 SELECT order_id, milestone_state FROM milestones.deliver(:waiting, 101, 'icon set');
+-- the brand kit goes on: after the logo, stationery starts and is now the final delivery
+SELECT order_id, milestone_state FROM milestones.deliver(:brandkit, 101, 'logo, three colourways');
+SELECT order_id, current_milestone AS ms, milestone_state, charged FROM milestones.accept(:brandkit, 209);
+SELECT order_id, milestone_state, final_milestone FROM milestones.deliver(:brandkit, 101, 'letterhead and cards');
 
 \echo '== What a DBA sees: order_status'
 SELECT order_id, seller_id AS seller, buyer_id AS buyer, state, reason, milestone_count AS n,
@@ -106,6 +122,10 @@ SELECT COALESCE(account, '(all accounts)') AS account, sum(amount) AS balance
 \echo '== Event history of the video order'
 SELECT event_id, event, actor_role, actor_id, order_state, position AS ms, milestone_state, created_at
   FROM milestones.events WHERE order_id = :video ORDER BY event_id;
+
+\echo '== milestone_status of the brand kit: one milestone cancelled, the order went on'
+SELECT position, name, state, final, started_at, delivered_at, completed_at, respond_by, reason
+  FROM milestones.milestone_status WHERE order_id = :brandkit ORDER BY position;
 
 \echo '== check_invariants(): no rows means the books are sound'
 SELECT * FROM milestones.check_invariants();

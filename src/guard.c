@@ -16,7 +16,7 @@
  *	- milestones_check_order (deferred constraint trigger, AFTER ROW) checks,
  *	  once per touched order and at commit, the order-level invariants that
  *	  no single row can show: milestone positions 1..n, one active milestone,
- *	  milestone k started only after k-1 completed, the order state matching
+ *	  milestone k started only after every earlier one ended, the order state matching
  *	  its milestones, and (after an UPDATE or a ledger write) the money:
  *	  balanced transactions, one charge per started milestone, one payout.
  *
@@ -78,16 +78,22 @@ static const Transition order_transitions[] = {
 	{NULL, NULL}
 };
 
-/* Milestone states and their transitions. */
+/*
+ * Milestone states and their transitions.  "cancelled" (1.1): support
+ * cancelled a pending milestone alone (cancel_milestone); a running one
+ * is refunded instead, so no running state leads to it.
+ */
 static const char *const milestone_states[] = {
-	"pending", "in_progress", "delivered", "completed", "skipped", "refunded", NULL
+	"pending", "in_progress", "delivered", "completed", "skipped", "refunded",
+	"cancelled", NULL
 };
 static const char *const milestone_final_states[] = {
-	"completed", "skipped", "refunded", NULL
+	"completed", "skipped", "refunded", "cancelled", NULL
 };
 static const Transition milestone_transitions[] = {
 	{"pending", "in_progress"},
 	{"pending", "skipped"},
+	{"pending", "cancelled"},
 	{"in_progress", "delivered"},
 	{"in_progress", "refunded"},
 	{"delivered", "completed"},

@@ -19,7 +19,7 @@ dst_p=ms_dump_plain
 tmp=$(mktemp -d)
 trap 'dropdbs $src $dst_c $dst_p; rm -rf "$tmp"' EXIT
 
-plan 22
+plan 23
 
 newdb $src
 every_state_sql | psql -X -q -d $src >/dev/null 2>"$tmp/setup.err"
@@ -29,6 +29,14 @@ q $src "UPDATE milestones.settings SET seller_fee_rate = 0.1, response_window = 
         SELECT milestones.set_cancellation_reason('fraud_suspected', 'Payment flagged by the fraud team.');
         SELECT milestones.set_cancellation_reason('buyer_unresponsive', 'The buyer went silent.', false);
         SELECT milestones.set_seller_eligibility(11, false);" >/dev/null
+# 1.1: milestones cancelled alone (cancel_milestone): a pending one cancelled,
+# and a running one refunded with the next one started; both orders run on.
+q $src "SELECT milestones.cancel_milestone((milestones.place_order(milestones.create_offer(10, 20, 'design', '$OFFER3_MS'), 20)).order_id,
+                                           3, 'agent-9', 'fraud_suspected', 'restore me');
+        SELECT milestones.cancel_milestone((milestones.place_order(milestones.create_offer(10, 20, 'design', '$OFFER3_MS'), 20)).order_id,
+                                           1, 'agent-9', 'mutual_agreement');" >/dev/null
+is "$(q $src "SELECT string_agg(state || '/' || cancel_reason, ' ' ORDER BY state) FROM milestones.order_milestones WHERE cancel_reason IS NOT NULL")" \
+   "cancelled/fraud_suspected refunded/mutual_agreement" "the source holds milestones cancelled alone"
 is "$(q $src "SELECT string_agg(DISTINCT state || coalesce('/' || reason, '') || coalesce('/' || milestone_state, ''), ' ' ORDER BY state || coalesce('/' || reason, '') || coalesce('/' || milestone_state, ''))
               FROM milestones.order_status")" \
    "active/delivered active/in_progress cancelled/duplicate_order/skipped cancelled/mutual_agreement/refunded completed/expired/completed completed/finished/completed completed/stopped/completed declined/skipped offered/pending withdrawn/skipped" \

@@ -26,13 +26,15 @@ INSERT INTO want_exec VALUES
   ('stop',                    '{ms_t_app,ms_t_support}'),
   ('payout',                  '{ms_t_app,ms_t_support}'),
   ('cancel',                  '{ms_t_support}'),
+  ('cancel_milestone',        '{ms_t_support}'),
   ('set_seller_eligibility',  '{ms_t_support}'),
   ('set_category_eligibility','{ms_t_support}'),
   ('set_cancellation_reason', '{ms_t_support}'),
   ('check_invariants',        '{ms_t_support}'),
-  ('now',                     '{ms_t_app,ms_t_support,ms_t_reader}');
+  ('now',                     '{ms_t_app,ms_t_support,ms_t_reader}'),
+  ('order_status',            '{ms_t_app,ms_t_support,ms_t_reader}');
 -- Everything else (expire_overdue, run_expiry, schedule_expiry,
--- unschedule_expiry and every _helper) is the owner's alone.
+-- unschedule_expiry, set_setting and every _helper) is the owner's alone.
 
 CREATE TEMP TABLE want_rel (rel text, roles text[]);
 INSERT INTO want_rel VALUES
@@ -40,6 +42,7 @@ INSERT INTO want_rel VALUES
   ('awaiting_response',    '{ms_t_app,ms_t_support,ms_t_reader}'),
   ('payouts',              '{ms_t_app,ms_t_support,ms_t_reader}'),
   ('ledger',               '{ms_t_app,ms_t_support,ms_t_reader}'),
+  ('milestone_status',     '{ms_t_app,ms_t_support,ms_t_reader}'),
   ('cancellation_reasons', '{ms_t_app,ms_t_support}'),
   ('eligible_sellers',     '{ms_t_support}'),
   ('eligible_categories',  '{ms_t_support}');
@@ -69,12 +72,12 @@ SELECT plan(
   + (SELECT count(*)::int * 5 FROM ext_rels)           -- table/sequence privs
   + (SELECT count(*)::int FROM ext_funcs WHERE prokind = 'f')  -- is_definer / isnt_definer
   + 10                                                  -- inventory and schema
-  + 34                                                  -- behaviour
+  + 49                                                  -- behaviour
 );
 
 -- Inventory: the lists above cover what the extension has.
-SELECT is((SELECT count(*)::int FROM ext_funcs), 47, 'the extension has 47 functions and procedures');
-SELECT is((SELECT count(*)::int FROM ext_rels), 18, 'the extension has 18 tables, views and sequences');
+SELECT is((SELECT count(*)::int FROM ext_funcs), 50, 'the extension has 50 functions and procedures');
+SELECT is((SELECT count(*)::int FROM ext_rels), 19, 'the extension has 19 tables, views and sequences');
 SELECT is((SELECT count(*)::int FROM want_exec w WHERE NOT EXISTS (SELECT FROM ext_funcs f WHERE f.fn = w.fn)), 0,
           'every function named in the expected grants exists');
 SELECT is((SELECT count(*)::int FROM want_rel w WHERE NOT EXISTS (SELECT FROM ext_rels r WHERE r.rel = w.rel)), 0,
@@ -117,8 +120,8 @@ SELECT CASE WHEN x.relkind = 'S'
 -- the API and the support functions; the helpers, the owner-only sweep and
 -- scheduling run as their caller (the owner).
 SELECT CASE WHEN f.fn IN ('create_offer','withdraw_offer','decline_offer','place_order','deliver','accept',
-                          'request_revision','stop','cancel','payout','set_seller_eligibility',
-                          'set_category_eligibility','set_cancellation_reason','check_invariants')
+                          'request_revision','stop','cancel','cancel_milestone','payout','set_seller_eligibility',
+                          'set_category_eligibility','set_cancellation_reason','check_invariants','order_status')
             THEN is_definer('milestones', f.fn, f.args, format('%s(%s) is SECURITY DEFINER', f.fn, array_to_string(f.args, ', ')))
             ELSE isnt_definer('milestones', f.fn, f.args, format('%s(%s) is not SECURITY DEFINER', f.fn, array_to_string(f.args, ', ')))
        END
@@ -134,6 +137,8 @@ SET LOCAL ROLE ms_t_login;
 SELECT throws_ok($$SELECT * FROM milestones.order_status$$, '42501', NULL, 'a plain login role cannot read order_status');
 SELECT throws_ok(format($$SELECT milestones.place_order(%s, 20)$$, :oid), '42501', NULL, 'a plain login role cannot call the API');
 SELECT throws_ok($$SELECT milestones.now()$$, '42501', NULL, 'a plain login role cannot even read the clock');
+SELECT throws_ok(format($$SELECT * FROM milestones.order_status(%s)$$, :oid), '42501', NULL, 'a plain login role cannot call order_status(order_id)');
+SELECT throws_ok($$SELECT * FROM milestones.milestone_status$$, '42501', NULL, 'a plain login role cannot read milestone_status');
 RESET ROLE;
 
 -- milestones_app: the actions and the views, no table writes, no settings,
@@ -150,6 +155,10 @@ SELECT throws_ok($$SELECT milestones.set_category_eligibility('writing', true)$$
 SELECT throws_ok($$INSERT INTO milestones.cancellation_reasons VALUES ('x', 'y')$$, '42501', NULL, 'app: cannot add a reason by INSERT');
 SELECT throws_ok($$SELECT milestones.set_cancellation_reason('x', 'y')$$, '42501', NULL, 'app: cannot call set_cancellation_reason');
 SELECT throws_ok(format($$SELECT milestones.cancel(%s, 'me', 'mutual_agreement')$$, :oid), '42501', NULL, 'app: cannot cancel');
+SELECT throws_ok(format($$SELECT milestones.cancel_milestone(%s, 2, 'me', 'mutual_agreement')$$, :oid), '42501', NULL, 'app: cannot cancel a milestone');
+SELECT is((SELECT state FROM milestones.order_status(:oid)), 'active', 'app: calls order_status(order_id)');
+SELECT is((SELECT count(*)::int FROM milestones.milestone_status WHERE order_id = :oid), 3, 'app: reads milestone_status');
+SELECT throws_ok($$SELECT milestones.set_setting('min_order_total', '1')$$, '42501', NULL, 'app: cannot call set_setting');
 SELECT throws_ok(format($$UPDATE milestones.orders SET state = 'cancelled' WHERE order_id = %s$$, :oid), '42501', NULL, 'app: cannot update orders');
 SELECT throws_ok($$DELETE FROM milestones.ledger_entries$$, '42501', NULL, 'app: cannot delete ledger entries');
 SELECT throws_ok($$SELECT milestones.expire_overdue('2099-01-01')$$, '42501', NULL, 'app: cannot run the sweep with a chosen as_of');
@@ -164,7 +173,12 @@ SET LOCAL ROLE ms_t_support;
 SELECT lives_ok($$SELECT milestones.set_cancellation_reason('fraud_suspected', 'Flagged by the fraud team.')$$, 'support: adds a reason');
 SELECT lives_ok($$SELECT milestones.set_seller_eligibility(12, true)$$, 'support: enables a seller');
 SELECT lives_ok($$SELECT milestones.set_category_eligibility('writing', true)$$, 'support: enables a category');
+SELECT is((SELECT milestone_state FROM milestones.cancel_milestone(:oid, 3, 'agent-1', 'fraud_suspected')), 'in_progress',
+          'support: cancels a milestone with the new reason');
+SELECT is((SELECT state FROM milestones.milestone_status WHERE order_id = :oid AND position = 3), 'cancelled', 'support: reads milestone_status');
 SELECT is((SELECT state FROM milestones.cancel(:oid, 'agent-1', 'fraud_suspected')), 'cancelled', 'support: cancels with the new reason');
+SELECT is((SELECT state FROM milestones.order_status(:oid)), 'cancelled', 'support: calls order_status(order_id)');
+SELECT throws_ok($$SELECT milestones.set_setting('min_order_total', '1')$$, '42501', NULL, 'support: cannot call set_setting');
 SELECT is((SELECT count(*)::int FROM milestones.check_invariants()), 0, 'support: runs check_invariants');
 SELECT throws_ok($$UPDATE milestones.settings SET min_order_total = 1$$, '42501', NULL, 'support: cannot change settings');
 SELECT throws_ok($$DELETE FROM milestones.cancellation_reasons$$, '42501', NULL, 'support: cannot delete reasons directly');
@@ -174,6 +188,11 @@ RESET ROLE;
 -- milestones_reader: the views only.
 SET LOCAL ROLE ms_t_reader;
 SELECT is((SELECT state FROM milestones.order_status WHERE order_id = :oid), 'cancelled', 'reader: reads order_status');
+SELECT is((SELECT state FROM milestones.order_status(:oid)), 'cancelled', 'reader: calls order_status(order_id)');
+SELECT is((SELECT array_agg(state ORDER BY position) FROM milestones.milestone_status WHERE order_id = :oid),
+          '{refunded,skipped,cancelled}'::text[], 'reader: reads milestone_status');
+SELECT throws_ok(format($$SELECT milestones.cancel_milestone(%s, 2, 'me', 'mutual_agreement')$$, :oid), '42501', NULL, 'reader: cannot cancel a milestone');
+SELECT throws_ok($$SELECT milestones.set_setting('min_order_total', '1')$$, '42501', NULL, 'reader: cannot call set_setting');
 SELECT throws_ok($$SELECT pg_temp.offer3()$$, '42501', NULL, 'reader: cannot make offers');
 SELECT throws_ok(format($$SELECT milestones.payout(%s)$$, :oid), '42501', NULL, 'reader: cannot call payout');
 SELECT throws_ok($$SELECT * FROM milestones.eligible_sellers$$, '42501', NULL, 'reader: cannot read eligibility');
@@ -181,6 +200,7 @@ RESET ROLE;
 
 -- Only the owner changes settings (and the change sticks).
 SELECT lives_ok($$UPDATE milestones.settings SET min_order_total = 150$$, 'the owner changes settings');
+SELECT is((milestones.set_setting('min_order_total', '175.50')).min_order_total, 175.50, 'the owner changes settings with set_setting');
 
 SELECT * FROM finish();
 ROLLBACK;

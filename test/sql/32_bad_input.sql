@@ -180,7 +180,65 @@ INSERT INTO cases (label, sql, want) VALUES
 ('cancel: an unknown reason with quotes', $$SELECT milestones.cancel({off}, 'agent', $q$x'); DROP TABLE milestones.orders; --$q$)$$, '22023'),
 ('deliver: a note with SQL in it is just a note', $$SELECT milestones.deliver({act}, 10, $q$'); DELETE FROM milestones.orders; --$q$)$$, '00000'),
 ('create_offer: a 255-character idempotency key', $$SELECT milestones.create_offer(10, 20, 'design', {ms}, 0, 'USD', repeat('k', 255))$$, '00000'),
-('create_offer: a 256-character idempotency key', $$SELECT milestones.create_offer(10, 20, 'design', {ms}, 0, 'USD', repeat('k', 256))$$, '22023');
+('create_offer: a 256-character idempotency key', $$SELECT milestones.create_offer(10, 20, 'design', {ms}, 0, 'USD', repeat('k', 256))$$, '22023'),
+-- 1.1: cancel_milestone, order_status(order_id), set_setting
+('cancel_milestone: NULL order_id', $$SELECT milestones.cancel_milestone(NULL, 2, 'agent', 'mutual_agreement')$$, '22023'),
+('cancel_milestone: NULL position', $$SELECT milestones.cancel_milestone({act}, NULL, 'agent', 'mutual_agreement')$$, '22023'),
+('cancel_milestone: NULL agent',    $$SELECT milestones.cancel_milestone({act}, 2, NULL, 'mutual_agreement')$$, '22023'),
+('cancel_milestone: NULL reason',   $$SELECT milestones.cancel_milestone({act}, 2, 'agent', NULL)$$, '22023'),
+('cancel_milestone: NULL note is no note', $$SELECT milestones.cancel_milestone({act}, 2, 'agent', 'mutual_agreement', NULL, NULL)$$, '00000'),
+('cancel_milestone: the delivered milestone', $$SELECT milestones.cancel_milestone({del}, 1, 'agent', 'mutual_agreement')$$, '00000'),
+('cancel_milestone: empty agent',   $$SELECT milestones.cancel_milestone({act}, 2, '', 'mutual_agreement')$$, '22023'),
+('cancel_milestone: blank agent',   $$SELECT milestones.cancel_milestone({act}, 2, E' \t ', 'mutual_agreement')$$, '22023'),
+('cancel_milestone: empty reason',  $$SELECT milestones.cancel_milestone({act}, 2, 'agent', '')$$, '22023'),
+('cancel_milestone: empty idempotency_key', $$SELECT milestones.cancel_milestone({act}, 2, 'agent', 'mutual_agreement', NULL, '')$$, '22023'),
+('cancel_milestone: 10 MB agent',   $$SELECT milestones.cancel_milestone({act}, 2, (SELECT s FROM big), 'mutual_agreement')$$, '22023'),
+('cancel_milestone: 10 MB reason',  $$SELECT milestones.cancel_milestone({act}, 2, 'agent', (SELECT s FROM big))$$, '22023'),
+('cancel_milestone: 10 MB note',    $$SELECT milestones.cancel_milestone({act}, 2, 'agent', 'mutual_agreement', (SELECT s FROM big))$$, '22023'),
+('cancel_milestone: 10 MB idempotency_key', $$SELECT milestones.cancel_milestone({act}, 2, 'agent', 'mutual_agreement', NULL, (SELECT s FROM big))$$, '22023'),
+('cancel_milestone: an unknown reason with quotes', $$SELECT milestones.cancel_milestone({act}, 2, 'agent', $q$x'); DROP TABLE milestones.orders; --$q$)$$, '22023'),
+('cancel_milestone: a note with SQL in it is just a note', $$SELECT milestones.cancel_milestone({act}, 2, 'agent', 'mutual_agreement', $q$'); DELETE FROM milestones.orders; --$q$)$$, '00000'),
+('cancel_milestone: order 0',       $$SELECT milestones.cancel_milestone(0, 2, 'agent', 'mutual_agreement')$$, '22023'),
+('cancel_milestone: order bigint max (unknown)', $$SELECT milestones.cancel_milestone(9223372036854775807, 2, 'agent', 'mutual_agreement')$$, 'P0002'),
+('cancel_milestone: position 0',    $$SELECT milestones.cancel_milestone({act}, 0, 'agent', 'mutual_agreement')$$, '22023'),
+('cancel_milestone: position int min', $$SELECT milestones.cancel_milestone({act}, -2147483648, 'agent', 'mutual_agreement')$$, '22023'),
+('cancel_milestone: position int max (unknown)', $$SELECT milestones.cancel_milestone({act}, 2147483647, 'agent', 'mutual_agreement')$$, 'P0002'),
+('cancel_milestone: position beyond integer, as a literal', $$SELECT milestones.cancel_milestone({act}, 2147483648, 'agent', 'mutual_agreement')$$, '42883'),
+('cancel_milestone: position 21 (beyond any offer)', $$SELECT milestones.cancel_milestone({act}, 21, 'agent', 'mutual_agreement')$$, 'P0002'),
+('cancel_milestone: an offered order', $$SELECT milestones.cancel_milestone({off}, 2, 'agent', 'mutual_agreement')$$, '55000'),
+('order_status: NULL order_id',     $$SELECT milestones.order_status(NULL)$$, '22023'),
+('order_status: order 0',           $$SELECT milestones.order_status(0)$$, '22023'),
+('order_status: order bigint min',  $$SELECT milestones.order_status(-9223372036854775808)$$, '22023'),
+('order_status: order bigint max (unknown)', $$SELECT milestones.order_status(9223372036854775807)$$, 'P0002'),
+('order_status: an active order',   $$SELECT milestones.order_status({act})$$, '00000'),
+('set_setting: NULL name',          $$SELECT milestones.set_setting(NULL, '3')$$, '22023'),
+('set_setting: NULL value',         $$SELECT milestones.set_setting('max_milestones', NULL)$$, '22023'),
+('set_setting: empty name',         $$SELECT milestones.set_setting('', '3')$$, '22023'),
+('set_setting: empty value',        $$SELECT milestones.set_setting('max_milestones', '')$$, '22023'),
+('set_setting: unknown name',       $$SELECT milestones.set_setting('max_orders', '3')$$, '22023'),
+('set_setting: the key column',     $$SELECT milestones.set_setting('singleton', 'false')$$, '22023'),
+('set_setting: a quoted name',      $$SELECT milestones.set_setting('"max_milestones"', '3')$$, '22023'),
+('set_setting: SQL in the name',    $$SELECT milestones.set_setting($q$max_milestones = 1, notify$q$, 'true')$$, '22023'),
+('set_setting: SQL in the value',   $$SELECT milestones.set_setting('response_window', $q$5 days'; DROP TABLE milestones.orders; --$q$)$$, '22023'),
+('set_setting: 10 MB name',         $$SELECT milestones.set_setting((SELECT s FROM big), '3')$$, '22023'),
+('set_setting: 10 MB value',        $$SELECT milestones.set_setting('response_window', (SELECT s FROM big))$$, '22023'),
+('set_setting: 10 MB of digits',    $$SELECT milestones.set_setting('min_order_total', repeat('9', 10485760))$$, '22023'),
+('set_setting: max_milestones 6',   $$SELECT milestones.set_setting('max_milestones', '6')$$, '00000'),
+('set_setting: max_milestones 21',  $$SELECT milestones.set_setting('max_milestones', '21')$$, '22023'),
+('set_setting: max_milestones 2147483648', $$SELECT milestones.set_setting('max_milestones', '2147483648')$$, '22023'),
+('set_setting: min_order_total 1e400', $$SELECT milestones.set_setting('min_order_total', '1e400')$$, '22023'),
+('set_setting: min_order_total Infinity', $$SELECT milestones.set_setting('min_order_total', 'Infinity')$$, '22023'),
+('set_setting: min_order_total NaN', $$SELECT milestones.set_setting('min_order_total', 'NaN')$$, '22023'),
+('set_setting: min_order_total -0.01', $$SELECT milestones.set_setting('min_order_total', '-0.01')$$, '22023'),
+('set_setting: min_order_total 0.001', $$SELECT milestones.set_setting('min_order_total', '0.001')$$, '22023'),
+('set_setting: seller_fee_rate 0.99999', $$SELECT milestones.set_setting('seller_fee_rate', '0.99999')$$, '00000'),
+('set_setting: seller_fee_rate -0.1', $$SELECT milestones.set_setting('seller_fee_rate', '-0.1')$$, '22023'),
+('set_setting: response_window 8 days', $$SELECT milestones.set_setting('response_window', '8 days')$$, '00000'),
+('set_setting: response_window -1 day', $$SELECT milestones.set_setting('response_window', '-1 day')$$, '22023'),
+('set_setting: response_window 1000000 years', $$SELECT milestones.set_setting('response_window', '1000000 years')$$, '22023'),
+('set_setting: expiry_batch 100001', $$SELECT milestones.set_setting('expiry_batch', '100001')$$, '22023'),
+('set_setting: notify yes',         $$SELECT milestones.set_setting('notify', 'yes')$$, '00000'),
+('set_setting: notify 2',           $$SELECT milestones.set_setting('notify', '2')$$, '22023');
 
 -- counts(): every table's row count and a digest of its contents.
 CREATE FUNCTION pg_temp.snapshot() RETURNS text LANGUAGE sql AS $$
@@ -242,13 +300,17 @@ BEGIN
 END
 $$;
 
-SELECT plan((SELECT count(*)::int + count(*) FILTER (WHERE want <> '00000')::int FROM cases) + 3);
+SELECT plan((SELECT count(*)::int + count(*) FILTER (WHERE want <> '00000')::int FROM cases) + 5);
 SELECT * FROM pg_temp.run_cases();
 
 -- Messages are clear, with the facts.
 SELECT throws_ok($$SELECT milestones.accept(NULL, 20)$$, '22023', 'order_id must not be NULL', 'a NULL says which argument');
 SELECT throws_ok(format($$SELECT milestones.deliver(%s, 10, %L)$$, :act, repeat('n', 2001)), '22023', 'note is too long',
                  'an over-long note is named');
+SELECT throws_ok(format($$SELECT milestones.cancel_milestone(%s, 9, 'agent', 'mutual_agreement')$$, :act), 'P0002',
+                 format('milestone 9 of order %s does not exist', :act), 'an unknown position is named');
+SELECT throws_ok($$SELECT milestones.set_setting('max_milestones', 'x')$$, '22023', 'invalid value for setting max_milestones',
+                 'a bad setting value names the setting');
 SELECT is((SELECT count(*)::int FROM milestones.check_invariants()), 0, 'after all that, the books are sound');
 
 SELECT * FROM finish();

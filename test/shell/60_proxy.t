@@ -18,7 +18,7 @@ set -uo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
 . "$top/test/tools/scaleout-lib.sh"
 
-plan 58
+plan 59
 trap so_cleanup EXIT
 so_init || bail "initdb failed"
 for k in 0 1 2 3; do
@@ -197,6 +197,11 @@ so_q px proxy "ALTER SERVER milestones_cluster OPTIONS (SET p1 '$(so_connstr n2 
 out=$(P -c "SELECT partition, item, value, expected FROM milestones.check_cluster() WHERE item = 'partition'")
 is "$out" "$(printf '1|partition|2 of 4|1 of 4\n2|partition|1 of 4|2 of 4')" "check_cluster() shows partitions listed in the wrong place"
 so_q px proxy "ALTER SERVER milestones_cluster OPTIONS (SET p1 '$(so_connstr n1 part1)', SET p2 '$(so_connstr n2 part2)')" >/dev/null
+# (a partition left at another version: stand-in for a partition not yet upgraded)
+so_q n0 part0 "UPDATE pg_extension SET extversion = '1.0' WHERE extname = 'milestones'" >/dev/null
+is "$(P -c "SELECT * FROM milestones.check_cluster() WHERE item LIKE 'extension%'")" "0|extension milestones|1.0|1.1" \
+   "check_cluster() shows a partition at another extension version"
+so_q n0 part0 "UPDATE pg_extension SET extversion = '1.1' WHERE extname = 'milestones'" >/dev/null
 P -c "SELECT milestones.set_setting('max_milestones', '3')" -c "SELECT milestones.set_seller_eligibility(77, false)" \
   -c "SELECT milestones.set_cancellation_reason('fraud_check', 'The payment failed a fraud check.')" >/dev/null
 is "$(P -c "SELECT count(*) FROM milestones.check_cluster()")" "0" "repeating the changes through the proxy ends the drift"

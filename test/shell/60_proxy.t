@@ -18,7 +18,7 @@ set -uo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
 . "$top/test/tools/scaleout-lib.sh"
 
-plan 59
+plan 61
 trap so_cleanup EXIT
 so_init || bail "initdb failed"
 for k in 0 1 2 3; do
@@ -111,6 +111,13 @@ for k in 0 1 2 3; do
   is "$out" "active delivered 0 delivered 2 t completed/finished 250.00 250.00 250.00 USD " "order $id on partition $k: offered, placed, revised, accepted, finished and paid"
 done
 
+# Retries: the same arguments reach the same partition, which knows the key.
+k1=$(APP -c "SELECT milestones.create_offer(12, 3012, 'design', '$MS2', 0, 'USD', 'offer-key-1')")
+k2=$(APP -c "SELECT milestones.create_offer(12, 3012, 'design', '$MS2', 0, 'USD', 'offer-key-1')")
+is "$k2" "$k1" "a create_offer retried with its idempotency key through the proxy returns the first id"
+is "$(APP -c "SELECT (milestones.decline_offer($k1, 3012, 'decline-key-1')).state" -c "SELECT (milestones.decline_offer($k1, 3012, 'decline-key-1')).state" | tr '\n' ' ')" \
+   "declined declined " "an order action retried with its key returns the first result again"
+
 # --- errors: SQLSTATE unchanged, DETAIL and HINT carried ------------------------
 done_id=$(P -c "SELECT order_id FROM milestones.order_status WHERE state = 'completed' ORDER BY order_id LIMIT 1")
 dk=$((done_id % 4))
@@ -138,7 +145,7 @@ e=$(err APP "SELECT milestones._set_seller_eligibility_all(99, true)")
 is "${e%%|*}" "42501" "nor call the RUN ON ALL functions behind support's wrappers"
 e=$(err RDR "SELECT milestones.place_order($some, 1)")
 is "${e%%|*}" "42501" "a reader cannot act on orders"
-is "$(RDR -c "SELECT count(*) FROM milestones.order_status")" "32" "a reader reads the merged order_status view: all 32 orders"
+is "$(RDR -c "SELECT count(*) FROM milestones.order_status")" "33" "a reader reads the merged order_status view: all 33 orders"
 e=$(err APP "SELECT milestones.set_setting('max_milestones', '5')")
 is "${e%%|*}" "42501" "set_setting is the owner's alone"
 

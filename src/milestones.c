@@ -130,6 +130,7 @@ _PG_init(void)
 							   check_fake_now,
 							   assign_fake_now,
 							   NULL);
+	RelayInit();
 	MarkGUCPrefixReserved("milestones");
 	GuardInit();
 }

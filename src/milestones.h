@@ -17,4 +17,12 @@ extern TimestampTz MilestonesNow(void);
 /* guard.c */
 extern void GuardInit(void);
 
+/* events.c: the channel every notification is sent on */
+#define EVENTS_CHANNEL "milestones"
+
+/* relay.c */
+extern void RelayInit(void);
+extern bool RelayServesThisDatabase(void);
+extern void RelayWakeAtCommit(void);
+
 #endif							/* MILESTONES_H */

@@ -1,26 +1,46 @@
 #!/usr/bin/env bash
 # test/shell/20_notify.t - SPEC 5: every state change sends NOTIFY milestones
-# with a JSON payload (order id, event, new states, amounts), delivered at
-# commit only.  One psql session LISTENs while others run order lifecycles;
+# with a JSON payload (order id, event, new states, amounts as strings),
+# delivered at commit only.  One psql session LISTENs while others run order lifecycles;
 # a rolled-back or failed action sends nothing.
+#
+# It runs in a database of its own, where PostgreSQL delivers the NOTIFY
+# of the events trigger at commit (fallback), and again from
+# test/shell/23_relay.t with MILESTONES_NOTIFY_DB=milestones_relay, the
+# database the relay serves: the same checks hold for the relay's
+# notifications.
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=lib.sh
 . "$here/lib.sh"
 
-DB=ms_notify_$$
+DB=${MILESTONES_NOTIFY_DB:-ms_notify_$$}
 tmp=$(mktemp -d)
 listener_pid=
 cleanup() {
   touch "$tmp/stop"
   [ -n "$listener_pid" ] && wait "$listener_pid" 2>/dev/null
-  dropdbs "$DB"
+  if [ -n "${MILESTONES_NOTIFY_DB:-}" ]; then
+    q "$DB" "DROP EXTENSION IF EXISTS milestones CASCADE" >/dev/null 2>&1
+  else
+    dropdbs "$DB"
+  fi
   rm -rf "$tmp"
 }
 trap cleanup EXIT
 
 plan 29
-newdb "$DB"
+if [ -n "${MILESTONES_NOTIFY_DB:-}" ]; then
+  # A database that must stay (the relay's): the extension only, then dropped.
+  q "$DB" "DROP EXTENSION IF EXISTS milestones CASCADE" >/dev/null 2>&1
+  psql -X -q -v ON_ERROR_STOP=1 -d "$DB" >/dev/null <<'SQL' || bail "extension setup in $DB failed"
+CREATE EXTENSION milestones;
+SELECT milestones.set_seller_eligibility(10, true);
+SELECT milestones.set_category_eligibility('design', true);
+SQL
+else
+  newdb "$DB"
+fi
 AGENT=ms_notify_agent_$$
 # A support login with the runner's password (pg_virtualenv may use password auth).
 q "$DB" "CREATE ROLE $AGENT LOGIN PASSWORD '${PGPASSWORD:-x}' IN ROLE milestones_support" >/dev/null
@@ -63,21 +83,21 @@ is "$(events_of "$A")" "offered,placed,delivered,revision_requested,delivered,ac
    "one notification per state change, in commit order"
 is "$(events_of "$A")" "$(q "$DB" "SELECT string_agg(event, ',' ORDER BY event_id) FROM milestones.events WHERE order_id = $A")" \
    "the notifications match the events table"
-is "$(field "$A" offered '[.seller_id, .buyer_id, .order_state, .total] | @csv')" '10,20,"offered",500' \
+is "$(field "$A" offered '[.seller_id, .buyer_id, .order_state, .total] | @csv')" '10,20,"offered","500.00"' \
    "offered: seller, buyer, order state and total"
-is "$(field "$A" placed '[.order_state, .milestone, .milestone_state, .charged, .currency] | @csv')" '"active",1,"in_progress",100,"USD"' \
+is "$(field "$A" placed '[.order_state, .milestone, .milestone_state, .charged, .currency] | @csv')" '"active",1,"in_progress","100.00","USD"' \
    "placed: order active, milestone 1 in progress, 100.00 charged"
 is "$(field "$A" delivered '[.milestone_state, (.respond_by | type), .final, .delivery] | @csv')" '"delivered","string",false,1' \
    "delivered: the milestone state, the buyer's deadline, the final flag"
 is "$(field "$A" revision_requested '[.milestone_state, .revisions_used] | @csv')" '"in_progress",1' \
    "revision_requested: back in progress, one revision used"
-is "$(field "$A" accepted '[.milestone, .milestone_state, .next, .charged] | @csv')" '1,"completed",2,150' \
+is "$(field "$A" accepted '[.milestone, .milestone_state, .next, .charged] | @csv')" '1,"completed",2,"150.00"' \
    "accepted: milestone 1 completed, milestone 2 charged 150.00"
 is "$(field "$A" stopped '[.order_state, .milestone_state, .skipped, .payout.gross, .payout.fee, .payout.net] | @csv')" \
-   '"completed","completed",1,250,0,250' "stopped: completed, one skipped, payout gross/fee/net"
-# jq reads numbers as floats; the raw payload keeps the cents.
-payloads | grep '"event": "placed"' | grep -F "\"order_id\": $A," | grep -qF '"charged": 100.00'
-ok $? "amounts are sent with their cents (\"charged\": 100.00)"
+   '"completed","completed",1,"250.00","0.00","250.00"' "stopped: completed, one skipped, payout gross/fee/net"
+# Money is sent as a string with its cents (SPEC section 5): no float can lose one.
+payloads | grep '"event": "placed"' | grep -F "\"order_id\": $A," | grep -qF '"charged": "100.00"'
+ok $? "amounts are sent as strings with their cents (\"charged\": \"100.00\")"
 is "$(payloads | jq -s --argjson o "$A" '[.[] | select(.order_id == $o) | .event_id] | (. == sort) and (length == (unique | length))')" \
    true "event ids are unique and ascending"
 
@@ -97,11 +117,11 @@ SELECT milestones.expire_overdue('2030-01-06 00:00:00+00');
 SQL
 settle
 is "$(field "$C" cancelled '[.order_state, .milestone, .milestone_state, .actor_role, .reason, .refunded] | @csv')" \
-   '"cancelled",2,"refunded","support","seller_unresponsive",150' "cancelled: the running milestone refunded 150.00, reason named"
-is "$(field "$C" cancelled '[.payout.gross, .payout.fee, .payout.net, .note] | @csv')" '100,20,80,"ticket 12"' \
+   '"cancelled",2,"refunded","support","seller_unresponsive","150.00"' "cancelled: the running milestone refunded 150.00, reason named"
+is "$(field "$C" cancelled '[.payout.gross, .payout.fee, .payout.net, .note] | @csv')" '"100.00","20.00","80.00","ticket 12"' \
    "cancelled: the completed milestone paid (gross 100.00, fee 20.00, net 80.00)"
 is "$(field "$E" expired '[.order_state, .actor_role, .milestone_state, .payout.gross, .respond_by] | @csv')" \
-   '"completed","system","completed",100,"2030-01-06T00:00:00+00:00"' "expired: sent by the sweep, with the payout and the deadline"
+   '"completed","system","completed","100.00","2030-01-06T00:00:00+00:00"' "expired: sent by the sweep, with the payout and the deadline"
 
 # --- Nothing is sent before commit ------------------------------------------
 D=$(offer3 "$DB" 1)

@@ -32,7 +32,13 @@ INSERT INTO want_exec VALUES
   ('set_cancellation_reason', '{ms_t_support}'),
   ('check_invariants',        '{ms_t_support}'),
   ('now',                     '{ms_t_app,ms_t_support,ms_t_reader}'),
-  ('order_status',            '{ms_t_app,ms_t_support,ms_t_reader}');
+  ('order_status',            '{ms_t_app,ms_t_support,ms_t_reader}'),
+  ('register_consumer',       '{ms_t_app,ms_t_support}'),
+  ('unregister_consumer',     '{ms_t_app,ms_t_support}'),
+  ('next_batch',              '{ms_t_app,ms_t_support}'),
+  ('batch_events',            '{ms_t_app,ms_t_support}'),
+  ('finish_batch',            '{ms_t_app,ms_t_support}'),
+  ('relay_status',            '{ms_t_app,ms_t_support,ms_t_reader}');
 -- Everything else (expire_overdue, run_expiry, schedule_expiry,
 -- unschedule_expiry, set_setting and every _helper) is the owner's alone.
 
@@ -45,9 +51,11 @@ INSERT INTO want_rel VALUES
   ('milestone_status',     '{ms_t_app,ms_t_support,ms_t_reader}'),
   ('cancellation_reasons', '{ms_t_app,ms_t_support}'),
   ('eligible_sellers',     '{ms_t_support}'),
-  ('eligible_categories',  '{ms_t_support}');
+  ('eligible_categories',  '{ms_t_support}'),
+  ('consumer_status',      '{ms_t_app,ms_t_support,ms_t_reader}');
 -- Everything else (orders, order_milestones, ledger_entries, events,
--- settings, idempotency_keys, the sequences): no privilege at all.
+-- settings, idempotency_keys, consumers, consumer_ticks, consumer_batches,
+-- the sequences): no privilege at all.
 
 CREATE TEMP TABLE roles (r name, o integer);
 INSERT INTO roles VALUES ('public', 1), ('ms_t_login', 2), ('ms_t_app', 3), ('ms_t_support', 4), ('ms_t_reader', 5);
@@ -76,8 +84,8 @@ SELECT plan(
 );
 
 -- Inventory: the lists above cover what the extension has.
-SELECT is((SELECT count(*)::int FROM ext_funcs), 50, 'the extension has 50 functions and procedures');
-SELECT is((SELECT count(*)::int FROM ext_rels), 19, 'the extension has 19 tables, views and sequences');
+SELECT is((SELECT count(*)::int FROM ext_funcs), 73, 'the extension has 73 functions and procedures');
+SELECT is((SELECT count(*)::int FROM ext_rels), 26, 'the extension has 26 tables, views and sequences');
 SELECT is((SELECT count(*)::int FROM want_exec w WHERE NOT EXISTS (SELECT FROM ext_funcs f WHERE f.fn = w.fn)), 0,
           'every function named in the expected grants exists');
 SELECT is((SELECT count(*)::int FROM want_rel w WHERE NOT EXISTS (SELECT FROM ext_rels r WHERE r.rel = w.rel)), 0,
@@ -121,7 +129,9 @@ SELECT CASE WHEN x.relkind = 'S'
 -- scheduling run as their caller (the owner).
 SELECT CASE WHEN f.fn IN ('create_offer','withdraw_offer','decline_offer','place_order','deliver','accept',
                           'request_revision','stop','cancel','cancel_milestone','payout','set_seller_eligibility',
-                          'set_category_eligibility','set_cancellation_reason','check_invariants','order_status')
+                          'set_category_eligibility','set_cancellation_reason','check_invariants','order_status',
+                          'register_consumer','unregister_consumer','next_batch','batch_events','finish_batch',
+                          'relay_status')
             THEN is_definer('milestones', f.fn, f.args, format('%s(%s) is SECURITY DEFINER', f.fn, array_to_string(f.args, ', ')))
             ELSE isnt_definer('milestones', f.fn, f.args, format('%s(%s) is not SECURITY DEFINER', f.fn, array_to_string(f.args, ', ')))
        END

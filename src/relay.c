@@ -1,0 +1,733 @@
+/*-------------------------------------------------------------------------
+ *
+ * src/relay.c
+ *		The relay: notifications sent off the API's commit path.
+ *
+ * A transaction that runs NOTIFY takes PostgreSQL's cluster-wide
+ * notification lock at commit, which serializes every notifying commit of
+ * the cluster.  So when milestones is in shared_preload_libraries, a
+ * background worker (the relay) connected to the database named by
+ * milestones.database_name sends the notifications instead (SPEC section 5):
+ *
+ *	- it reads the events through the durable consumer mechanism
+ *	  (milestones._next_batch / batch_events / _finish_batch) as the
+ *	  reserved consumer "_relay", so it sends committed events only, in
+ *	  commit order, and resumes from its saved position after a restart or
+ *	  a crash;
+ *	- each batch is one transaction: its NOTIFYs and the finish of the batch
+ *	  commit together, so a listener that stays connected never gets an
+ *	  event twice;
+ *	- it is woken by the events trigger at every commit that wrote events
+ *	  (a latch in shared memory), and polls every
+ *	  milestones.relay_poll_interval milliseconds for what a latch cannot
+ *	  announce: COMMIT PREPARED, a new CREATE EXTENSION;
+ *	- above milestones.relay_max_queue_usage of the notification queue
+ *	  (a listener that never reads) it pauses, with one WARNING, and goes on
+ *	  when the queue drains;
+ *	- when its database is dropped it exits for good (exit code 0: the
+ *	  postmaster does not restart it); any other termination exits with 1
+ *	  and the postmaster restarts it after bgw_restart_time.
+ *
+ * Backends of the served database see the relay in shared memory and skip
+ * the fallback NOTIFY (src/events.c); every other database, or a server
+ * without the preload, notifies at commit as before.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <signal.h>
+
+#include "access/htup_details.h"
+#include "access/transam.h"
+#include "access/xact.h"
+#include "catalog/pg_database.h"
+#include "catalog/pg_type.h"
+#include "commands/dbcommands.h"
+#include "commands/async.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "lib/stringinfo.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/bgworker_internals.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/lmgr.h"
+#include "storage/lock.h"
+#include "storage/lwlock.h"
+#include "storage/proc.h"
+#include "storage/shmem.h"
+#include "storage/spin.h"
+#include "utils/builtins.h"
+#include "utils/fmgrprotos.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+#include "milestones.h"
+
+PG_FUNCTION_INFO_V1(milestones_relay_info);
+PG_FUNCTION_INFO_V1(milestones_relay_serves);
+
+PGDLLEXPORT void milestones_relay_main(Datum main_arg);
+
+/* The relay's consumer: one mechanism for the relay and the applications. */
+#define RELAY_CONSUMER "_relay"
+#define RELAY_WORKER_NAME "milestones relay"
+
+/* What the relay publishes for the backends and relay_status(). */
+typedef struct RelayShared
+{
+	slock_t		mutex;
+	pid_t		pid;			/* the running relay, 0 when none */
+	Latch	   *latch;			/* its latch, set at commits that wrote events */
+	bool		gave_up;		/* its database was dropped: no relay any more */
+	bool		paused;			/* notification queue above the threshold */
+	bool		extension_present;	/* milestones installed in its database */
+	TimestampTz started_at;
+	TimestampTz heartbeat;		/* last time round its loop */
+	TimestampTz last_batch_at;
+	int64		batches;		/* batches sent since the server started */
+	int64		notifications;	/* notifications sent since the server started */
+	int32		last_batch_size;
+	char		last_error[256];
+} RelayShared;
+
+/* Settings (GUCs). */
+static char *relay_database_name = NULL;
+static double relay_max_queue_usage = 0.5;
+static int	relay_poll_interval = 250;
+static int	relay_batch_size = 1000;
+
+/* Shared memory, when preloaded. */
+static RelayShared *relay = NULL;
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+
+/* This worker: _relay_start() has run since it started. */
+static bool relay_start_done = false;
+
+/* Set in the postmaster when the worker got its slot; inherited by backends. */
+static bool relay_registered = false;
+
+/* This backend: does the relay serve its database (-1 not known yet)? */
+static int	serves_this_database = -1;
+
+/* This backend: set the relay's latch when the transaction commits. */
+static bool wake_at_commit = false;
+
+/* The worker: when it last warned of a full notification queue. */
+static TimestampTz last_pause_warning = 0;
+
+/* The worker: set by its signal handlers. */
+static volatile sig_atomic_t got_sigterm = false;
+
+/* RelayShmemRequest asks for the relay's shared memory (PostgreSQL 15 hook). */
+static void
+RelayShmemRequest(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	RequestAddinShmemSpace(MAXALIGN(sizeof(RelayShared)));
+}
+
+/* RelayShmemStartup creates (or attaches to) the relay's shared memory. */
+static void
+RelayShmemStartup(void)
+{
+	bool		found;
+
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	relay = ShmemInitStruct("milestones relay", sizeof(RelayShared), &found);
+	if (!found)
+	{
+		memset(relay, 0, sizeof(RelayShared));
+		SpinLockInit(&relay->mutex);
+	}
+	LWLockRelease(AddinShmemInitLock);
+}
+
+/*
+ * WorkerRegistered says whether the postmaster's list of background
+ * workers holds the relay: RegisterBackgroundWorker only logs, and returns,
+ * when max_worker_processes has no slot left.
+ */
+static bool
+WorkerRegistered(void)
+{
+	slist_iter	iter;
+
+	slist_foreach(iter, &BackgroundWorkerList)
+	{
+		RegisteredBgWorker *rw = slist_container(RegisteredBgWorker, rw_lnode, iter.cur);
+
+		if (strcmp(rw->rw_worker.bgw_library_name, "milestones") == 0 &&
+			strcmp(rw->rw_worker.bgw_function_name, "milestones_relay_main") == 0)
+			return true;
+	}
+	return false;
+}
+
+/*
+ * RelayXactCallback wakes the relay when a transaction that wrote events
+ * commits (after the commit is visible), and forgets the wish otherwise.
+ * A COMMIT PREPARED runs no callback: the relay's poll finds it.
+ */
+static void
+RelayXactCallback(XactEvent event, void *arg)
+{
+	switch (event)
+	{
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_PARALLEL_COMMIT:
+			if (wake_at_commit && relay != NULL)
+			{
+				Latch	   *latch;
+
+				SpinLockAcquire(&relay->mutex);
+				latch = relay->pid != 0 ? relay->latch : NULL;
+				SpinLockRelease(&relay->mutex);
+				if (latch != NULL)
+					SetLatch(latch);
+			}
+			wake_at_commit = false;
+			break;
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_ABORT:
+		case XACT_EVENT_PREPARE:
+			wake_at_commit = false;
+			break;
+		default:
+			break;
+	}
+}
+
+/*
+ * RelayInit defines the relay's settings and, when the library is being
+ * preloaded, milestones.database_name (PGC_POSTMASTER settings can only be
+ * defined then), its shared memory and its background worker; called from
+ * _PG_init.  Without the preload the fallback applies everywhere.
+ */
+void
+RelayInit(void)
+{
+	BackgroundWorker worker;
+
+	DefineCustomRealVariable("milestones.relay_max_queue_usage",
+							 "Notification queue usage above which the milestones relay pauses.",
+							 "A fraction of pg_notification_queue_usage(): a listener that never reads fills the queue.",
+							 &relay_max_queue_usage,
+							 0.5, 0.0, 1.0,
+							 PGC_SIGHUP,
+							 0,
+							 NULL, NULL, NULL);
+	DefineCustomIntVariable("milestones.relay_poll_interval",
+							"How often the milestones relay looks for commits it was not woken for.",
+							"COMMIT PREPARED and a new CREATE EXTENSION are found by this poll.",
+							&relay_poll_interval,
+							250, 10, 1000,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("milestones.relay_batch_size",
+							"Most events the milestones relay notifies in one transaction.",
+							NULL,
+							&relay_batch_size,
+							1000, 1, 100000,
+							PGC_SIGHUP,
+							0,
+							NULL, NULL, NULL);
+
+	RegisterXactCallback(RelayXactCallback, NULL);
+
+	/* The rest only when preloaded: a PGC_POSTMASTER setting, the worker. */
+	if (!process_shared_preload_libraries_in_progress)
+		return;
+	DefineCustomStringVariable("milestones.database_name",
+							   "Database whose events the milestones relay notifies.",
+							   "Other databases notify at commit (fallback). Needs milestones in shared_preload_libraries.",
+							   &relay_database_name,
+							   "postgres",
+							   PGC_POSTMASTER,
+							   GUC_SUPERUSER_ONLY,
+							   NULL, NULL, NULL);
+
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = RelayShmemRequest;
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = RelayShmemStartup;
+
+	memset(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker.bgw_restart_time = 1;
+	snprintf(worker.bgw_library_name, BGW_MAXLEN, "milestones");
+	snprintf(worker.bgw_function_name, BGW_MAXLEN, "milestones_relay_main");
+	snprintf(worker.bgw_name, BGW_MAXLEN, RELAY_WORKER_NAME);
+	snprintf(worker.bgw_type, BGW_MAXLEN, RELAY_WORKER_NAME);
+	RegisterBackgroundWorker(&worker);
+	relay_registered = WorkerRegistered();
+}
+
+/*
+ * RelayServesThisDatabase says whether the relay notifies for this
+ * backend's database: preloaded, registered, this database is
+ * milestones.database_name, and the relay has not given up (its database
+ * was dropped).  While the relay restarts it still serves: what commits
+ * meanwhile is sent when it is back, from its saved position.
+ */
+bool
+RelayServesThisDatabase(void)
+{
+	bool		gave_up;
+
+	if (!relay_registered || relay == NULL || !OidIsValid(MyDatabaseId))
+		return false;
+	SpinLockAcquire(&relay->mutex);
+	gave_up = relay->gave_up;
+	SpinLockRelease(&relay->mutex);
+	if (gave_up)
+		return false;
+	if (serves_this_database < 0)
+	{
+		char	   *name = get_database_name(MyDatabaseId);
+
+		serves_this_database = (name != NULL && relay_database_name != NULL &&
+								strcmp(name, relay_database_name) == 0) ? 1 : 0;
+	}
+	return serves_this_database == 1;
+}
+
+/* RelayWakeAtCommit asks for the relay's latch to be set when this transaction commits. */
+void
+RelayWakeAtCommit(void)
+{
+	wake_at_commit = true;
+}
+
+/* RelaySigterm only sets a flag and the latch; the main loop decides how to exit. */
+static void
+RelaySigterm(SIGNAL_ARGS)
+{
+	int			save_errno = errno;
+
+	got_sigterm = true;
+	SetLatch(MyLatch);
+	errno = save_errno;
+}
+
+/* SetNote records the relay's last error (or clears it) for relay_status(). */
+static void
+SetNote(const char *note)
+{
+	SpinLockAcquire(&relay->mutex);
+	strlcpy(relay->last_error, note ? note : "", sizeof(relay->last_error));
+	SpinLockRelease(&relay->mutex);
+}
+
+/*
+ * DatabaseBeingDropped says whether a DROP DATABASE holds the lock on the
+ * relay's database: DROP DATABASE ... WITH (FORCE) takes it, then signals
+ * every backend of the database (the relay too) with SIGTERM.
+ */
+static bool
+DatabaseBeingDropped(void)
+{
+	LOCKTAG		tag;
+	LockAcquireResult res;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	SET_LOCKTAG_OBJECT(tag, InvalidOid, DatabaseRelationId, MyDatabaseId, 0);
+	res = LockAcquire(&tag, AccessShareLock, false, true);
+	if (res != LOCKACQUIRE_NOT_AVAIL)
+		LockRelease(&tag, AccessShareLock, false);
+	CommitTransactionCommand();
+	return res == LOCKACQUIRE_NOT_AVAIL;
+}
+
+/* RelayShutdown ends the worker: for good when its database is being dropped. */
+static void
+RelayShutdown(void)
+{
+	bool		dropped = DatabaseBeingDropped();
+
+	SpinLockAcquire(&relay->mutex);
+	relay->pid = 0;
+	relay->latch = NULL;
+	if (dropped)
+		relay->gave_up = true;
+	SpinLockRelease(&relay->mutex);
+	if (dropped)
+	{
+		ereport(LOG,
+				(errmsg("milestones relay exiting: database \"%s\" is being dropped", relay_database_name),
+				 errdetail("The relay will not be restarted; notifications fall back to NOTIFY at commit until the server restarts.")));
+		proc_exit(0);			/* 0: the postmaster does not restart it */
+	}
+	ereport(LOG,
+			(errmsg("milestones relay terminating on request"),
+			 errdetail("It is restarted by the postmaster and resumes from its saved position.")));
+	proc_exit(1);
+}
+
+/* The relay's statements; %1$s is the extension's schema (quoted). */
+typedef enum RelayStmt
+{
+	STMT_EXTENSION,
+	STMT_START,
+	STMT_PENDING,
+	STMT_NEXT,
+	STMT_PAYLOADS,
+	STMT_FINISH,
+	STMT_COUNT
+} RelayStmt;
+
+typedef struct RelayStmtDef
+{
+	const char *sql;
+	int			nargs;
+	Oid			argtypes[2];
+} RelayStmtDef;
+
+static const RelayStmtDef relay_stmts[STMT_COUNT] = {
+	[STMT_EXTENSION] = {
+		"SELECT pg_catalog.quote_ident(n.nspname) FROM pg_catalog.pg_extension e"
+		" JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) e.extnamespace"
+		" WHERE e.extname OPERATOR(pg_catalog.=) 'milestones'"
+		" AND EXISTS (SELECT FROM pg_catalog.pg_proc p WHERE p.pronamespace OPERATOR(pg_catalog.=) n.oid"
+		" AND p.proname OPERATOR(pg_catalog.=) '_next_batch')", 0, {InvalidOid}},
+	[STMT_START] = {"SELECT %1$s._relay_start()", 0, {InvalidOid}},
+	[STMT_PENDING] = {"SELECT %1$s._has_pending($1)", 1, {TEXTOID}},
+	[STMT_NEXT] = {"SELECT %1$s._next_batch($1, $2), s.notify FROM %1$s.settings s", 2, {TEXTOID, INT4OID}},
+	[STMT_PAYLOADS] = {"SELECT p.payload FROM %1$s._payloads(ARRAY(SELECT e FROM %1$s.batch_events($1) e"
+	" ORDER BY e.event_id)) p ORDER BY p.event_id", 1, {INT8OID}},
+	[STMT_FINISH] = {"SELECT %1$s._finish_batch($1, NULL)", 1, {INT8OID}},
+};
+
+/* The prepared and kept plans, and the schema they were prepared for. */
+static SPIPlanPtr relay_plans[STMT_COUNT];
+static char relay_plans_schema[2 * NAMEDATALEN + 3] = "";
+
+/*
+ * RunStmt runs one of the relay's statements from its saved plan (prepared
+ * on first use, again if the extension's schema changed) and checks that
+ * it returned rows.
+ */
+static void
+RunStmt(RelayStmt stmt, const char *schema, Datum *values)
+{
+	int			ret;
+	int			i;
+
+	if (schema != NULL && strcmp(schema, relay_plans_schema) != 0)
+	{
+		for (i = 0; i < STMT_COUNT; i++)
+			if (i != STMT_EXTENSION && relay_plans[i] != NULL)
+			{
+				SPI_freeplan(relay_plans[i]);
+				relay_plans[i] = NULL;
+			}
+		strlcpy(relay_plans_schema, schema, sizeof(relay_plans_schema));
+	}
+	if (relay_plans[stmt] == NULL)
+	{
+		StringInfoData sql;
+		SPIPlanPtr	plan;
+
+		initStringInfo(&sql);
+		appendStringInfo(&sql, relay_stmts[stmt].sql, relay_plans_schema);
+		plan = SPI_prepare(sql.data, relay_stmts[stmt].nargs, (Oid *) relay_stmts[stmt].argtypes);
+		if (plan == NULL)
+			elog(ERROR, "milestones relay: SPI_prepare failed for \"%s\": %s",
+				 sql.data, SPI_result_code_string(SPI_result));
+		if (SPI_keepplan(plan) != 0)
+			elog(ERROR, "milestones relay: SPI_keepplan failed");
+		relay_plans[stmt] = plan;
+		pfree(sql.data);
+	}
+	ret = SPI_execute_plan(relay_plans[stmt], values, NULL, false, 0);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "milestones relay: statement %d failed: %s", (int) stmt, SPI_result_code_string(ret));
+}
+
+/*
+ * QueueTooFull pauses the relay above milestones.relay_max_queue_usage of
+ * the notification queue, with one WARNING when it starts (a pause again
+ * within a minute, as the relay's own catch-up refills the queue, is a LOG
+ * line) and one LOG line when it ends, so a listener that never reads cannot make the relay fill
+ * the queue (and then fail every NOTIFY of the cluster).
+ */
+static bool
+QueueTooFull(void)
+{
+	double		usage = DatumGetFloat8(DirectFunctionCall1(pg_notification_queue_usage, (Datum) 0));
+	bool		was_paused;
+
+	SpinLockAcquire(&relay->mutex);
+	was_paused = relay->paused;
+	relay->paused = usage > relay_max_queue_usage;
+	SpinLockRelease(&relay->mutex);
+	if (usage > relay_max_queue_usage)
+	{
+		/* One WARNING per stretch of trouble: a minute after the last one. */
+		if (!was_paused &&
+			TimestampDifferenceExceeds(last_pause_warning, GetCurrentTimestamp(), 60 * 1000))
+		{
+			last_pause_warning = GetCurrentTimestamp();
+			ereport(WARNING,
+					(errmsg("milestones relay paused: the notification queue is %.1f%% full", usage * 100.0),
+					 errdetail("A session listens without reading its notifications; above milestones.relay_max_queue_usage (%.1f%%) the relay sends nothing.",
+							   relay_max_queue_usage * 100.0),
+					 errhint("Find the listener with pg_stat_activity; the relay goes on when the queue drains.")));
+		}
+		else if (!was_paused)
+			ereport(LOG, (errmsg("milestones relay paused again: the notification queue is %.1f%% full", usage * 100.0)));
+		return true;
+	}
+	if (was_paused)
+		ereport(LOG, (errmsg("milestones relay resumed: the notification queue is %.1f%% full", usage * 100.0)));
+	return false;
+}
+
+/*
+ * RelayUnit is one unit of work, in its own transaction: find the
+ * extension, take the relay's next batch, NOTIFY every event of it and
+ * finish the batch, so that the notifications and the new position commit
+ * together.  Returns the number of events sent, or -1 when there is
+ * nothing to do now (nothing new, no extension, paused).
+ */
+static int
+RelayUnit(void)
+{
+	Datum		values[2];
+	char	   *schema;
+	bool		isnull;
+	int64		batch;
+	bool		notify;
+	int			sent = -1;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "milestones relay: SPI_connect failed");
+	PushActiveSnapshot(GetTransactionSnapshot());
+	pgstat_report_activity(STATE_RUNNING, "milestones relay: looking for committed events");
+
+	/* The extension, and its schema. */
+	RunStmt(STMT_EXTENSION, NULL, NULL);
+	SpinLockAcquire(&relay->mutex);
+	relay->extension_present = SPI_processed == 1;
+	SpinLockRelease(&relay->mutex);
+	if (SPI_processed != 1)
+		goto done;				/* not installed (or still at 1.0) */
+	schema = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+
+	if (QueueTooFull())
+		goto done;
+
+	/* Once per worker start: the relay's consumer, at a sensible position. */
+	if (!relay_start_done)
+	{
+		RunStmt(STMT_START, schema, NULL);
+		relay_start_done = true;
+	}
+
+	/* Anything new since the relay's position?  A read-only look first. */
+	values[0] = CStringGetTextDatum(RELAY_CONSUMER);
+	RunStmt(STMT_PENDING, schema, values);
+	if (SPI_processed != 1)
+		elog(ERROR, "milestones relay: _has_pending returned no row");
+	if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)) || isnull)
+		goto done;
+
+	/* The next batch of the relay's consumer (_relay_start made sure it exists). */
+	values[1] = Int32GetDatum(relay_batch_size);
+	RunStmt(STMT_NEXT, schema, values);
+	if (SPI_processed != 1)
+		elog(ERROR, "milestones relay: _next_batch returned no row");
+	batch = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	if (isnull)
+		goto done;
+	notify = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull)) && !isnull;
+
+	/* Its payloads, in event order, sent when this transaction commits. */
+	pgstat_report_activity(STATE_RUNNING, "milestones relay: sending a batch");
+	{
+		Datum		bvalues[1] = {Int64GetDatum(batch)};
+		uint64		i;
+
+		RunStmt(STMT_PAYLOADS, schema, bvalues);
+		sent = (int) SPI_processed;
+		if (notify)
+			for (i = 0; i < SPI_processed; i++)
+			{
+				char	   *payload = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
+
+				if (payload != NULL)
+					Async_Notify(EVENTS_CHANNEL, payload);
+			}
+		RunStmt(STMT_FINISH, schema, bvalues);
+	}
+
+done:
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	pgstat_report_stat(false);
+	pgstat_report_activity(STATE_IDLE, NULL);
+	if (sent >= 0)
+	{
+		SpinLockAcquire(&relay->mutex);
+		relay->batches++;
+		relay->notifications += sent;
+		relay->last_batch_size = sent;
+		relay->last_batch_at = GetCurrentTimestamp();
+		SpinLockRelease(&relay->mutex);
+	}
+	return sent;
+}
+
+/*
+ * milestones_relay_main is the relay's background worker: connect to
+ * milestones.database_name, publish itself in shared memory, then send
+ * batches until nothing is new, wait for a commit's wake-up or the poll
+ * interval, and again, until told to stop.  An error in a unit is logged
+ * and the unit tried again after a pause.
+ */
+void
+milestones_relay_main(Datum main_arg)
+{
+	MemoryContext loop_context;
+
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, RelaySigterm);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnection(relay_database_name, NULL, 0);
+	pgstat_report_appname(RELAY_WORKER_NAME);
+
+	SpinLockAcquire(&relay->mutex);
+	relay->pid = MyProcPid;
+	relay->latch = MyLatch;
+	relay->started_at = GetCurrentTimestamp();
+	relay->heartbeat = relay->started_at;
+	relay->paused = false;
+	relay->last_error[0] = '\0';
+	SpinLockRelease(&relay->mutex);
+	ereport(LOG, (errmsg("milestones relay started for database \"%s\"", relay_database_name)));
+
+	loop_context = AllocSetContextCreate(TopMemoryContext, "milestones relay loop", ALLOCSET_DEFAULT_SIZES);
+	for (;;)
+	{
+		int			sent = -1;
+		bool		failed = false;
+
+		CHECK_FOR_INTERRUPTS();
+		if (got_sigterm)
+			RelayShutdown();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+		SpinLockAcquire(&relay->mutex);
+		relay->heartbeat = GetCurrentTimestamp();
+		SpinLockRelease(&relay->mutex);
+
+		MemoryContextSwitchTo(loop_context);
+		PG_TRY();
+		{
+			sent = RelayUnit();
+			if (sent >= 0)
+				SetNote(NULL);
+		}
+		PG_CATCH();
+		{
+			ErrorData  *edata;
+
+			MemoryContextSwitchTo(loop_context);
+			edata = CopyErrorData();
+			EmitErrorReport();
+			FlushErrorState();
+			AbortCurrentTransaction();
+			SetNote(edata->message);
+			FreeErrorData(edata);
+			pgstat_report_activity(STATE_IDLE, NULL);
+			failed = true;
+		}
+		PG_END_TRY();
+		MemoryContextSwitchTo(loop_context);
+		MemoryContextReset(loop_context);
+
+		if (sent > 0 && !got_sigterm)
+			continue;			/* a full queue of batches: take the next at once */
+
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 failed ? 1000L : (long) relay_poll_interval, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+	}
+}
+
+/*
+ * milestones_relay_info is SQL milestones._relay_info(): what this backend
+ * and the shared memory know about the relay, for relay_status().
+ */
+Datum
+milestones_relay_info(PG_FUNCTION_ARGS)
+{
+	TupleDesc	tupdesc;
+	Datum		values[13];
+	bool		nulls[13];
+	RelayShared snap;
+	bool		have = relay_registered && relay != NULL;
+
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	tupdesc = BlessTupleDesc(tupdesc);
+	memset(nulls, 0, sizeof(nulls));
+	memset(&snap, 0, sizeof(snap));
+	if (relay != NULL)
+	{
+		SpinLockAcquire(&relay->mutex);
+		memcpy(&snap, relay, sizeof(snap));
+		SpinLockRelease(&relay->mutex);
+	}
+	values[0] = BoolGetDatum(relay != NULL);	/* preloaded */
+	values[1] = BoolGetDatum(relay_registered);
+	if (relay_database_name != NULL)
+		values[2] = CStringGetTextDatum(relay_database_name);
+	else
+		nulls[2] = true;
+	values[3] = BoolGetDatum(RelayServesThisDatabase());
+	values[4] = Int32GetDatum((int32) snap.pid);
+	nulls[4] = !have || snap.pid == 0;
+	values[5] = TimestampTzGetDatum(snap.started_at);
+	nulls[5] = !have || snap.started_at == 0;
+	values[6] = TimestampTzGetDatum(snap.heartbeat);
+	nulls[6] = !have || snap.heartbeat == 0;
+	values[7] = BoolGetDatum(snap.paused);
+	values[8] = BoolGetDatum(snap.gave_up);
+	values[9] = Int64GetDatum(snap.notifications);
+	values[10] = Int64GetDatum(snap.batches);
+	values[11] = TimestampTzGetDatum(snap.last_batch_at);
+	nulls[11] = !have || snap.last_batch_at == 0;
+	if (snap.last_error[0] != '\0')
+		values[12] = CStringGetTextDatum(snap.last_error);
+	else
+		nulls[12] = true;
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
+}
+
+/* milestones_relay_serves is SQL milestones._relay_serves(). */
+Datum
+milestones_relay_serves(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_BOOL(RelayServesThisDatabase());
+}

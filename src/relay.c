@@ -10,8 +10,9 @@
  * milestones.database_name sends the notifications instead (SPEC section 5):
  *
  *	- it reads the events through the durable consumer mechanism
- *	  (milestones._next_batch / batch_events / _finish_batch) as the
- *	  reserved consumer "_relay", so it sends committed events only, in
+ *	  (milestones._relay_batch: _next_batch, the batch's payloads,
+ *	  _finish_batch) as the reserved consumer "_relay", so it sends
+ *	  committed events only, in
  *	  commit order, and resumes from its saved position after a restart or
  *	  a crash;
  *	- each batch is one transaction: its NOTIFYs and the finish of the batch
@@ -384,9 +385,7 @@ typedef enum RelayStmt
 	STMT_EXTENSION,
 	STMT_START,
 	STMT_PENDING,
-	STMT_NEXT,
-	STMT_PAYLOADS,
-	STMT_FINISH,
+	STMT_BATCH,
 	STMT_COUNT
 } RelayStmt;
 
@@ -406,10 +405,7 @@ static const RelayStmtDef relay_stmts[STMT_COUNT] = {
 		" AND p.proname OPERATOR(pg_catalog.=) '_next_batch')", 0, {InvalidOid}},
 	[STMT_START] = {"SELECT %1$s._relay_start()", 0, {InvalidOid}},
 	[STMT_PENDING] = {"SELECT %1$s._has_pending($1)", 1, {TEXTOID}},
-	[STMT_NEXT] = {"SELECT %1$s._next_batch($1, $2), s.notify FROM %1$s.settings s", 2, {TEXTOID, INT4OID}},
-	[STMT_PAYLOADS] = {"SELECT p.payload FROM %1$s._payloads(ARRAY(SELECT e FROM %1$s.batch_events($1) e"
-	" ORDER BY e.event_id)) p ORDER BY p.event_id", 1, {INT8OID}},
-	[STMT_FINISH] = {"SELECT %1$s._finish_batch($1, NULL)", 1, {INT8OID}},
+	[STMT_BATCH] = {"SELECT b.payload FROM %1$s._relay_batch($1) b ORDER BY b.event_id", 1, {INT4OID}},
 };
 
 /* The prepared and kept plans, and the schema they were prepared for. */
@@ -510,8 +506,6 @@ RelayUnit(void)
 	Datum		values[2];
 	char	   *schema;
 	bool		isnull;
-	int64		batch;
-	bool		notify;
 	int			sent = -1;
 
 	SetCurrentStatementStartTimestamp();
@@ -548,33 +542,26 @@ RelayUnit(void)
 	if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)) || isnull)
 		goto done;
 
-	/* The next batch of the relay's consumer (_relay_start made sure it exists). */
-	values[1] = Int32GetDatum(relay_batch_size);
-	RunStmt(STMT_NEXT, schema, values);
-	if (SPI_processed != 1)
-		elog(ERROR, "milestones relay: _next_batch returned no row");
-	batch = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-	if (isnull)
-		goto done;
-	notify = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull)) && !isnull;
-
-	/* Its payloads, in event order, sent when this transaction commits. */
+	/*
+	 * The next batch of the relay's consumer (_relay_start made sure it
+	 * exists), its payloads, and the batch finished: the NOTIFYs queued here
+	 * and the new position commit together.
+	 */
 	pgstat_report_activity(STATE_RUNNING, "milestones relay: sending a batch");
+	values[0] = Int32GetDatum(relay_batch_size);
+	RunStmt(STMT_BATCH, schema, values);
+	if (SPI_processed > 0)
 	{
-		Datum		bvalues[1] = {Int64GetDatum(batch)};
 		uint64		i;
 
-		RunStmt(STMT_PAYLOADS, schema, bvalues);
 		sent = (int) SPI_processed;
-		if (notify)
-			for (i = 0; i < SPI_processed; i++)
-			{
-				char	   *payload = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
+		for (i = 0; i < SPI_processed; i++)
+		{
+			char	   *payload = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
 
-				if (payload != NULL)
-					Async_Notify(EVENTS_CHANNEL, payload);
-			}
-		RunStmt(STMT_FINISH, schema, bvalues);
+			if (payload != NULL)
+				Async_Notify(EVENTS_CHANNEL, payload);
+		}
 	}
 
 done:

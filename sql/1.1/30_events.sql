@@ -650,6 +650,42 @@ $$;
 COMMENT ON FUNCTION @extschema@._relay_start() IS
     'Relay start: registers the "_relay" consumer, or moves it to the present when its position predates the server start.';
 
+-- _relay_batch is one unit of the relay's work, in the relay's transaction:
+-- the next batch of "_relay", its payloads in event order (NULL payloads
+-- when settings.notify is off), and the batch finished, so that the NOTIFYs
+-- the relay sends for these rows and its new position commit together.
+-- No rows when nothing is new.
+CREATE FUNCTION @extschema@._relay_batch(p_max_events integer)
+RETURNS TABLE (event_id bigint, payload text)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_batch bigint := @extschema@._next_batch('_relay', p_max_events);
+    b @extschema@.consumer_batches;
+BEGIN
+    IF v_batch IS NULL THEN
+        RETURN;
+    END IF;
+    SELECT * INTO STRICT b FROM @extschema@.consumer_batches WHERE batch_id OPERATOR(pg_catalog.=) v_batch;
+    IF (SELECT s.notify FROM @extschema@.settings s) THEN
+        RETURN QUERY
+        SELECT p.event_id, p.payload
+          FROM @extschema@._payloads(ARRAY(
+                   SELECT e FROM @extschema@._range_events(b.lower_tick_id, b.upper_tick_id,
+                                                           b.after_event_id, b.last_event_id, b.events) e)) p
+         ORDER BY p.event_id;
+    ELSE
+        RETURN QUERY
+        SELECT e.event_id, NULL::text
+          FROM @extschema@._range_events(b.lower_tick_id, b.upper_tick_id,
+                                         b.after_event_id, b.last_event_id, b.events) e
+         ORDER BY e.event_id;
+    END IF;
+    PERFORM @extschema@._finish_batch(v_batch, '_relay');
+END
+$$;
+COMMENT ON FUNCTION @extschema@._relay_batch(integer) IS
+    'The relay''s unit of work: the next batch of "_relay", its payloads in event order (NULL when settings.notify is off), finished in the same transaction.';
+
 CREATE FUNCTION @extschema@._relay_serves() RETURNS boolean
     AS 'MODULE_PATHNAME', 'milestones_relay_serves' LANGUAGE C STABLE;
 COMMENT ON FUNCTION @extschema@._relay_serves() IS
@@ -744,6 +780,7 @@ REVOKE ALL ON FUNCTION
     @extschema@.finish_batch(bigint, text),
     @extschema@._has_pending(text),
     @extschema@._relay_start(),
+    @extschema@._relay_batch(integer),
     @extschema@._relay_serves(),
     @extschema@._relay_info(),
     @extschema@.relay_status()

@@ -132,7 +132,7 @@ _PG_init(void)
 							   NULL);
 	RelayInit();
 	MarkGUCPrefixReserved("milestones");
-	GuardInit();
+	CheckInit();
 }
 
 /*

@@ -9,13 +9,98 @@
 #define MILESTONES_H
 
 #include "postgres.h"
+#include "utils/numeric.h"
 #include "utils/timestamp.h"
 
 /* milestones.c */
 extern TimestampTz MilestonesNow(void);
 
-/* guard.c */
-extern void GuardInit(void);
+/* states.c: the state machines (SPEC section 2) as data */
+typedef enum OrderState
+{
+	ORDER_OFFERED,
+	ORDER_ACTIVE,
+	ORDER_COMPLETED,
+	ORDER_WITHDRAWN,
+	ORDER_DECLINED,
+	ORDER_CANCELLED,
+	ORDER_NSTATES
+} OrderState;
+
+typedef enum MilestoneState
+{
+	MS_PENDING,
+	MS_IN_PROGRESS,
+	MS_DELIVERED,
+	MS_COMPLETED,
+	MS_SKIPPED,
+	MS_REFUNDED,
+	MS_CANCELLED,
+	MS_NSTATES
+} MilestoneState;
+
+typedef struct StateTransition
+{
+	int			from;
+	int			to;
+} StateTransition;
+
+typedef struct StateMachine
+{
+	const char *what;			/* "order" or "milestone" */
+	int			nstates;
+	const char *const *names;	/* indexed by state number */
+	const bool *final;			/* indexed by state number */
+	const StateTransition *transitions; /* ends with {-1, -1} */
+	const char *const *immutable;	/* columns fixed at INSERT, NULL-ended */
+} StateMachine;
+
+extern const StateMachine OrderMachine;
+extern const StateMachine MilestoneMachine;
+extern int	StateCode(const StateMachine *machine, const char *name);
+extern const char *StateName(const StateMachine *machine, int state);
+extern bool StateIsFinal(const StateMachine *machine, int state);
+extern bool StateTransitionAllowed(const StateMachine *machine, int from, int to);
+extern void StateAssertTransition(const StateMachine *machine, int from, int to);
+
+/*
+ * check.c: one row write to an order, as the guard triggers saw it or as
+ * an engine action declares it.  Two facts are equal when all fields are.
+ */
+typedef enum FactTable
+{
+	FACT_ORDER = 1,
+	FACT_MILESTONE = 2,
+	FACT_LEDGER = 3
+} FactTable;
+
+typedef struct WriteFact
+{
+	int8		table;			/* FactTable */
+	int8		insert;			/* 1 for INSERT, 0 for UPDATE */
+	int8		from;			/* old state number (-1 for INSERT, ledger) */
+	int8		to;				/* new state number (-1 for ledger) */
+	int16		position;		/* milestone / ledger position, -1 if none */
+	int8		kind;			/* ledger: index in LedgerKinds, else -1 */
+	int8		account;		/* ledger: index in LedgerAccounts, else -1 */
+	int64		txn;			/* ledger: txn_id, else 0 */
+	int64		cents;			/* ledger: amount in cents, else 0 */
+} WriteFact;
+
+extern const char *const LedgerKinds[];	/* charge, payout, refund */
+extern const char *const LedgerAccounts[];	/* buyer, escrow, seller, platform */
+extern int	LedgerCode(const char *const *list, const char *name);
+
+extern void CheckInit(void);
+extern void CheckObserve(int64 order_id, const WriteFact *fact, bool money, bool updated);
+extern void CheckDeclare(int64 order_id, const WriteFact *fact);
+extern void CheckFireDeferred(FunctionCallInfo fcinfo, int64 order_id, bool is_update);
+extern WriteFact StateFact(FactTable table, bool insert, int from, int to, int position);
+extern int64 NumericToCents(Datum amount, bool *exact);
+
+/* payout.c */
+extern void PayoutAmounts(Numeric gross_raw, Numeric rate,
+						  Numeric *gross, Numeric *fee, Numeric *net);
 
 /* events.c: the channel every notification is sent on */
 #define EVENTS_CHANNEL "milestones"

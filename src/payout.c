@@ -193,3 +193,23 @@ milestones_payout(PG_FUNCTION_ARGS)
 	result = heap_form_tuple(tupdesc, values, nulls);
 	PG_RETURN_DATUM(HeapTupleGetDatum(result));
 }
+
+/*
+ * PayoutAmounts is payout()'s arithmetic for the engine, which has the
+ * completed milestones' sum in hand: gross rounded to cents, the fee at
+ * the order's rate and the net, exactly as milestones.payout() returns
+ * them.
+ */
+void
+PayoutAmounts(Numeric gross_raw, Numeric rate, Numeric *gross, Numeric *fee, Numeric *net)
+{
+	CheckRate(rate);
+	*fee = ComputeFee(gross_raw, rate);
+	*gross = DatumGetNumeric(DirectFunctionCall2(numeric_round, NumericGetDatum(gross_raw),
+												 Int32GetDatum(2)));
+	*net = DatumGetNumeric(DirectFunctionCall2(numeric_round,
+											   DirectFunctionCall2(numeric_sub,
+																   NumericGetDatum(gross_raw),
+																   NumericGetDatum(*fee)),
+											   Int32GetDatum(2)));
+}

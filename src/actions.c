@@ -1,0 +1,1434 @@
+/*-------------------------------------------------------------------------
+ *
+ * src/actions.c
+ *		The order actions of SPEC section 3, in C: create_offer,
+ *		withdraw_offer, decline_offer, place_order, deliver, accept,
+ *		request_revision, stop, cancel and expire_overdue.
+ *
+ * Each action checks its arguments, claims its idempotency key, locks the
+ * order row FOR UPDATE, reads the whole order, refuses what the state
+ * machine (states.c) does not allow, writes, declares its writes to the
+ * commit check (check.c), appends the event and returns the order's
+ * order_status row.  The behaviour is 1.0's PL/pgSQL engine's, message for
+ * message; notifications are not sent here (the events table's trigger or
+ * the relay sends them).
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_collation.h"
+#include "catalog/pg_type.h"
+#include "funcapi.h"
+#include "mb/pg_wchar.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/jsonb.h"
+#include "utils/numeric.h"
+#include "utils/timestamp.h"
+
+#include "engine.h"
+
+PG_FUNCTION_INFO_V1(milestones_create_offer);
+PG_FUNCTION_INFO_V1(milestones_withdraw_offer);
+PG_FUNCTION_INFO_V1(milestones_decline_offer);
+PG_FUNCTION_INFO_V1(milestones_place_order);
+PG_FUNCTION_INFO_V1(milestones_deliver);
+PG_FUNCTION_INFO_V1(milestones_accept);
+PG_FUNCTION_INFO_V1(milestones_request_revision);
+PG_FUNCTION_INFO_V1(milestones_stop);
+PG_FUNCTION_INFO_V1(milestones_cancel);
+PG_FUNCTION_INFO_V1(milestones_expire_overdue);
+PG_FUNCTION_INFO_V1(milestones_cancel_milestone);
+
+#define ARG_INT64(n, isnull) ((isnull) = PG_ARGISNULL(n), (isnull) ? 0 : PG_GETARG_INT64(n))
+#define ARG_TEXT(n) (PG_ARGISNULL(n) ? NULL : PG_GETARG_TEXT_PP(n))
+
+/* NoteLeft is left(note, 200) as text, or NULL. */
+static char *
+NoteLeft(text *note)
+{
+	char	   *s;
+
+	if (note == NULL)
+		return NULL;
+	s = text_to_cstring(note);
+	return pnstrdup(s, pg_mbcharcliplen(s, strlen(s), 200));
+}
+
+/* CheckNote refuses a note over 2000 characters (1.0's inline test). */
+static void
+CheckNote(text *note)
+{
+	if (note != NULL && EngineTextLength(note) > 2000)
+		EngineCheckText(false, note, "note", 2000, false);
+}
+
+/* JsonClose ends a JSON object built with the JsonAdd helpers. */
+static char *
+JsonClose(StringInfo buf)
+{
+	if (buf->len == 0)
+		return "";
+	appendStringInfoChar(buf, '}');
+	return buf->data;
+}
+
+/* OrderArgs is the key arguments {"order_id": .., "<role>_id": ..}. */
+static char *
+OrderArgs(int64 order_id, const char *idkey, int64 actor_id)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	JsonAddInt(&buf, "order_id", false, order_id);
+	JsonAddInt(&buf, idkey, false, actor_id);
+	return JsonClose(&buf);
+}
+
+/* OrderNoteArgs adds "note" to OrderArgs (deliver, request_revision). */
+static char *
+OrderNoteArgs(int64 order_id, const char *idkey, int64 actor_id, text *note)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	JsonAddInt(&buf, "order_id", false, order_id);
+	JsonAddInt(&buf, idkey, false, actor_id);
+	JsonAddText(&buf, "note", note ? text_to_cstring(note) : NULL);
+	return JsonClose(&buf);
+}
+
+/*
+ * EndOffer is the shared body of withdraw_offer and decline_offer: an
+ * offer ends before it is placed (1.0's _end_offer).
+ */
+static Datum
+EndOffer(FunctionCallInfo fcinfo, const char *role, const char *idkey,
+		 int to, const char *function)
+{
+	MemoryContext caller = CurrentMemoryContext;
+	bool		idnull,
+				actornull;
+	int64		order_id = ARG_INT64(0, idnull);
+	int64		actor_id = ARG_INT64(1, actornull);
+	text	   *key = ARG_TEXT(2);
+	EngineOrder *o = palloc(sizeof(EngineOrder));
+	Datum		prev;
+	Datum		result;
+	int			i;
+	static EnginePlan skip_all_plan = {
+		"UPDATE milestones.order_milestones SET state = 'skipped'"
+		" WHERE order_id OPERATOR(pg_catalog.=) $1",
+		1, {INT8OID}
+	};
+	static EnginePlan end_plan = {
+		"UPDATE milestones.orders SET state = $2, completed_at = $3"
+		" WHERE order_id OPERATOR(pg_catalog.=) $1",
+		3, {INT8OID, TEXTOID, TIMESTAMPTZOID}
+	};
+	Datum		values[3];
+
+	if (idnull || order_id <= 0)
+		EngineCheckId(idnull, order_id, "order_id");
+	if (actornull || actor_id <= 0)
+		EngineCheckId(actornull, actor_id, idkey);
+	EngineConnect();
+	if (EngineIdemClaim(key == NULL, key, function, OrderArgs(order_id, idkey, actor_id), &prev))
+	{
+		result = EngineStoredStatus(fcinfo, caller, prev);
+		EngineFinish();
+		return result;
+	}
+	EngineLockOrder(o, order_id, actor_id, role);
+	if (o->state != ORDER_OFFERED)
+		EngineStateError(o, function, "an offered order that was not placed");
+	EngineReadMilestones(o);
+	values[0] = Int64GetDatum(order_id);
+	EngineExec(&skip_all_plan, values, NULL, SPI_OK_UPDATE, 0);
+	if ((int) SPI_processed != o->nmilestones)
+		elog(ERROR, "milestones engine: order " INT64_FORMAT " skipped %d milestones",
+			 order_id, (int) SPI_processed);
+	for (i = 0; i < o->nmilestones; i++)
+		EngineSetMilestone(o, &o->ms[i], MS_SKIPPED);
+	values[1] = CStringGetTextDatum(StateName(&OrderMachine, to));
+	values[2] = TimestampTzGetDatum(MilestonesNow());
+	EngineExec(&end_plan, values, NULL, SPI_OK_UPDATE, 0);
+	if (SPI_processed != 1)
+		elog(ERROR, "milestones engine: order " INT64_FORMAT " not ended", order_id);
+	EngineSetOrder(o, to, true);
+	result = EngineEventStatus(fcinfo, caller, o, -1, StateName(&OrderMachine, to), role, false, actor_id, NULL, -1, "", key);
+	EngineFinish();
+	return result;
+}
+
+/* milestones_withdraw_offer: the seller withdraws an offer not placed. */
+Datum
+milestones_withdraw_offer(PG_FUNCTION_ARGS)
+{
+	return EndOffer(fcinfo, "seller", "seller_id", ORDER_WITHDRAWN, "withdraw_offer");
+}
+
+/* milestones_decline_offer: the buyer declines an offer. */
+Datum
+milestones_decline_offer(PG_FUNCTION_ARGS)
+{
+	return EndOffer(fcinfo, "buyer", "buyer_id", ORDER_DECLINED, "decline_offer");
+}
+
+/*
+ * milestones_place_order: the buyer places the offer; milestone 1 is
+ * charged and starts (R3).
+ */
+Datum
+milestones_place_order(PG_FUNCTION_ARGS)
+{
+	MemoryContext caller = CurrentMemoryContext;
+	bool		idnull,
+				buyernull;
+	int64		order_id = ARG_INT64(0, idnull);
+	int64		buyer_id = ARG_INT64(1, buyernull);
+	text	   *key = ARG_TEXT(2);
+	EngineOrder *o = palloc(sizeof(EngineOrder));
+	Datum		prev;
+	Datum		result;
+	Datum		values[2];
+	Datum		charged;
+	bool		eligible;
+	StringInfoData detail;
+	static EnginePlan place_plan = {
+		"UPDATE milestones.orders SET state = 'active', placed_at = $2"
+		" WHERE order_id OPERATOR(pg_catalog.=) $1",
+		2, {INT8OID, TIMESTAMPTZOID}
+	};
+
+	if (idnull || order_id <= 0)
+		EngineCheckId(idnull, order_id, "order_id");
+	if (buyernull || buyer_id <= 0)
+		EngineCheckId(buyernull, buyer_id, "buyer_id");
+	EngineConnect();
+	if (EngineIdemClaim(key == NULL, key, "place_order", OrderArgs(order_id, "buyer_id", buyer_id), &prev))
+	{
+		result = EngineStoredStatus(fcinfo, caller, prev);
+		EngineFinish();
+		PG_RETURN_DATUM(result);
+	}
+	eligible = EngineLockOrderEligible(o, order_id, buyer_id, "buyer");
+	if (o->state != ORDER_OFFERED)
+		EngineStateError(o, "place_order", "an offered order");
+	/* Eligibility can be withdrawn between the offer and the order. */
+	if (!eligible)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("order " INT64_FORMAT " can no longer be placed as a milestone order", order_id),
+				 errdetail("Seller " INT64_FORMAT " or category %s is no longer eligible for milestones.",
+						   o->seller_id, quote_literal_cstr(o->category))));
+	EngineReadMilestones(o);
+	if (o->nmilestones < 1 || o->ms[0].state != MS_PENDING)
+		elog(ERROR, "milestones engine: offered order " INT64_FORMAT " has no pending milestone 1", order_id);
+	values[0] = Int64GetDatum(order_id);
+	values[1] = TimestampTzGetDatum(MilestonesNow());
+	EngineExec(&place_plan, values, NULL, SPI_OK_UPDATE, 0);
+	if (SPI_processed != 1)
+		elog(ERROR, "milestones engine: order " INT64_FORMAT " not placed", order_id);
+	EngineSetOrder(o, ORDER_ACTIVE, true);
+	charged = LedgerStart(o, &o->ms[0]);
+	initStringInfo(&detail);
+	JsonAddNumeric(&detail, "charged", charged);
+	result = EngineEventStatus(fcinfo, caller, o, 1, "placed", "buyer", false, buyer_id, NULL, o->ms[0].state, JsonClose(&detail), key);
+	EngineFinish();
+	PG_RETURN_DATUM(result);
+}
+
+/*
+ * milestones_deliver: the seller delivers the milestone in progress; the
+ * buyer's response window opens (R5, R8).
+ */
+Datum
+milestones_deliver(PG_FUNCTION_ARGS)
+{
+	MemoryContext caller = CurrentMemoryContext;
+	bool		idnull,
+				sellernull;
+	int64		order_id = ARG_INT64(0, idnull);
+	int64		seller_id = ARG_INT64(1, sellernull);
+	text	   *note = ARG_TEXT(2);
+	text	   *key = ARG_TEXT(3);
+	EngineOrder *o = palloc(sizeof(EngineOrder));
+	EngineMilestone *m;
+	Datum		prev;
+	Datum		result;
+	Datum		values[4];
+	char		nulls[4] = {' ', ' ', ' ', ' '};
+	bool		isnull;
+	bool		final;
+	TimestampTz respond_by;
+	int32		deliveries;
+	StringInfoData detail;
+	static EnginePlan deliver_plan = {
+		"UPDATE milestones.order_milestones"
+		" SET state = 'delivered', delivered_at = $3,"
+		" deliveries = deliveries OPERATOR(pg_catalog.+) 1, delivery_note = $4,"
+		" respond_by = pg_catalog.timezone('UTC', pg_catalog.timezone('UTC', $3)"
+		" OPERATOR(pg_catalog.+) (SELECT s.response_window FROM milestones.settings s))"
+		" WHERE order_id OPERATOR(pg_catalog.=) $1 AND position OPERATOR(pg_catalog.=) $2"
+		" RETURNING respond_by, deliveries",
+		4, {INT8OID, INT2OID, TIMESTAMPTZOID, TEXTOID}
+	};
+
+	if (idnull || order_id <= 0)
+		EngineCheckId(idnull, order_id, "order_id");
+	if (sellernull || seller_id <= 0)
+		EngineCheckId(sellernull, seller_id, "seller_id");
+	CheckNote(note);
+	EngineConnect();
+	if (EngineIdemClaim(key == NULL, key, "deliver",
+						OrderNoteArgs(order_id, "seller_id", seller_id, note), &prev))
+	{
+		result = EngineStoredStatus(fcinfo, caller, prev);
+		EngineFinish();
+		PG_RETURN_DATUM(result);
+	}
+	EngineLockOrder(o, order_id, seller_id, "seller");
+	if (o->state != ORDER_ACTIVE)
+		EngineStateError(o, "deliver", "an active order with a milestone in progress");
+	EngineReadMilestones(o);
+	m = o->current >= 0 ? &o->ms[o->current] : NULL;
+	if (m == NULL || m->state != MS_IN_PROGRESS)
+	{
+		char		pos[32];
+
+		if (m != NULL)
+			snprintf(pos, sizeof(pos), "%d", m->position);
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("deliver is not allowed: milestone %s of order " INT64_FORMAT " is %s",
+						m ? pos : "<NULL>", order_id,
+						m ? StateName(&MilestoneMachine, m->state) : "<NULL>"),
+				 errdetail("deliver needs a milestone in progress; milestone %s (%s) is %s until %s.",
+						   m ? pos : "", m ? m->name : "",
+						   m ? StateName(&MilestoneMachine, m->state) : "",
+						   m ? EngineTimestampOut(m->respond_by_null, m->respond_by) : ""),
+				 errhint("Wait for the buyer to accept, stop or request a revision.")));
+	}
+	values[0] = Int64GetDatum(order_id);
+	values[1] = Int16GetDatum((int16) m->position);
+	values[2] = TimestampTzGetDatum(MilestonesNow());
+	values[3] = note ? PointerGetDatum(note) : (Datum) 0;
+	if (note == NULL)
+		nulls[3] = 'n';
+	EngineExec(&deliver_plan, values, nulls, SPI_OK_UPDATE_RETURNING, 0);
+	if (SPI_processed != 1)
+		elog(ERROR, "milestones engine: milestone %d of order " INT64_FORMAT " not delivered",
+			 m->position, order_id);
+	/*
+	 * The final delivery is that of the last milestone not cancelled
+	 * (issue 11); without cancelled milestones that is the final flag.
+	 */
+	final = true;
+	{
+		int			k;
+
+		for (k = 0; k < o->nmilestones; k++)
+			if (o->ms[k].position > m->position && o->ms[k].state != MS_CANCELLED)
+				final = false;
+	}
+	respond_by = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	deliveries = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+	EngineSetMilestone(o, m, MS_DELIVERED);
+	initStringInfo(&detail);
+	JsonAddBool(&detail, "final", final);
+	JsonAddTimestamp(&detail, "respond_by", respond_by);
+	JsonAddInt(&detail, "delivery", false, deliveries);
+	JsonAddText(&detail, "note", NoteLeft(note));
+	result = EngineEventStatus(fcinfo, caller, o, m->position, "delivered", "seller", false, seller_id, NULL, m->state,
+				JsonClose(&detail), key);
+	EngineFinish();
+	PG_RETURN_DATUM(result);
+}
+
+/*
+ * milestones_accept: the delivered milestone completes; the next one is
+ * charged and starts, or the order finishes and the seller is paid (R4, R7).
+ */
+Datum
+milestones_accept(PG_FUNCTION_ARGS)
+{
+	MemoryContext caller = CurrentMemoryContext;
+	bool		idnull,
+				buyernull;
+	int64		order_id = ARG_INT64(0, idnull);
+	int64		buyer_id = ARG_INT64(1, buyernull);
+	text	   *key = ARG_TEXT(2);
+	EngineOrder *o = palloc(sizeof(EngineOrder));
+	EngineMilestone *m;
+	EngineMilestone *next = NULL;
+	Datum		prev;
+	Datum		result;
+	StringInfoData detail;
+
+	if (idnull || order_id <= 0)
+		EngineCheckId(idnull, order_id, "order_id");
+	if (buyernull || buyer_id <= 0)
+		EngineCheckId(buyernull, buyer_id, "buyer_id");
+	EngineConnect();
+	if (EngineIdemClaim(key == NULL, key, "accept", OrderArgs(order_id, "buyer_id", buyer_id), &prev))
+	{
+		result = EngineStoredStatus(fcinfo, caller, prev);
+		EngineFinish();
+		PG_RETURN_DATUM(result);
+	}
+	EngineLockOrder(o, order_id, buyer_id, "buyer");
+	m = EngineOpenDelivery(o, "accept");
+	/*
+	 * The next milestone is the first pending one after it (in an active
+	 * order every later milestone is pending, or cancelled by issue 11's
+	 * cancel_milestone); with none left the order finishes.
+	 */
+	{
+		int			i;
+
+		for (i = 0; i < o->nmilestones; i++)
+			if (o->ms[i].position > m->position && o->ms[i].state == MS_PENDING &&
+				(next == NULL || o->ms[i].position < next->position))
+				next = &o->ms[i];
+	}
+	initStringInfo(&detail);
+	if (next == NULL)
+		LedgerComplete(o, m, "finished", MilestonesNow(), &detail);
+	else
+	{
+		Datum		charged;
+
+		charged = LedgerAdvance(o, m, next);
+		JsonAddInt(&detail, "next", false, next->position);
+		JsonAddNumeric(&detail, "charged", charged);
+	}
+	result = EngineEventStatus(fcinfo, caller, o, m->position, "accepted", "buyer", false, buyer_id, NULL, m->state,
+				JsonClose(&detail), key);
+	EngineFinish();
+	PG_RETURN_DATUM(result);
+}
+
+/*
+ * milestones_request_revision: uses one of the order's revisions; the
+ * milestone goes back in progress and its response window closes (R11).
+ */
+Datum
+milestones_request_revision(PG_FUNCTION_ARGS)
+{
+	MemoryContext caller = CurrentMemoryContext;
+	bool		idnull,
+				buyernull;
+	int64		order_id = ARG_INT64(0, idnull);
+	int64		buyer_id = ARG_INT64(1, buyernull);
+	text	   *note = ARG_TEXT(2);
+	text	   *key = ARG_TEXT(3);
+	EngineOrder *o = palloc(sizeof(EngineOrder));
+	EngineMilestone *m;
+	Datum		prev;
+	Datum		result;
+	Datum		values[2];
+	StringInfoData detail;
+	static EnginePlan use_plan = {
+		"UPDATE milestones.orders SET revisions_used = revisions_used OPERATOR(pg_catalog.+) 1"
+		" WHERE order_id OPERATOR(pg_catalog.=) $1",
+		1, {INT8OID}
+	};
+	static EnginePlan reopen_plan = {
+		"UPDATE milestones.order_milestones SET state = 'in_progress', respond_by = NULL"
+		" WHERE order_id OPERATOR(pg_catalog.=) $1 AND position OPERATOR(pg_catalog.=) $2",
+		2, {INT8OID, INT2OID}
+	};
+
+	if (idnull || order_id <= 0)
+		EngineCheckId(idnull, order_id, "order_id");
+	if (buyernull || buyer_id <= 0)
+		EngineCheckId(buyernull, buyer_id, "buyer_id");
+	CheckNote(note);
+	EngineConnect();
+	if (EngineIdemClaim(key == NULL, key, "request_revision",
+						OrderNoteArgs(order_id, "buyer_id", buyer_id, note), &prev))
+	{
+		result = EngineStoredStatus(fcinfo, caller, prev);
+		EngineFinish();
+		PG_RETURN_DATUM(result);
+	}
+	EngineLockOrder(o, order_id, buyer_id, "buyer");
+	m = EngineOpenDelivery(o, "request_revision");
+	if (!o->revisions_unlimited && o->revisions_used >= o->revisions_allowed)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("request_revision is not allowed: order " INT64_FORMAT " has no revisions left", order_id),
+				 errdetail("The order allows %d revisions and has used %d.",
+						   o->revisions_allowed, o->revisions_used),
+				 errhint("Accept or stop the delivery instead.")));
+	values[0] = Int64GetDatum(order_id);
+	EngineExec(&use_plan, values, NULL, SPI_OK_UPDATE, 0);
+	if (SPI_processed != 1)
+		elog(ERROR, "milestones engine: order " INT64_FORMAT " not updated", order_id);
+	EngineSetOrder(o, ORDER_ACTIVE, true);
+	values[1] = Int16GetDatum((int16) m->position);
+	EngineExec(&reopen_plan, values, NULL, SPI_OK_UPDATE, 0);
+	if (SPI_processed != 1)
+		elog(ERROR, "milestones engine: milestone %d of order " INT64_FORMAT " not reopened",
+			 m->position, order_id);
+	EngineSetMilestone(o, m, MS_IN_PROGRESS);
+	initStringInfo(&detail);
+	JsonAddInt(&detail, "revisions_used", false, (int64) o->revisions_used + 1);
+	JsonAddText(&detail, "note", NoteLeft(note));
+	result = EngineEventStatus(fcinfo, caller, o, m->position, "revision_requested", "buyer", false, buyer_id, NULL, m->state,
+				JsonClose(&detail), key);
+	EngineFinish();
+	PG_RETURN_DATUM(result);
+}
+
+/*
+ * milestones_stop: the buyer ends the order after a delivery; that
+ * delivery counts as completed, later milestones are skipped and never
+ * charged (R6).
+ */
+Datum
+milestones_stop(PG_FUNCTION_ARGS)
+{
+	MemoryContext caller = CurrentMemoryContext;
+	bool		idnull,
+				buyernull;
+	int64		order_id = ARG_INT64(0, idnull);
+	int64		buyer_id = ARG_INT64(1, buyernull);
+	text	   *key = ARG_TEXT(2);
+	EngineOrder *o = palloc(sizeof(EngineOrder));
+	EngineMilestone *m;
+	Datum		prev;
+	Datum		result;
+	StringInfoData detail;
+
+	if (idnull || order_id <= 0)
+		EngineCheckId(idnull, order_id, "order_id");
+	if (buyernull || buyer_id <= 0)
+		EngineCheckId(buyernull, buyer_id, "buyer_id");
+	EngineConnect();
+	if (EngineIdemClaim(key == NULL, key, "stop", OrderArgs(order_id, "buyer_id", buyer_id), &prev))
+	{
+		result = EngineStoredStatus(fcinfo, caller, prev);
+		EngineFinish();
+		PG_RETURN_DATUM(result);
+	}
+	EngineLockOrder(o, order_id, buyer_id, "buyer");
+	m = EngineOpenDelivery(o, "stop");
+	initStringInfo(&detail);
+	LedgerComplete(o, m, "stopped", MilestonesNow(), &detail);
+	result = EngineEventStatus(fcinfo, caller, o, m->position, "stopped", "buyer", false, buyer_id, NULL, m->state,
+				JsonClose(&detail), key);
+	EngineFinish();
+	PG_RETURN_DATUM(result);
+}
+
+/*
+ * milestones_cancel: customer support ends an order for a listed reason
+ * (R10).  Held funds go back to the buyer; completed milestones are still
+ * paid.
+ */
+Datum
+milestones_cancel(PG_FUNCTION_ARGS)
+{
+	MemoryContext caller = CurrentMemoryContext;
+	bool		idnull;
+	int64		order_id = ARG_INT64(0, idnull);
+	text	   *agent = ARG_TEXT(1);
+	text	   *reason = ARG_TEXT(2);
+	text	   *note = ARG_TEXT(3);
+	text	   *key = ARG_TEXT(4);
+	EngineOrder *o = palloc(sizeof(EngineOrder));
+	EngineMilestone *m;
+	Datum		prev;
+	Datum		result;
+	Datum		values[5];
+	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
+	bool		isnull;
+	int			old_state;
+	int			skipped;
+	char	   *reason_s;
+	char	   *agent_s;
+	StringInfoData args;
+	StringInfoData detail;
+	static EnginePlan reason_plan = {
+		"SELECT EXISTS (SELECT FROM milestones.cancellation_reasons cr"
+		" WHERE cr.code OPERATOR(pg_catalog.=) $1 AND cr.active)",
+		1, {TEXTOID}
+	};
+	static EnginePlan reasons_plan = {
+		"SELECT pg_catalog.string_agg(code, ', ' ORDER BY code)"
+		" FROM milestones.cancellation_reasons WHERE active",
+		0, {InvalidOid}
+	};
+	static EnginePlan refund_plan = {
+		"UPDATE milestones.order_milestones SET state = 'refunded'"
+		" WHERE order_id OPERATOR(pg_catalog.=) $1 AND position OPERATOR(pg_catalog.=) $2",
+		2, {INT8OID, INT2OID}
+	};
+	static EnginePlan cancel_plan = {
+		"UPDATE milestones.orders SET state = 'cancelled', cancel_reason = $2, cancelled_by = $3,"
+		" cancel_note = $4, completed_at = $5 WHERE order_id OPERATOR(pg_catalog.=) $1",
+		5, {INT8OID, TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID}
+	};
+
+	if (idnull || order_id <= 0)
+		EngineCheckId(idnull, order_id, "order_id");
+	EngineCheckText(agent == NULL, agent, "agent", 200, true);
+	EngineNotNull(reason == NULL, "reason");
+	CheckNote(note);
+	reason_s = text_to_cstring(reason);
+	agent_s = text_to_cstring(agent);
+	EngineConnect();
+	initStringInfo(&args);
+	JsonAddInt(&args, "order_id", false, order_id);
+	JsonAddText(&args, "agent", agent_s);
+	JsonAddText(&args, "reason", reason_s);
+	JsonAddText(&args, "note", note ? text_to_cstring(note) : NULL);
+	if (EngineIdemClaim(key == NULL, key, "cancel", JsonClose(&args), &prev))
+	{
+		result = EngineStoredStatus(fcinfo, caller, prev);
+		EngineFinish();
+		PG_RETURN_DATUM(result);
+	}
+	/* After the key: a retry succeeds even if the reason was retired since. */
+	values[0] = PointerGetDatum(reason);
+	EngineExec(&reason_plan, values, NULL, SPI_OK_SELECT, 0);
+	if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)))
+	{
+		char	   *list;
+
+		EngineExec(&reasons_plan, NULL, NULL, SPI_OK_SELECT, 0);
+		list = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("unknown cancellation reason %s", EngineQuoteLiteral(reason_s, 100)),
+				 errdetail("Valid reasons: %s.", list ? list : ""),
+				 errhint("Support maintains the list with milestones.set_cancellation_reason().")));
+	}
+	EngineLockOrder(o, order_id, 0, "support");
+	if (o->state != ORDER_OFFERED && o->state != ORDER_ACTIVE)
+		EngineStateError(o, "cancel", "an offered or active order");
+	EngineReadMilestones(o);
+	m = o->current >= 0 ? &o->ms[o->current] : NULL;
+	if (m != NULL && m->state == MS_DELIVERED && MilestonesNow() >= m->respond_by)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("cancel is not allowed: order " INT64_FORMAT " has expired", order_id),
+				 errdetail("Milestone %d was delivered at %s and the buyer's window closed at %s.",
+						   m->position, EngineTimestampOut(m->delivered_at_null, m->delivered_at),
+						   EngineTimestampOut(m->respond_by_null, m->respond_by)),
+				 errhint("The order is in effect completed as expired; the expiry sweep records it.")));
+	initStringInfo(&detail);
+	if (m != NULL)
+	{
+		static const char *const accounts[] = {"escrow", "buyer"};
+		Datum		amounts[2];
+
+		values[0] = Int64GetDatum(order_id);
+		values[1] = Int16GetDatum((int16) m->position);
+		EngineExec(&refund_plan, values, NULL, SPI_OK_UPDATE, 0);
+		if (SPI_processed != 1)
+			elog(ERROR, "milestones engine: milestone %d of order " INT64_FORMAT " not refunded",
+				 m->position, order_id);
+		EngineSetMilestone(o, m, MS_REFUNDED);
+		amounts[0] = DirectFunctionCall1(numeric_uminus, m->amount);
+		amounts[1] = m->amount;
+		LedgerPost(o, m->position, "refund", accounts, amounts, 2);
+		JsonAddNumeric(&detail, "refunded", m->amount);
+	}
+	skipped = LedgerSkipPending(o);
+	values[0] = Int64GetDatum(order_id);
+	values[1] = PointerGetDatum(reason);
+	values[2] = PointerGetDatum(agent);
+	values[3] = note ? PointerGetDatum(note) : (Datum) 0;
+	if (note == NULL)
+		nulls[3] = 'n';
+	values[4] = TimestampTzGetDatum(MilestonesNow());
+	EngineExec(&cancel_plan, values, nulls, SPI_OK_UPDATE, 0);
+	if (SPI_processed != 1)
+		elog(ERROR, "milestones engine: order " INT64_FORMAT " not cancelled", order_id);
+	old_state = o->state;
+	EngineSetOrder(o, ORDER_CANCELLED, true);
+	if (old_state == ORDER_ACTIVE)
+	{
+		StringInfoData payout;
+
+		initStringInfo(&payout);
+		LedgerSettle(o, &payout);
+		JsonAddKey(&detail, "payout");
+		appendStringInfoString(&detail, payout.data);
+	}
+	JsonAddText(&detail, "reason", reason_s);
+	JsonAddInt(&detail, "skipped", false, skipped);
+	JsonAddText(&detail, "note", NoteLeft(note));
+	result = EngineEventStatus(fcinfo, caller, o, m ? m->position : -1, "cancelled", "support", true, 0, agent_s,
+				m ? m->state : -1, JsonClose(&detail), key);
+	EngineFinish();
+	PG_RETURN_DATUM(result);
+}
+
+/*
+ * milestones_expire_overdue completes (as expired) up to batch orders
+ * whose delivery is at or past its deadline (R8, R9), and purges
+ * idempotency keys older than settings.idempotency_ttl, one batch at most.
+ * Owner only (not SECURITY DEFINER): an as_of chosen by a caller could
+ * expire orders early.  Rows locked by a concurrent buyer call are
+ * skipped; the next run sees them again if they are still overdue.
+ */
+Datum
+milestones_expire_overdue(PG_FUNCTION_ARGS)
+{
+	TimestampTz as_of;
+	int32		batch;
+	int32		count = 0;
+	int64	   *ids;
+	uint64		nids;
+	uint64		i;
+	Datum		values[2];
+	EngineOrder *o = palloc(sizeof(EngineOrder));
+	/*
+	 * LIMIT above the row locks: a locked (skipped) order must not use up a
+	 * place in the batch, or a few busy orders at the head of the queue
+	 * would starve the free ones behind them (and stop run_expiry early).
+	 */
+	static EnginePlan work_plan = {
+		"SELECT ord.order_id FROM milestones.orders ord"
+		" JOIN milestones.order_milestones w ON w.order_id OPERATOR(pg_catalog.=) ord.order_id"
+		" WHERE w.state OPERATOR(pg_catalog.=) 'delivered' AND w.respond_by OPERATOR(pg_catalog.<=) $1"
+		" ORDER BY w.respond_by LIMIT $2 FOR UPDATE OF ord SKIP LOCKED",
+		2, {TIMESTAMPTZOID, INT4OID}
+	};
+	static EnginePlan purge_plan = {
+		"DELETE FROM milestones.idempotency_keys"
+		" WHERE key OPERATOR(pg_catalog.=) ANY (SELECT k.key FROM milestones.idempotency_keys k"
+		" WHERE k.created_at OPERATOR(pg_catalog.<) ($1 OPERATOR(pg_catalog.-)"
+		" (SELECT s.idempotency_ttl FROM milestones.settings s))"
+		" ORDER BY k.created_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
+		2, {TIMESTAMPTZOID, INT4OID}
+	};
+
+	EngineNotNull(PG_ARGISNULL(0), "as_of");
+	EngineNotNull(PG_ARGISNULL(1), "batch");
+	as_of = PG_GETARG_TIMESTAMPTZ(0);
+	batch = PG_GETARG_INT32(1);
+	if (batch < 1 || batch > 100000)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("batch must be between 1 and 100000"),
+				 errdetail("Got %d.", batch)));
+	if (TIMESTAMP_NOT_FINITE(as_of))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("as_of must be a finite timestamp")));
+
+	EngineConnect();
+	values[0] = TimestampTzGetDatum(as_of);
+	values[1] = Int32GetDatum(batch);
+	EngineExec(&work_plan, values, NULL, SPI_OK_SELECT, 0);
+	nids = SPI_processed;
+	ids = palloc(sizeof(int64) * (nids + 1));
+	for (i = 0; i < nids; i++)
+	{
+		bool		isnull;
+
+		ids[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
+	}
+	SPI_freetuptable(SPI_tuptable);
+
+	for (i = 0; i < nids; i++)
+	{
+		EngineMilestone *m = NULL;
+		int			k;
+		StringInfoData detail;
+
+		/*
+		 * One SPI level per order: its results and memory are freed when the
+		 * order is done, so a batch of 100,000 runs in constant memory.
+		 */
+		EngineConnect();
+		/* Re-read under the lock: a buyer may have answered in the meantime. */
+		EngineLockOrder(o, ids[i], 0, "system");
+		EngineReadMilestones(o);
+		for (k = 0; k < o->nmilestones; k++)
+			if (o->ms[k].state == MS_DELIVERED && !o->ms[k].respond_by_null &&
+				o->ms[k].respond_by <= as_of)
+				m = &o->ms[k];
+		if (m == NULL || o->state != ORDER_ACTIVE)
+		{
+			EngineFinish();
+			continue;
+		}
+		initStringInfo(&detail);
+		LedgerComplete(o, m, "expired", m->respond_by, &detail);
+		JsonAddTimestamp(&detail, "respond_by", m->respond_by);
+		EngineEvent(o, m->position, "expired", "system", true, 0, NULL, m->state,
+					JsonClose(&detail));
+		count++;
+		EngineFinish();
+	}
+
+	/* Purge expired keys, at most one batch per call like the orders. */
+	EngineExec(&purge_plan, values, NULL, SPI_OK_DELETE, 0);
+	EngineFinish();
+	PG_RETURN_INT32(count);
+}
+
+/* JsonTypeName is jsonb_typeof of a value (NULL value: "absence"). */
+static const char *
+JsonTypeName(JsonbValue *v)
+{
+	if (v == NULL)
+		return "absence";
+	switch (v->type)
+	{
+		case jbvNull:
+			return "null";
+		case jbvString:
+			return "string";
+		case jbvNumeric:
+			return "number";
+		case jbvBool:
+			return "boolean";
+		case jbvArray:
+			return "array";
+		case jbvObject:
+			return "object";
+		case jbvBinary:
+			return JsonContainerIsArray(v->val.binary.data) ? "array" : "object";
+		default:
+			return "unknown";
+	}
+}
+
+/* JsonMember finds a key of an object container, or NULL. */
+static JsonbValue *
+JsonMember(JsonbContainer *obj, const char *key)
+{
+	JsonbValue	k;
+
+	k.type = jbvString;
+	k.val.string.val = (char *) key;
+	k.val.string.len = strlen(key);
+	return findJsonbValueFromContainer(obj, JB_FOBJECT, &k);
+}
+
+/* IsDecimalText is 1.0's amount pattern ^-?[0-9]{1,20}(\.[0-9]{1,20})?$. */
+static bool
+IsDecimalText(const char *s)
+{
+	int			n = 0;
+
+	if (*s == '-')
+		s++;
+	while (*s >= '0' && *s <= '9')
+		s++, n++;
+	if (n < 1 || n > 20)
+		return false;
+	if (*s == '\0')
+		return true;
+	if (*s++ != '.')
+		return false;
+	n = 0;
+	while (*s >= '0' && *s <= '9')
+		s++, n++;
+	return n >= 1 && n <= 20 && *s == '\0';
+}
+
+/* NumCmp compares two numerics. */
+static int
+NumCmp(Datum a, Datum b)
+{
+	return DatumGetInt32(DirectFunctionCall2(numeric_cmp, a, b));
+}
+
+/* NumConst makes a numeric from its text. */
+static Datum
+NumConst(const char *s)
+{
+	return DirectFunctionCall3(numeric_in, CStringGetDatum(s), ObjectIdGetDatum(InvalidOid),
+							   Int32GetDatum(-1));
+}
+
+/* LeftOut is left(numeric::text, 40). */
+static char *
+LeftOut(Datum num)
+{
+	char	   *s = EngineNumericOut(num);
+
+	return pnstrdup(s, 40);
+}
+
+/*
+ * milestones_create_offer: a seller's custom offer with 1..max_milestones
+ * milestones (R1, R2, R12).  Returns the new order's id, taken from the
+ * orders.order_id column default.
+ */
+Datum
+milestones_create_offer(PG_FUNCTION_ARGS)
+{
+	bool		sellernull,
+				buyernull;
+	int64		seller_id = ARG_INT64(0, sellernull);
+	int64		buyer_id = ARG_INT64(1, buyernull);
+	text	   *category = ARG_TEXT(2);
+	Jsonb	   *milestones = PG_ARGISNULL(3) ? NULL : PG_GETARG_JSONB_P(3);
+	bool		revisionsnull = PG_ARGISNULL(4);
+	int32		revisions = revisionsnull ? 0 : PG_GETARG_INT32(4);
+	text	   *currency = ARG_TEXT(5);
+	text	   *key = ARG_TEXT(6);
+	char	   *currency_s;
+	char	   *category_s;
+	Datum		prev;
+	StringInfoData args;
+	StringInfoData detail;
+	Datum		values[6];
+	char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
+	bool		isnull;
+	Datum		min_total;
+	int32		max_milestones;
+	Datum		fee_rate;
+	int			n;
+	int			i;
+	Datum		total;
+	Datum		names[ENGINE_MAX_MILESTONES];
+	Datum		days_list[ENGINE_MAX_MILESTONES];
+	Datum		amounts[ENGINE_MAX_MILESTONES];
+	int64		order_id;
+	EngineOrder *o = palloc0(sizeof(EngineOrder));
+	WriteFact	f;
+	static EnginePlan settings_plan = {
+		"SELECT s.min_order_total, s.max_milestones, s.seller_fee_rate FROM milestones.settings s",
+		0, {InvalidOid}
+	};
+	static EnginePlan eligible_plan = {
+		"SELECT EXISTS (SELECT FROM milestones.eligible_sellers es"
+		" WHERE es.seller_id OPERATOR(pg_catalog.=) $1 AND es.eligible),"
+		" EXISTS (SELECT FROM milestones.eligible_categories ec"
+		" WHERE ec.category OPERATOR(pg_catalog.=) $2 AND ec.eligible)",
+		2, {INT8OID, TEXTOID}
+	};
+	static EnginePlan order_plan = {
+		"INSERT INTO milestones.orders (seller_id, buyer_id, category, currency,"
+		" revisions_allowed, fee_rate, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+		" RETURNING order_id",
+		7, {INT8OID, INT8OID, TEXTOID, TEXTOID, INT4OID, NUMERICOID, TIMESTAMPTZOID}
+	};
+	static EnginePlan milestones_plan = {
+		"INSERT INTO milestones.order_milestones (order_id, position, name, days, amount, final)"
+		" SELECT $1, x.ord, x.name, x.days, x.amount, x.ord OPERATOR(pg_catalog.=) $5"
+		" FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4))"
+		" WITH ORDINALITY AS x(name, days, amount, ord)"
+		" RETURNING position",
+		5, {INT8OID, TEXTARRAYOID, INT2ARRAYOID, NUMERICARRAYOID, INT4OID}
+	};
+
+	if (sellernull || seller_id <= 0)
+		EngineCheckId(sellernull, seller_id, "seller_id");
+	if (buyernull || buyer_id <= 0)
+		EngineCheckId(buyernull, buyer_id, "buyer_id");
+	EngineCheckText(category == NULL, category, "category", 100, true);
+	EngineNotNull(milestones == NULL, "milestones");
+	EngineNotNull(currency == NULL, "currency");
+	if (buyer_id == seller_id)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("buyer and seller must be different users"),
+				 errdetail("Both are user " INT64_FORMAT ".", seller_id)));
+	currency_s = text_to_cstring(currency);
+	if (!(strlen(currency_s) == 3 &&
+		  currency_s[0] >= 'A' && currency_s[0] <= 'Z' &&
+		  currency_s[1] >= 'A' && currency_s[1] <= 'Z' &&
+		  currency_s[2] >= 'A' && currency_s[2] <= 'Z'))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("currency must be an ISO 4217 code"),
+				 errdetail("Got %s.", EngineQuoteLiteral(currency_s, 20)),
+				 errhint("Use three capital letters, such as USD or EUR.")));
+	if (!revisionsnull && revisions < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("revisions must be 0 or more, or NULL for unlimited"),
+				 errdetail("Got %d.", revisions)));
+	category_s = text_to_cstring(category);
+
+	EngineConnect();
+	/* A retry returns the first result even if settings changed since. */
+	initStringInfo(&args);
+	JsonAddInt(&args, "seller_id", false, seller_id);
+	JsonAddInt(&args, "buyer_id", false, buyer_id);
+	JsonAddText(&args, "category", category_s);
+	JsonAddKey(&args, "milestones");
+	(void) JsonbToCString(&args, &milestones->root, VARSIZE(milestones));
+	JsonAddInt(&args, "revisions", revisionsnull, revisions);
+	JsonAddText(&args, "currency", currency_s);
+	if (EngineIdemClaim(key == NULL, key, "create_offer", JsonClose(&args), &prev))
+	{
+		static EnginePlan id_plan = {"SELECT $1::pg_catalog.int8", 1, {JSONBOID}};
+
+		values[0] = prev;
+		EngineExec(&id_plan, values, NULL, SPI_OK_SELECT, 1);
+		order_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+		EngineFinish();
+		if (isnull)
+			PG_RETURN_NULL();
+		PG_RETURN_INT64(order_id);
+	}
+
+	EngineExec(&settings_plan, NULL, NULL, SPI_OK_SELECT, 0);
+	if (SPI_processed != 1)
+		elog(ERROR, "milestones engine: settings must have one row");
+	min_total = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	max_milestones = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+	fee_rate = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull);
+
+	if (JB_ROOT_IS_SCALAR(milestones) || !JB_ROOT_IS_ARRAY(milestones))
+	{
+		const char *type;
+
+		if (JB_ROOT_IS_OBJECT(milestones))
+			type = "object";
+		else
+		{
+			JsonbValue	scalar;
+
+			if (!JsonbExtractScalar(&milestones->root, &scalar))
+				elog(ERROR, "milestones engine: unexpected JSON root");
+			type = JsonTypeName(&scalar);
+		}
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("milestones must be a JSON array"),
+				 errdetail("Got a JSON %s.", type),
+				 errhint("Send [{\"name\": \"Wireframes\", \"days\": 5, \"amount\": \"150.00\"}, ...].")));
+	}
+	n = JB_ROOT_COUNT(milestones);
+	if (n < 1 || n > max_milestones || n > ENGINE_MAX_MILESTONES)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("an offer needs 1 to %d milestones", max_milestones),
+				 errdetail("Got %d milestones.", n)));
+
+	total = NumericGetDatum(int64_to_numeric(0));
+	for (i = 1; i <= n; i++)
+	{
+		JsonbValue *e = getIthJsonbValueFromContainer(&milestones->root, i - 1);
+		JsonbContainer *obj;
+		JsonbValue *v;
+		JsonbIterator *it;
+		JsonbValue	kv;
+		JsonbIteratorToken tok;
+		StringInfoData bad;
+		char	   *name;
+		Datum		days;
+		Datum		amount;
+
+		if (e == NULL || e->type != jbvBinary || JsonContainerIsArray(e->val.binary.data))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("milestone %d must be a JSON object", i),
+					 errdetail("Got a JSON %s.", JsonTypeName(e))));
+		obj = e->val.binary.data;
+		initStringInfo(&bad);
+		it = JsonbIteratorInit(obj);
+		while ((tok = JsonbIteratorNext(&it, &kv, true)) != WJB_DONE)
+		{
+			if (tok == WJB_KEY)
+			{
+				char	   *k = pnstrdup(kv.val.string.val, kv.val.string.len);
+
+				if (strcmp(k, "name") != 0 && strcmp(k, "days") != 0 && strcmp(k, "amount") != 0)
+				{
+					if (bad.len > 0)
+						appendStringInfoString(&bad, ", ");
+					appendStringInfoString(&bad, k);
+				}
+			}
+		}
+		if (bad.len > 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("milestone %d has unknown keys", i),
+					 errdetail("Unknown: %s.", pnstrdup(bad.data, pg_mbcharcliplen(bad.data, bad.len, 200))),
+					 errhint("Each milestone has exactly name, days and amount.")));
+		/* name: 1..200 characters, not blank */
+		v = JsonMember(obj, "name");
+		if (v == NULL || v->type != jbvString)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("milestone %d needs a name (a JSON string)", i),
+					 errdetail("Its name is a JSON %s.", JsonTypeName(v)),
+					 errhint("Each milestone is {\"name\": \"...\", \"days\": N, \"amount\": \"0.00\"}.")));
+		name = pnstrdup(v->val.string.val, v->val.string.len);
+		{
+			text	   *t = cstring_to_text(name);
+			int			len = EngineTextLength(t);
+
+			if (DatumGetBool(DirectFunctionCall2Coll(textregexne, DEFAULT_COLLATION_OID,
+													 PointerGetDatum(t),
+													 CStringGetTextDatum("[^[:space:]]"))) ||
+				len > 200)
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("milestone %d name must have 1 to 200 characters and not be blank", i),
+						 errdetail("The name has %d characters.", len)));
+			names[i - 1] = PointerGetDatum(t);
+		}
+		/* days: a whole number 1..365 */
+		v = JsonMember(obj, "days");
+		if (v == NULL || v->type != jbvNumeric)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("milestone %d needs days (a JSON number)", i),
+					 errdetail("Its days is a JSON %s.", JsonTypeName(v)),
+					 errhint("Each milestone is {\"name\": \"...\", \"days\": N, \"amount\": \"0.00\"}.")));
+		days = NumericGetDatum(v->val.numeric);
+		if (NumCmp(days, DirectFunctionCall2(numeric_trunc, days, Int32GetDatum(0))) != 0 ||
+			NumCmp(days, NumericGetDatum(int64_to_numeric(1))) < 0 ||
+			NumCmp(days, NumericGetDatum(int64_to_numeric(365))) > 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("milestone %d days must be a whole number from 1 to 365", i),
+					 errdetail("Got %s.", LeftOut(days))));
+		days_list[i - 1] = DirectFunctionCall1(numeric_int2, days);
+		/* amount: > 0, at most 2 decimals, never rounded */
+		v = JsonMember(obj, "amount");
+		if (v != NULL && v->type == jbvNumeric)
+			amount = NumericGetDatum(v->val.numeric);
+		else if (v != NULL && v->type == jbvString)
+		{
+			char	   *raw = pnstrdup(v->val.string.val, v->val.string.len);
+
+			if (!IsDecimalText(raw))
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("milestone %d amount must be a decimal number", i),
+						 errdetail("Got %s.", EngineQuoteLiteral(raw, 40)),
+						 errhint("Send an amount such as \"150.00\".")));
+			amount = NumConst(raw);
+		}
+		else
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("milestone %d needs an amount (a JSON number or string)", i),
+					 errdetail("Its amount is a JSON %s.", JsonTypeName(v)),
+					 errhint("Send the amount as a decimal string such as \"150.00\".")));
+		if (NumCmp(amount, NumericGetDatum(int64_to_numeric(0))) <= 0 ||
+			NumCmp(amount, NumConst("999999999.99")) > 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("milestone %d amount must be more than 0 and at most 999999999.99", i),
+					 errdetail("Got %s.", LeftOut(amount))));
+		if (NumCmp(amount, DirectFunctionCall2(numeric_round, amount, Int32GetDatum(2))) != 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("milestone %d amount has more than 2 decimals", i),
+					 errdetail("Got %s.", EngineNumericOut(amount)),
+					 errhint("Amounts are never rounded: send whole cents.")));
+		total = DirectFunctionCall2(numeric_add, total, amount);
+		amounts[i - 1] = amount;
+	}
+
+	if (NumCmp(total, min_total) <= 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("milestone orders must total more than %s", EngineNumericOut(min_total)),
+				 errdetail("The milestones total %s %s.", EngineNumericOut(total), currency_s),
+				 errhint("Milestones are for larger orders; send a regular offer instead.")));
+
+	values[0] = Int64GetDatum(seller_id);
+	values[1] = PointerGetDatum(category);
+	EngineExec(&eligible_plan, values, NULL, SPI_OK_SELECT, 0);
+	if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("seller " INT64_FORMAT " cannot offer milestone orders", seller_id),
+				 errdetail("Seller " INT64_FORMAT " is not eligible for milestones.", seller_id),
+				 errhint("Support enables sellers with milestones.set_seller_eligibility().")));
+	if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull)))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("category %s does not offer milestone orders", quote_literal_cstr(category_s)),
+				 errdetail("Category %s is not eligible for milestones.", quote_literal_cstr(category_s)),
+				 errhint("Support enables categories with milestones.set_category_eligibility().")));
+
+	{
+		Datum		ovalues[7];
+		char		onulls[7] = {' ', ' ', ' ', ' ', ' ', ' ', ' '};
+
+		ovalues[0] = Int64GetDatum(seller_id);
+		ovalues[1] = Int64GetDatum(buyer_id);
+		ovalues[2] = PointerGetDatum(category);
+		ovalues[3] = PointerGetDatum(currency);
+		ovalues[4] = Int32GetDatum(revisions);
+		if (revisionsnull)
+			onulls[4] = 'n';
+		ovalues[5] = fee_rate;
+		ovalues[6] = TimestampTzGetDatum(MilestonesNow());
+		EngineExec(&order_plan, ovalues, onulls, SPI_OK_INSERT_RETURNING, 0);
+		if (SPI_processed != 1)
+			elog(ERROR, "milestones engine: offer not written");
+		order_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	}
+	f = StateFact(FACT_ORDER, true, -1, ORDER_OFFERED, -1);
+	CheckDeclare(order_id, &f);
+
+	values[0] = Int64GetDatum(order_id);
+	values[1] = PointerGetDatum(construct_array(names, n, TEXTOID, -1, false, TYPALIGN_INT));
+	values[2] = PointerGetDatum(construct_array(days_list, n, INT2OID, 2, true, TYPALIGN_SHORT));
+	values[3] = PointerGetDatum(construct_array(amounts, n, NUMERICOID, -1, false, TYPALIGN_INT));
+	values[4] = Int32GetDatum(n);
+	EngineExec(&milestones_plan, values, nulls, SPI_OK_INSERT_RETURNING, 0);
+	if ((int) SPI_processed != n)
+		elog(ERROR, "milestones engine: %d of %d milestones written", (int) SPI_processed, n);
+	for (i = 0; i < n; i++)
+	{
+		int			pos = DatumGetInt16(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
+
+		f = StateFact(FACT_MILESTONE, true, -1, MS_PENDING, pos);
+		CheckDeclare(order_id, &f);
+	}
+
+	o->order_id = order_id;
+	o->state = ORDER_OFFERED;
+	initStringInfo(&detail);
+	JsonAddInt(&detail, "milestones", false, n);
+	JsonAddNumeric(&detail, "total", total);
+	JsonAddInt(&detail, "revisions", revisionsnull, revisions);
+	EngineEvent(o, -1, "offered", "seller", false, seller_id, NULL, -1, JsonClose(&detail));
+	if (key != NULL)
+	{
+		char		buf[32];
+
+		snprintf(buf, sizeof(buf), INT64_FORMAT, order_id);
+		EngineIdemStore(key, EngineJsonb(buf));
+	}
+	EngineFinish();
+	PG_RETURN_INT64(order_id);
+}
+
+/*
+ * milestones_cancel_milestone: customer support ends one milestone of an
+ * active order for a listed reason, and the order goes on (R10b, SPEC
+ * section 8).  A pending milestone is cancelled (never charged); the
+ * running one (in progress, or delivered with its window open) is
+ * refunded and the next pending milestone is charged and started as on
+ * accept -- or, when none is left, the order ends exactly as cancel ends
+ * it.  The behaviour of issue 11's PL/pgSQL version, message for message.
+ */
+Datum
+milestones_cancel_milestone(PG_FUNCTION_ARGS)
+{
+	MemoryContext caller = CurrentMemoryContext;
+	bool		idnull;
+	int64		order_id = ARG_INT64(0, idnull);
+	bool		posnull = PG_ARGISNULL(1);
+	int32		position = posnull ? 0 : PG_GETARG_INT32(1);
+	text	   *agent = ARG_TEXT(2);
+	text	   *reason = ARG_TEXT(3);
+	text	   *note = ARG_TEXT(4);
+	text	   *key = ARG_TEXT(5);
+	EngineOrder *o = palloc(sizeof(EngineOrder));
+	EngineMilestone *m = NULL;
+	EngineMilestone *cur;
+	EngineMilestone *next = NULL;
+	Datum		prev;
+	Datum		result;
+	Datum		values[6];
+	char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
+	bool		isnull;
+	char	   *reason_s;
+	char	   *agent_s;
+	int			i;
+	int			final = -1;
+	Datum		total = (Datum) 0;
+	Datum		refunded = NumericGetDatum(int64_to_numeric(0));
+	Datum		charged = NumericGetDatum(int64_to_numeric(0));
+	StringInfoData args;
+	StringInfoData detail;
+	static EnginePlan reason_plan = {
+		"SELECT EXISTS (SELECT FROM milestones.cancellation_reasons cr"
+		" WHERE cr.code OPERATOR(pg_catalog.=) $1 AND cr.active)",
+		1, {TEXTOID}
+	};
+	static EnginePlan reasons_plan = {
+		"SELECT pg_catalog.string_agg(code, ', ' ORDER BY code)"
+		" FROM milestones.cancellation_reasons WHERE active",
+		0, {InvalidOid}
+	};
+	static EnginePlan end_milestone_plan = {
+		"UPDATE milestones.order_milestones SET state = $3, cancel_reason = $4,"
+		" cancelled_by = $5, cancel_note = $6"
+		" WHERE order_id OPERATOR(pg_catalog.=) $1 AND position OPERATOR(pg_catalog.=) $2",
+		6, {INT8OID, INT2OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID}
+	};
+	static EnginePlan cancel_plan = {
+		"UPDATE milestones.orders SET state = 'cancelled', cancel_reason = $2, cancelled_by = $3,"
+		" cancel_note = $4, completed_at = $5 WHERE order_id OPERATOR(pg_catalog.=) $1",
+		5, {INT8OID, TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID}
+	};
+
+	if (idnull || order_id <= 0)
+		EngineCheckId(idnull, order_id, "order_id");
+	EngineNotNull(posnull, "position");
+	if (position < 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("position must be 1 or more"),
+				 errdetail("Got %d; milestones are numbered from 1.", position)));
+	EngineCheckText(agent == NULL, agent, "agent", 200, true);
+	EngineNotNull(reason == NULL, "reason");
+	CheckNote(note);
+	reason_s = text_to_cstring(reason);
+	agent_s = text_to_cstring(agent);
+	EngineConnect();
+	initStringInfo(&args);
+	JsonAddInt(&args, "order_id", false, order_id);
+	JsonAddInt(&args, "position", false, position);
+	JsonAddText(&args, "agent", agent_s);
+	JsonAddText(&args, "reason", reason_s);
+	JsonAddText(&args, "note", note ? text_to_cstring(note) : NULL);
+	if (EngineIdemClaim(key == NULL, key, "cancel_milestone", JsonClose(&args), &prev))
+	{
+		result = EngineStoredStatus(fcinfo, caller, prev);
+		EngineFinish();
+		PG_RETURN_DATUM(result);
+	}
+	/* After the key: a retry succeeds even if the reason was retired since. */
+	values[0] = PointerGetDatum(reason);
+	EngineExec(&reason_plan, values, NULL, SPI_OK_SELECT, 0);
+	if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)))
+	{
+		char	   *list;
+
+		EngineExec(&reasons_plan, NULL, NULL, SPI_OK_SELECT, 0);
+		list = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("unknown cancellation reason %s", EngineQuoteLiteral(reason_s, 100)),
+				 errdetail("Valid reasons: %s.", list ? list : ""),
+				 errhint("Support maintains the list with milestones.set_cancellation_reason().")));
+	}
+	EngineLockOrder(o, order_id, 0, "support");
+	if (o->state != ORDER_ACTIVE)
+	{
+		const char *state = StateName(&OrderMachine, o->state);
+
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("cancel_milestone is not allowed: order " INT64_FORMAT " is %s%s%s%s", order_id,
+						state, o->reason ? " (" : "", o->reason ? o->reason : "", o->reason ? ")" : ""),
+				 errdetail("cancel_milestone needs an active order; order " INT64_FORMAT " is %s.", order_id, state),
+				 errhint("%s", o->state == ORDER_OFFERED ?
+						 "An offer is ended whole: support calls milestones.cancel(), the seller withdraw_offer() or the buyer decline_offer()." :
+						 "An ended order never changes again. milestones.cancel() ends a whole order; withdraw_offer() and decline_offer() end an offer.")));
+	}
+	EngineReadMilestones(o);
+	for (i = 0; i < o->nmilestones; i++)
+		if (o->ms[i].position == position)
+			m = &o->ms[i];
+	if (m == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_NO_DATA_FOUND),
+				 errmsg("milestone %d of order " INT64_FORMAT " does not exist", position, order_id),
+				 errdetail("Order " INT64_FORMAT " has milestones 1 to %d.", order_id, o->nmilestones)));
+	cur = o->current >= 0 ? &o->ms[o->current] : NULL;
+	if (cur != NULL && cur->state == MS_DELIVERED && MilestonesNow() >= cur->respond_by)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("cancel_milestone is not allowed: order " INT64_FORMAT " has expired", order_id),
+				 errdetail("Milestone %d was delivered at %s and the buyer's window closed at %s.",
+						   cur->position, EngineTimestampOut(cur->delivered_at_null, cur->delivered_at),
+						   EngineTimestampOut(cur->respond_by_null, cur->respond_by)),
+				 errhint("The order is in effect completed as expired; the expiry sweep records it.")));
+	if (m->state != MS_PENDING && m->state != MS_IN_PROGRESS && m->state != MS_DELIVERED)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("cancel_milestone is not allowed: milestone %d of order " INT64_FORMAT " is %s",
+						m->position, order_id, StateName(&MilestoneMachine, m->state)),
+				 errdetail("Milestone %d (%s) has ended as %s; only a pending, in-progress or delivered milestone can be cancelled.",
+						   m->position, m->name, StateName(&MilestoneMachine, m->state)),
+				 errhint("See milestones.milestone_status for the order's milestones.")));
+
+	initStringInfo(&detail);
+	values[0] = Int64GetDatum(order_id);
+	values[1] = Int16GetDatum((int16) m->position);
+	values[2] = CStringGetTextDatum(m->state == MS_PENDING ? "cancelled" : "refunded");
+	values[3] = PointerGetDatum(reason);
+	values[4] = PointerGetDatum(agent);
+	values[5] = note ? PointerGetDatum(note) : (Datum) 0;
+	if (note == NULL)
+		nulls[5] = 'n';
+	EngineExec(&end_milestone_plan, values, nulls, SPI_OK_UPDATE, 0);
+	if (SPI_processed != 1)
+		elog(ERROR, "milestones engine: milestone %d of order " INT64_FORMAT " not cancelled",
+			 m->position, order_id);
+	if (m->state == MS_PENDING)
+		/* Never charged: nothing moves.  The order goes on as it was. */
+		EngineSetMilestone(o, m, MS_CANCELLED);
+	else
+	{
+		/* The running milestone: its charge goes back to the buyer. */
+		static const char *const accounts[] = {"escrow", "buyer"};
+		Datum		amounts[2];
+
+		EngineSetMilestone(o, m, MS_REFUNDED);
+		amounts[0] = DirectFunctionCall1(numeric_uminus, m->amount);
+		amounts[1] = m->amount;
+		LedgerPost(o, m->position, "refund", accounts, amounts, 2);
+		refunded = m->amount;
+		for (i = 0; i < o->nmilestones; i++)
+			if (o->ms[i].state == MS_PENDING && (next == NULL || o->ms[i].position < next->position))
+				next = &o->ms[i];
+		if (next != NULL)
+			charged = LedgerStart(o, next);
+		else
+		{
+			/* Nothing left: the order ends exactly as cancel ends it. */
+			StringInfoData payout;
+			Datum		ovalues[5];
+			char		onulls[5] = {' ', ' ', ' ', ' ', ' '};
+
+			ovalues[0] = Int64GetDatum(order_id);
+			ovalues[1] = PointerGetDatum(reason);
+			ovalues[2] = PointerGetDatum(agent);
+			ovalues[3] = note ? PointerGetDatum(note) : (Datum) 0;
+			if (note == NULL)
+				onulls[3] = 'n';
+			ovalues[4] = TimestampTzGetDatum(MilestonesNow());
+			EngineExec(&cancel_plan, ovalues, onulls, SPI_OK_UPDATE, 0);
+			if (SPI_processed != 1)
+				elog(ERROR, "milestones engine: order " INT64_FORMAT " not cancelled", order_id);
+			EngineSetOrder(o, ORDER_CANCELLED, true);
+			initStringInfo(&payout);
+			LedgerSettle(o, &payout);
+			JsonAddKey(&detail, "payout");
+			appendStringInfoString(&detail, payout.data);
+		}
+	}
+
+	/* final: the last milestone not cancelled; total: what they add up to */
+	for (i = 0; i < o->nmilestones; i++)
+		if (o->ms[i].state != MS_CANCELLED)
+		{
+			if (o->ms[i].position > final)
+				final = o->ms[i].position;
+			total = total == (Datum) 0 ? o->ms[i].amount :
+				DirectFunctionCall2(numeric_add, total, o->ms[i].amount);
+		}
+	if (total == (Datum) 0)
+		total = NumericGetDatum(int64_to_numeric(0));
+	JsonAddText(&detail, "reason", reason_s);
+	JsonAddText(&detail, "note", NoteLeft(note));
+	JsonAddNumeric(&detail, "amount", m->amount);
+	JsonAddNumeric(&detail, "refunded", refunded);
+	JsonAddInt(&detail, "next", next == NULL, next ? next->position : 0);
+	JsonAddNumeric(&detail, "charged", charged);
+	JsonAddInt(&detail, "final", final < 0, final);
+	JsonAddNumeric(&detail, "total", total);
+	result = EngineEventStatus(fcinfo, caller, o, m->position, "milestone_cancelled", "support", true, 0,
+							   agent_s, m->state, JsonClose(&detail), key);
+	EngineFinish();
+	PG_RETURN_DATUM(result);
+}

@@ -1,0 +1,747 @@
+/*-------------------------------------------------------------------------
+ *
+ * src/engine.c
+ *		Shared helpers of the order engine: the SPI plan cache, argument
+ *		checks and their errors, idempotency keys, the order lock and read,
+ *		events and the order_status row every action returns.
+ *
+ * Every statement is prepared once per backend and kept (SPI_keepplan),
+ * schema-qualified with its operators, and every result code is checked.
+ * The messages, DETAILs and HINTs are those of the 1.0 PL/pgSQL engine,
+ * byte for byte; values in DETAILs are printed with the type output
+ * functions, as format('%s') did, so they follow DateStyle and TimeZone.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "catalog/pg_collation.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "funcapi.h"
+#include "mb/pg_wchar.h"
+#include "utils/builtins.h"
+#include "utils/datetime.h"
+#include "utils/json.h"
+#include "utils/jsonb.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/numeric.h"
+#include "utils/timestamp.h"
+
+#include "engine.h"
+
+/* EnginePlanGet prepares a statement on first use and keeps the plan. */
+static SPIPlanPtr
+EnginePlanGet(EnginePlan *p)
+{
+	if (p->plan == NULL)
+	{
+		SPIPlanPtr	plan = SPI_prepare(p->sql, p->nargs, p->argtypes);
+
+		if (plan == NULL)
+			elog(ERROR, "milestones engine: SPI_prepare failed: %s",
+				 SPI_result_code_string(SPI_result));
+		if (SPI_keepplan(plan) != 0)
+			elog(ERROR, "milestones engine: SPI_keepplan failed");
+		p->plan = plan;
+	}
+	return p->plan;
+}
+
+/*
+ * EngineExec runs a kept statement and checks its result code (expect);
+ * tcount limits the rows as in SPI_execute_plan.  Never read-only: each
+ * statement sees the writes of the ones before it.
+ */
+void
+EngineExec(EnginePlan *p, Datum *values, const char *nulls, int expect, long tcount)
+{
+	int			ret = SPI_execute_plan(EnginePlanGet(p), values, nulls, false, tcount);
+
+	if (ret != expect)
+		elog(ERROR, "milestones engine: statement failed (%s): %s",
+			 SPI_result_code_string(ret), p->sql);
+}
+
+/* EngineConnect opens the action's SPI connection. */
+void
+EngineConnect(void)
+{
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "milestones engine: SPI_connect failed");
+}
+
+/* EngineFinish closes it. */
+void
+EngineFinish(void)
+{
+	if (SPI_finish() != SPI_OK_FINISH)
+		elog(ERROR, "milestones engine: SPI_finish failed");
+}
+
+/* EngineNotNull refuses a NULL argument (1.0's _not_null). */
+void
+EngineNotNull(bool isnull, const char *argument)
+{
+	if (isnull)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must not be NULL", argument),
+				 errdetail("The argument %s was NULL.", argument),
+				 errhint("Pass a value; the milestones API never treats NULL as \"nothing to do\".")));
+}
+
+/* EngineCheckId refuses a NULL or non-positive id (1.0's _check_id). */
+void
+EngineCheckId(bool isnull, int64 value, const char *argument)
+{
+	EngineNotNull(isnull, argument);
+	if (value <= 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must be a positive id", argument),
+				 errdetail("%s was " INT64_FORMAT ".", argument, value)));
+}
+
+/* EngineTextLength is length(text): characters, not bytes. */
+int
+EngineTextLength(text *value)
+{
+	return pg_mbstrlen_with_len(VARDATA_ANY(value), VARSIZE_ANY_EXHDR(value));
+}
+
+/*
+ * EngineIsBlank says whether a text has no character but white space,
+ * with the regular expression 1.0 used, so "space" means the same.
+ */
+static bool
+EngineIsBlank(text *value)
+{
+	return DatumGetBool(DirectFunctionCall2Coll(textregexne, DEFAULT_COLLATION_OID,
+												PointerGetDatum(value),
+												CStringGetTextDatum("[^[:space:]]")));
+}
+
+/* EngineCheckText refuses missing, blank or over-long text (1.0's _check_text). */
+void
+EngineCheckText(bool isnull, text *value, const char *argument, int max_length,
+				bool required)
+{
+	int			len;
+
+	if (required)
+	{
+		EngineNotNull(isnull, argument);
+		if (EngineIsBlank(value))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("%s must not be blank", argument),
+					 errdetail("%s holds only white space.", argument)));
+	}
+	if (isnull)
+		return;
+	len = EngineTextLength(value);
+	if (len > max_length)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s is too long", argument),
+				 errdetail("%s has %d characters; at most %d are allowed.",
+						   argument, len, max_length)));
+}
+
+/* EngineLeft is left(s, n): the first n characters. */
+static char *
+EngineLeft(const char *s, int max_chars)
+{
+	int			len = strlen(s);
+	int			clip = pg_mbcharcliplen(s, len, max_chars);
+
+	return pnstrdup(s, clip);
+}
+
+/* EngineQuoteLiteral is quote_literal(left(s, max_chars)); max_chars < 0: all. */
+char *
+EngineQuoteLiteral(const char *s, int max_chars)
+{
+	return quote_literal_cstr(max_chars >= 0 ? EngineLeft(s, max_chars) : s);
+}
+
+/* EngineNumericOut prints a numeric as format('%s') does. */
+char *
+EngineNumericOut(Datum num)
+{
+	return DatumGetCString(DirectFunctionCall1(numeric_out, num));
+}
+
+/* EngineTimestampOut prints a timestamptz as format('%s') does ('' for NULL). */
+char *
+EngineTimestampOut(bool isnull, TimestampTz ts)
+{
+	if (isnull)
+		return "";
+	return DatumGetCString(DirectFunctionCall1(timestamptz_out, TimestampTzGetDatum(ts)));
+}
+
+/*
+ * JSON text builders: the engine writes an event's detail and a key's
+ * arguments as JSON text and parses it into jsonb, which gives the same
+ * value as 1.0's jsonb_build_object (numbers keep their scale, keys are
+ * sorted by jsonb itself).  The buffer holds "{" and the members so far.
+ */
+void
+JsonAddKey(StringInfo buf, const char *key)
+{
+	if (buf->len == 0)
+		appendStringInfoChar(buf, '{');
+	else
+		appendStringInfoString(buf, ", ");
+	escape_json(buf, key);
+	appendStringInfoString(buf, ": ");
+}
+
+/* JsonAddInt adds an integer member (null when isnull). */
+void
+JsonAddInt(StringInfo buf, const char *key, bool isnull, int64 value)
+{
+	JsonAddKey(buf, key);
+	if (isnull)
+		appendStringInfoString(buf, "null");
+	else
+		appendStringInfo(buf, INT64_FORMAT, value);
+}
+
+/* JsonAddNumeric adds a numeric member. */
+void
+JsonAddNumeric(StringInfo buf, const char *key, Datum num)
+{
+	JsonAddKey(buf, key);
+	appendStringInfoString(buf, EngineNumericOut(num));
+}
+
+/* JsonAddText adds a string member (null for NULL). */
+void
+JsonAddText(StringInfo buf, const char *key, const char *value)
+{
+	JsonAddKey(buf, key);
+	if (value == NULL)
+		appendStringInfoString(buf, "null");
+	else
+		escape_json(buf, value);
+}
+
+/* JsonAddBool adds a boolean member. */
+void
+JsonAddBool(StringInfo buf, const char *key, bool value)
+{
+	JsonAddKey(buf, key);
+	appendStringInfoString(buf, value ? "true" : "false");
+}
+
+/* JsonAddTimestamp adds a timestamptz member as to_jsonb writes it. */
+void
+JsonAddTimestamp(StringInfo buf, const char *key, TimestampTz ts)
+{
+	char		out[MAXDATELEN + 1];
+
+	JsonAddKey(buf, key);
+	JsonEncodeDateTime(out, TimestampTzGetDatum(ts), TIMESTAMPTZOID, NULL);
+	escape_json(buf, out);
+}
+
+/* EngineJsonb parses JSON text built above ("" is the empty object). */
+Datum
+EngineJsonb(const char *json)
+{
+	if (json[0] == '\0')
+		json = "{}";
+	return DirectFunctionCall1(jsonb_in, CStringGetDatum(json));
+}
+
+static EnginePlan idem_claim_plan = {
+	"INSERT INTO milestones.idempotency_keys (key, function, arguments, created_at)"
+	" VALUES ($1, $2, $3, $4) ON CONFLICT (key) DO NOTHING",
+	4, {TEXTOID, TEXTOID, JSONBOID, TIMESTAMPTZOID}
+};
+static EnginePlan idem_read_plan = {
+	"SELECT k.function OPERATOR(pg_catalog.<>) $2 OR k.arguments OPERATOR(pg_catalog.<>) $3,"
+	" k.function, k.arguments::pg_catalog.text, k.result"
+	" FROM milestones.idempotency_keys k WHERE k.key OPERATOR(pg_catalog.=) $1",
+	3, {TEXTOID, TEXTOID, JSONBOID}
+};
+static EnginePlan idem_store_plan = {
+	"UPDATE milestones.idempotency_keys SET result = $2 WHERE key OPERATOR(pg_catalog.=) $1",
+	2, {TEXTOID, JSONBOID}
+};
+
+/*
+ * EngineIdemClaim starts an idempotent call (1.0's _idem_claim): false
+ * when the caller must do the work (no key, or a new key now reserved by
+ * this transaction), true with *result the first call's stored result.  A
+ * racing repeat blocks on the key's unique index until the first call
+ * commits, then reads its result.  arguments is the JSON text of the same
+ * object 1.0 stored, so keys stored before an upgrade still match.
+ */
+bool
+EngineIdemClaim(bool keynull, text *key, const char *function,
+				const char *arguments, Datum *result)
+{
+	Datum		values[4];
+	Datum		args;
+	int			len;
+	bool		isnull;
+	HeapTuple	tup;
+	TupleDesc	desc;
+
+	if (keynull)
+		return false;
+	len = EngineTextLength(key);
+	if (len < 1 || len > 255)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("idempotency_key must have 1 to 255 characters"),
+				 errdetail("The key has %d characters.", len)));
+	args = EngineJsonb(arguments);
+	values[0] = PointerGetDatum(key);
+	values[1] = CStringGetTextDatum(function);
+	values[2] = args;
+	values[3] = TimestampTzGetDatum(MilestonesNow());
+	EngineExec(&idem_claim_plan, values, NULL, SPI_OK_INSERT, 0);
+	if (SPI_processed > 0)
+		return false;
+	EngineExec(&idem_read_plan, values, NULL, SPI_OK_SELECT, 1);
+	if (SPI_processed == 0)
+		return false;			/* purged meanwhile: do the work, as 1.0 did */
+	tup = SPI_tuptable->vals[0];
+	desc = SPI_tuptable->tupdesc;
+	if (DatumGetBool(SPI_getbinval(tup, desc, 1, &isnull)) && !isnull)
+	{
+		char	   *stored_function = SPI_getvalue(tup, desc, 2);
+		char	   *stored_arguments = SPI_getvalue(tup, desc, 3);
+		char	   *call_arguments = DatumGetCString(DirectFunctionCall1(jsonb_out, args));
+
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("idempotency key %s was used for another call",
+						quote_literal_cstr(text_to_cstring(key))),
+				 errdetail("The key was first used for %s(%s); this call is %s(%s).",
+						   stored_function, stored_arguments, function, call_arguments),
+				 errhint("Use a new key for every distinct call; reuse a key only to retry the same call.")));
+	}
+	*result = SPI_getbinval(tup, desc, 4, &isnull);
+	return !isnull;
+}
+
+/* EngineIdemStore records the result of the call that reserved the key. */
+void
+EngineIdemStore(text *key, Datum result)
+{
+	Datum		values[2];
+
+	values[0] = PointerGetDatum(key);
+	values[1] = result;
+	EngineExec(&idem_store_plan, values, NULL, SPI_OK_UPDATE, 0);
+}
+
+static EnginePlan lock_plan = {
+	"SELECT o.order_id, o.seller_id, o.buyer_id, o.category, o.currency, o.state,"
+	" COALESCE(o.end_reason, o.cancel_reason), o.revisions_allowed, o.revisions_used, o.fee_rate"
+	" FROM milestones.orders o WHERE o.order_id OPERATOR(pg_catalog.=) $1 FOR UPDATE",
+	1, {INT8OID}
+};
+static EnginePlan lock_eligible_plan = {
+	"SELECT o.order_id, o.seller_id, o.buyer_id, o.category, o.currency, o.state,"
+	" COALESCE(o.end_reason, o.cancel_reason), o.revisions_allowed, o.revisions_used, o.fee_rate,"
+	" EXISTS (SELECT FROM milestones.eligible_sellers es"
+	" WHERE es.seller_id OPERATOR(pg_catalog.=) o.seller_id AND es.eligible)"
+	" AND EXISTS (SELECT FROM milestones.eligible_categories ec"
+	" WHERE ec.category OPERATOR(pg_catalog.=) o.category AND ec.eligible)"
+	" FROM milestones.orders o WHERE o.order_id OPERATOR(pg_catalog.=) $1 FOR UPDATE OF o",
+	1, {INT8OID}
+};
+static void LockOrder(EngineOrder *o, int64 order_id, int64 actor_id, const char *role,
+					  EnginePlan *plan);
+static EnginePlan milestones_plan = {
+	"SELECT m.position, m.state, m.name, m.final, m.amount, m.respond_by, m.delivered_at,"
+	" m.deliveries FROM milestones.order_milestones m"
+	" WHERE m.order_id OPERATOR(pg_catalog.=) $1 ORDER BY m.position",
+	1, {INT8OID}
+};
+
+/*
+ * EngineLockOrder takes the order's row lock (every action's first step,
+ * so that concurrent calls on one order serialize) and checks the actor
+ * (1.0's _lock_order); role is "seller", "buyer" or "support".
+ */
+void
+EngineLockOrder(EngineOrder *o, int64 order_id, int64 actor_id, const char *role)
+{
+	LockOrder(o, order_id, actor_id, role, &lock_plan);
+}
+
+/*
+ * EngineLockOrderEligible is EngineLockOrder for place_order, which also
+ * needs to know whether the order's seller and category are still
+ * eligible: one statement instead of two.
+ */
+bool
+EngineLockOrderEligible(EngineOrder *o, int64 order_id, int64 actor_id, const char *role)
+{
+	bool		isnull;
+
+	LockOrder(o, order_id, actor_id, role, &lock_eligible_plan);
+	return DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 11, &isnull));
+}
+
+/* LockOrder is the body of EngineLockOrder with the statement to run. */
+static void
+LockOrder(EngineOrder *o, int64 order_id, int64 actor_id, const char *role, EnginePlan *plan)
+{
+	Datum		values[1];
+	HeapTuple	tup;
+	TupleDesc	desc;
+	bool		isnull;
+	char	   *state;
+
+	values[0] = Int64GetDatum(order_id);
+	EngineExec(plan, values, NULL, SPI_OK_SELECT, 0);
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_NO_DATA_FOUND),
+				 errmsg("order " INT64_FORMAT " does not exist", order_id),
+				 errdetail("No milestone order has id " INT64_FORMAT ".", order_id)));
+	tup = SPI_tuptable->vals[0];
+	desc = SPI_tuptable->tupdesc;
+	memset(o, 0, offsetof(EngineOrder, ms));
+	o->order_id = order_id;
+	o->seller_id = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
+	o->buyer_id = DatumGetInt64(SPI_getbinval(tup, desc, 3, &isnull));
+	o->category = SPI_getvalue(tup, desc, 4);
+	o->currency = SPI_getvalue(tup, desc, 5);
+	state = SPI_getvalue(tup, desc, 6);
+	o->state = StateCode(&OrderMachine, state);
+	if (o->state < 0)
+		elog(ERROR, "milestones engine: order " INT64_FORMAT " has unknown state \"%s\"",
+			 order_id, state ? state : "(null)");
+	o->reason = SPI_getvalue(tup, desc, 7);
+	o->revisions_allowed = DatumGetInt32(SPI_getbinval(tup, desc, 8, &o->revisions_unlimited));
+	o->revisions_used = DatumGetInt32(SPI_getbinval(tup, desc, 9, &isnull));
+	o->fee_rate = SPI_getbinval(tup, desc, 10, &isnull);
+	o->nmilestones = -1;
+	o->current = -1;
+
+	if ((strcmp(role, "seller") == 0 && o->seller_id != actor_id) ||
+		(strcmp(role, "buyer") == 0 && o->buyer_id != actor_id))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("user " INT64_FORMAT " is not the %s of order " INT64_FORMAT,
+						actor_id, role, order_id),
+				 errdetail("Only the order's %s may do this; user " INT64_FORMAT " is %s.",
+						   role, actor_id,
+						   actor_id == o->buyer_id ? "its buyer" :
+						   actor_id == o->seller_id ? "its seller" : "not a party to it")));
+}
+
+/*
+ * EngineReadMilestones reads all milestones of the locked order, in
+ * position order, and finds the current one (in progress or delivered).
+ */
+void
+EngineReadMilestones(EngineOrder *o)
+{
+	Datum		values[1];
+	uint64		i;
+
+	values[0] = Int64GetDatum(o->order_id);
+	EngineExec(&milestones_plan, values, NULL, SPI_OK_SELECT, 0);
+	if (SPI_processed > ENGINE_MAX_MILESTONES)
+		elog(ERROR, "milestones engine: order " INT64_FORMAT " has more than %d milestones",
+			 o->order_id, ENGINE_MAX_MILESTONES);
+	o->nmilestones = (int) SPI_processed;
+	o->current = -1;
+	for (i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		EngineMilestone *m = &o->ms[i];
+		bool		isnull;
+		char	   *state;
+
+		m->position = DatumGetInt16(SPI_getbinval(tup, desc, 1, &isnull));
+		state = SPI_getvalue(tup, desc, 2);
+		m->state = StateCode(&MilestoneMachine, state);
+		if (m->state < 0)
+			elog(ERROR, "milestones engine: milestone %d of order " INT64_FORMAT " has unknown state \"%s\"",
+				 m->position, o->order_id, state ? state : "(null)");
+		m->name = SPI_getvalue(tup, desc, 3);
+		m->final = DatumGetBool(SPI_getbinval(tup, desc, 4, &isnull));
+		m->amount = SPI_getbinval(tup, desc, 5, &isnull);
+		m->respond_by = DatumGetTimestampTz(SPI_getbinval(tup, desc, 6, &m->respond_by_null));
+		m->delivered_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 7, &m->delivered_at_null));
+		m->deliveries = DatumGetInt32(SPI_getbinval(tup, desc, 8, &isnull));
+		if (m->state == MS_IN_PROGRESS || m->state == MS_DELIVERED)
+			o->current = (int) i;
+	}
+}
+
+/*
+ * EngineStateError raises the 55000 of an action refused in the order's
+ * state (1.0's _state_error).
+ */
+void
+EngineStateError(EngineOrder *o, const char *action, const char *needs)
+{
+	const char *state = StateName(&OrderMachine, o->state);
+	StringInfoData full;
+
+	initStringInfo(&full);
+	appendStringInfoString(&full, state);
+	if (o->reason != NULL)
+		appendStringInfo(&full, " (%s)", o->reason);
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("%s is not allowed: order " INT64_FORMAT " is %s", action, o->order_id, full.data),
+			 errdetail("%s needs %s; order " INT64_FORMAT " is %s.", action, needs, o->order_id, state),
+			 errhint("%s", StateIsFinal(&OrderMachine, o->state) ?
+					 "An ended order never changes again." :
+					 o->state == ORDER_OFFERED ? "The buyer places the order first." :
+					 "The order is running; see milestones.order_status for its current milestone.")));
+	pg_unreachable();
+}
+
+/*
+ * EngineOpenDelivery returns the delivered milestone a buyer answers,
+ * refusing (55000) when there is none or its response window has closed
+ * (1.0's _open_delivery).  Reads the milestones.
+ */
+EngineMilestone *
+EngineOpenDelivery(EngineOrder *o, const char *action)
+{
+	EngineMilestone *m;
+
+	if (o->state != ORDER_ACTIVE)
+		EngineStateError(o, action, "an active order with a delivered milestone");
+	EngineReadMilestones(o);
+	m = o->current >= 0 ? &o->ms[o->current] : NULL;
+	if (m == NULL || m->state != MS_DELIVERED)
+	{
+		char		pos[32];
+
+		if (m != NULL)
+			snprintf(pos, sizeof(pos), "%d", m->position);
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("%s is not allowed: milestone %s of order " INT64_FORMAT " is %s",
+						action, m ? pos : "<NULL>", o->order_id,
+						m ? StateName(&MilestoneMachine, m->state) : "<NULL>"),
+				 errdetail("%s needs a delivered milestone; milestone %s (%s) is %s.",
+						   action, m ? pos : "", m ? m->name : "",
+						   m ? StateName(&MilestoneMachine, m->state) : ""),
+				 errhint("The buyer answers after the seller delivers.")));
+	}
+	if (MilestonesNow() >= m->respond_by)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("%s is not allowed: the response window of order " INT64_FORMAT " has closed",
+						action, o->order_id),
+				 errdetail("Milestone %d was delivered at %s; the buyer had until %s to respond.",
+						   m->position, EngineTimestampOut(m->delivered_at_null, m->delivered_at),
+						   EngineTimestampOut(m->respond_by_null, m->respond_by)),
+				 errhint("The order will be completed as expired and the delivered milestone paid to the seller.")));
+	return m;
+}
+
+static EnginePlan event_plan = {
+	"INSERT INTO milestones.events (order_id, position, event, actor_role, actor_id, agent,"
+	" order_state, milestone_state, detail, created_at)"
+	" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+	10, {INT8OID, INT2OID, TEXTOID, TEXTOID, INT8OID, TEXTOID, TEXTOID, TEXTOID, JSONBOID,
+	TIMESTAMPTZOID}
+};
+
+/*
+ * EventValues fills the parameters of an event row ($1..$10 of the event
+ * statements): position < 0 is NULL, milestone_state < 0 is NULL, detail
+ * is JSON text.  order_state is the order's state after the action.
+ */
+static void
+EventValues(Datum *values, char *nulls, EngineOrder *o, int position, const char *event,
+			const char *actor_role, bool actor_null, int64 actor_id, const char *agent,
+			int milestone_state, const char *detail)
+{
+	memset(nulls, ' ', 10);
+	values[0] = Int64GetDatum(o->order_id);
+	values[1] = Int16GetDatum((int16) position);
+	if (position < 0)
+		nulls[1] = 'n';
+	values[2] = CStringGetTextDatum(event);
+	values[3] = CStringGetTextDatum(actor_role);
+	values[4] = Int64GetDatum(actor_id);
+	if (actor_null)
+		nulls[4] = 'n';
+	values[5] = agent ? CStringGetTextDatum(agent) : (Datum) 0;
+	if (agent == NULL)
+		nulls[5] = 'n';
+	values[6] = CStringGetTextDatum(StateName(&OrderMachine, o->state));
+	if (milestone_state >= 0)
+		values[7] = CStringGetTextDatum(StateName(&MilestoneMachine, milestone_state));
+	else
+	{
+		values[7] = (Datum) 0;
+		nulls[7] = 'n';
+	}
+	values[8] = EngineJsonb(detail);
+	values[9] = TimestampTzGetDatum(MilestonesNow());
+}
+
+/*
+ * EngineEvent appends the event of an action (1.0's _event, without the
+ * NOTIFY: the events table's own trigger or relay sends notifications).
+ */
+void
+EngineEvent(EngineOrder *o, int position, const char *event, const char *actor_role,
+			bool actor_null, int64 actor_id, const char *agent, int milestone_state,
+			const char *detail)
+{
+	Datum		values[10];
+	char		nulls[10];
+
+	EventValues(values, nulls, o, position, event, actor_role, actor_null, actor_id,
+				agent, milestone_state, detail);
+	EngineExec(&event_plan, values, nulls, SPI_OK_INSERT, 0);
+	if (SPI_processed != 1)
+		elog(ERROR, "milestones engine: event of order " INT64_FORMAT " not written", o->order_id);
+}
+
+static EnginePlan populate_plan = {
+	"SELECT s.* FROM pg_catalog.jsonb_populate_record(NULL::milestones.order_status, $1) s",
+	1, {JSONBOID}
+};
+
+/*
+ * ResultRow turns the first row of the last SPI result into the action's
+ * order_status result, built in the caller's memory context.
+ */
+static Datum
+ResultRow(FunctionCallInfo fcinfo, MemoryContext caller)
+{
+	TupleDesc	resdesc;
+	MemoryContext old;
+	Datum	   *values;
+	bool	   *nulls;
+	HeapTuple	tup;
+	int			natts;
+	int			i;
+	TupleDesc	desc = SPI_tuptable->tupdesc;
+
+	if (SPI_processed == 0)
+		elog(ERROR, "milestones engine: no order_status row");
+	old = MemoryContextSwitchTo(caller);
+	if (get_call_result_type(fcinfo, NULL, &resdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "milestones engine: return type must be a row type");
+	resdesc = BlessTupleDesc(resdesc);
+	natts = resdesc->natts;
+	if (desc->natts < natts)
+		elog(ERROR, "milestones engine: order_status has %d columns, expected %d",
+			 desc->natts, natts);
+	values = palloc(natts * sizeof(Datum));
+	nulls = palloc(natts * sizeof(bool));
+	for (i = 0; i < natts; i++)
+		values[i] = SPI_getbinval(SPI_tuptable->vals[0], desc, i + 1, &nulls[i]);
+	tup = heap_form_tuple(resdesc, values, nulls);
+	MemoryContextSwitchTo(old);
+	return HeapTupleGetDatum(tup);
+}
+
+#define EVENT_CTE \
+	"WITH e AS (INSERT INTO milestones.events (order_id, position, event, actor_role, actor_id, agent," \
+	" order_state, milestone_state, detail, created_at)" \
+	" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING 1) "
+#define EVENT_ARGTYPES \
+	{INT8OID, INT2OID, TEXTOID, TEXTOID, INT8OID, TEXTOID, TEXTOID, TEXTOID, JSONBOID, TIMESTAMPTZOID}
+
+static EnginePlan event_status_plan = {
+	EVENT_CTE
+	"SELECT s.*, (SELECT pg_catalog.count(*) FROM e) FROM milestones.order_status s"
+	" WHERE s.order_id OPERATOR(pg_catalog.=) $1",
+	10, EVENT_ARGTYPES
+};
+static EnginePlan event_status_json_plan = {
+	EVENT_CTE
+	"SELECT s.*, pg_catalog.to_jsonb(s), (SELECT pg_catalog.count(*) FROM e)"
+	" FROM milestones.order_status s WHERE s.order_id OPERATOR(pg_catalog.=) $1",
+	10, EVENT_ARGTYPES
+};
+
+/*
+ * EngineEventStatus appends the action's event and reads the order_status
+ * row it returns in one statement (the view does not read the events, and
+ * sees the action's earlier statements); with a key it also stores the row
+ * as the key's result, as to_jsonb of the row.
+ */
+Datum
+EngineEventStatus(FunctionCallInfo fcinfo, MemoryContext caller, EngineOrder *o,
+				  int position, const char *event, const char *actor_role,
+				  bool actor_null, int64 actor_id, const char *agent,
+				  int milestone_state, const char *detail, text *key)
+{
+	Datum		values[10];
+	char		nulls[10];
+	Datum		result;
+	bool		isnull;
+	int			natts;
+
+	EventValues(values, nulls, o, position, event, actor_role, actor_null, actor_id,
+				agent, milestone_state, detail);
+	EngineExec(key == NULL ? &event_status_plan : &event_status_json_plan,
+			   values, nulls, SPI_OK_SELECT, 0);
+	result = ResultRow(fcinfo, caller);
+	natts = SPI_tuptable->tupdesc->natts;
+	if (DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
+									natts, &isnull)) != 1)
+		elog(ERROR, "milestones engine: event of order " INT64_FORMAT " not written", o->order_id);
+	if (key != NULL)
+		EngineIdemStore(key, SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
+										   natts - 1, &isnull));
+	return result;
+}
+
+/*
+ * EngineStoredStatus returns a retry's stored result with
+ * jsonb_populate_record semantics, as 1.0 did.
+ */
+Datum
+EngineStoredStatus(FunctionCallInfo fcinfo, MemoryContext caller, Datum stored)
+{
+	Datum		values[1];
+
+	values[0] = stored;
+	EngineExec(&populate_plan, values, NULL, SPI_OK_SELECT, 1);
+	return ResultRow(fcinfo, caller);
+}
+
+/*
+ * EngineSetMilestone records in the engine's picture, and declares to the
+ * commit check, a milestone state write the caller has just made (one row).
+ */
+void
+EngineSetMilestone(EngineOrder *o, EngineMilestone *m, int to)
+{
+	WriteFact	f = StateFact(FACT_MILESTONE, false, m->state, to, m->position);
+
+	StateAssertTransition(&MilestoneMachine, m->state, to);
+	CheckDeclare(o->order_id, &f);
+	m->state = to;
+}
+
+/* EngineSetOrder does the same for the order row. */
+void
+EngineSetOrder(EngineOrder *o, int to, bool updated)
+{
+	WriteFact	f = StateFact(FACT_ORDER, false, o->state, to, -1);
+
+	StateAssertTransition(&OrderMachine, o->state, to);
+	CheckDeclare(o->order_id, &f);
+	o->state = to;
+}

@@ -97,6 +97,14 @@ demo: all
 	$(MAKE) install
 	test/tools/demo
 
+# scaleout-demo: four partitions and a proxy (milestones_proxy, PL/Proxy) in
+# throwaway clusters, a story of orders through the proxy, and where each
+# order landed.  Everything is stopped and removed at the end.
+.PHONY: scaleout-demo
+scaleout-demo: all
+	$(MAKE) install
+	test/tools/scaleout-demo
+
 # test: every suite in one throwaway cluster, ending with "N passed, N failed".
 test: all
 	$(MAKE) install

@@ -90,10 +90,11 @@ is "$(git -C "$tmp/src" status --porcelain --ignored)" "!! build-deb/" \
 dpkg-deb -c "$deb" | awk '{print $NF}' | grep -v '/$' | sed 's|^\./|/|' > "$tmp/listing"
 missing=""
 for f in "$lib/milestones.so" "$ext/milestones.control" "$ext/milestones--1.0.sql" \
-         "$ext/milestones--1.1.sql" "$ext/milestones--1.0--1.1.sql"; do
+         "$ext/milestones--1.1.sql" "$ext/milestones--1.0--1.1.sql" \
+         "$ext/milestones_proxy.control" "$ext/milestones_proxy--1.1.sql"; do
   grep -qxF "$f" "$tmp/listing" || missing="$missing $f"
 done
-is "$missing" "" "the package holds the library, the control file and the scripts of 1.0, 1.1 and 1.0--1.1"
+is "$missing" "" "the package holds the library, the control file and the scripts of 1.0, 1.1 and 1.0--1.1, and milestones_proxy's control file and script"
 mkdir -p "$tmp/unpacked" && dpkg-deb -x "$deb" "$tmp/unpacked"
 is "$(sha256sum "$tmp/unpacked$ext/milestones--1.0.sql" | cut -c1-64)" \
    "930aafd9850c5d12ea35fa484bdc5922dae9507a18260c775b95c111ac449665" \

@@ -101,6 +101,14 @@ typedef struct RelayShared
 
 /* Settings (GUCs). */
 static char *relay_database_name = NULL;
+/*
+ * Commit coalescing: after a batch of fewer than RELAY_COALESCE_BELOW
+ * events, a wake-up waits RELAY_COALESCE_MS for more commits to gather
+ * (a small, bounded addition to the notification lag).
+ */
+#define RELAY_COALESCE_BELOW 50
+#define RELAY_COALESCE_MS 10L
+
 static double relay_max_queue_usage = 0.5;
 static int	relay_poll_interval = 250;
 static int	relay_batch_size = 1000;
@@ -653,12 +661,28 @@ milestones_relay_main(Datum main_arg)
 		MemoryContextSwitchTo(loop_context);
 		MemoryContextReset(loop_context);
 
-		if (sent > 0 && !got_sigterm)
-			continue;			/* a full queue of batches: take the next at once */
+		if (sent > 0 && sent >= Min(RELAY_COALESCE_BELOW, relay_batch_size) && !got_sigterm)
+			continue;			/* a big batch: more are queued, take the next at once */
 
-		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 failed ? 1000L : (long) relay_poll_interval, PG_WAIT_EXTENSION);
-		ResetLatch(MyLatch);
+		if (WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+					  failed ? 1000L : (long) relay_poll_interval, PG_WAIT_EXTENSION) & WL_LATCH_SET)
+		{
+			ResetLatch(MyLatch);
+
+			/*
+			 * Woken by a commit after a small batch (or none): let a few
+			 * more commits gather before the next one, so that a busy
+			 * database is served in batches of several events instead of
+			 * one batch (one tick, bookkeeping rows, a transaction) per
+			 * commit.  Commits in the meantime set the latch again; the
+			 * unit after the pause reads them all.
+			 */
+			if (!failed && !got_sigterm)
+				(void) WaitLatch(MyLatch, WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+								 RELAY_COALESCE_MS, PG_WAIT_EXTENSION);
+		}
+		else
+			ResetLatch(MyLatch);
 	}
 }
 

@@ -48,7 +48,12 @@ CREATE INDEX events_txid_idx ON @extschema@.events (txid);
 -- floats cannot lose a cent.  In event_id order.
 CREATE FUNCTION @extschema@._payloads(p_events @extschema@.events[])
 RETURNS TABLE (event_id bigint, payload text)
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    -- PL/pgSQL, not SQL: a SQL function (not inlinable with its SET
+    -- clause) plans this query again on every call, which cost the relay
+    -- more than building the payloads; PL/pgSQL keeps the plan.
+    RETURN QUERY
     SELECT e.event_id,
            (pg_catalog.jsonb_build_object(
                 'event_id', e.event_id, 'order_id', e.order_id, 'event', e.event,
@@ -77,7 +82,8 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                   ELSE d.value
               END) AS detail
             FROM pg_catalog.jsonb_each(e.detail) d) m ON true
-     ORDER BY e.event_id
+     ORDER BY e.event_id;
+END
 $$;
 COMMENT ON FUNCTION @extschema@._payloads(@extschema@.events[]) IS
     'The JSON payloads of NOTIFY milestones for some events (money as strings), in event_id order; the one builder, used by the fallback trigger and the relay.';
@@ -211,17 +217,28 @@ BEGIN
     IF lo.cluster_id OPERATOR(pg_catalog.=) v_here AND hi.cluster_id OPERATOR(pg_catalog.=) v_here THEN
         -- Materialized, so that the transaction id range (index
         -- events_txid_idx) drives the scan, never the event_id order.
-        RETURN QUERY
-        WITH r AS MATERIALIZED (
+        -- Dynamic (EXECUTE): planned every time with the actual bounds as
+        -- constants, so that the plan cache never settles on a generic
+        -- plan that does not know how narrow the range is (a scan of the
+        -- whole table on every relay batch).  The event_id bounds apply
+        -- outside the CTE: inside, the planner ANDed the (mostly
+        -- unbounded) event_id range of the primary key into a bitmap
+        -- scan, reading the whole index on every call.
+        RETURN QUERY EXECUTE
+        'WITH r AS MATERIALIZED (
             SELECT e.* FROM @extschema@.events e
-             WHERE e.txid OPERATOR(pg_catalog.>=) pg_catalog.pg_snapshot_xmin(lo.snapshot)
-               AND e.txid OPERATOR(pg_catalog.<) pg_catalog.pg_snapshot_xmax(hi.snapshot)
-               AND e.txid_cluster OPERATOR(pg_catalog.=) v_here
-               AND NOT pg_catalog.pg_visible_in_snapshot(e.txid, lo.snapshot)
-               AND pg_catalog.pg_visible_in_snapshot(e.txid, hi.snapshot)
-               AND e.event_id OPERATOR(pg_catalog.>) COALESCE(p_after, 0)
-               AND e.event_id OPERATOR(pg_catalog.<=) COALESCE(p_upto, 9223372036854775807))
-        SELECT * FROM r ORDER BY r.event_id LIMIT p_limit;
+             WHERE e.txid OPERATOR(pg_catalog.>=) $1
+               AND e.txid OPERATOR(pg_catalog.<) $2
+               AND e.txid_cluster OPERATOR(pg_catalog.=) $3
+               AND NOT pg_catalog.pg_visible_in_snapshot(e.txid, $4)
+               AND pg_catalog.pg_visible_in_snapshot(e.txid, $5))
+        SELECT * FROM r
+         WHERE r.event_id OPERATOR(pg_catalog.>) $6
+           AND r.event_id OPERATOR(pg_catalog.<=) $7
+         ORDER BY r.event_id LIMIT $8'
+        USING pg_catalog.pg_snapshot_xmin(lo.snapshot), pg_catalog.pg_snapshot_xmax(hi.snapshot),
+              v_here, lo.snapshot, hi.snapshot,
+              COALESCE(p_after, 0), COALESCE(p_upto, 9223372036854775807), p_limit;
     ELSE
         RETURN QUERY
         SELECT e.* FROM @extschema@.events e
@@ -272,7 +289,10 @@ COMMENT ON FUNCTION @extschema@._take_tick() IS
 -- consumer and no open batch stands on.  The hot paths name the one or two
 -- ticks a consumer just left, so pruning costs index lookups, not a scan.
 CREATE FUNCTION @extschema@._prune_ticks(p_ticks bigint[] DEFAULT NULL) RETURNS void
-LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    -- PL/pgSQL, not SQL, so that the plan is kept across calls (the relay
+    -- prunes after every batch).
     DELETE FROM @extschema@.consumer_ticks t
      WHERE (p_ticks IS NULL OR t.tick_id OPERATOR(pg_catalog.=) ANY (p_ticks))
        AND NOT EXISTS (SELECT FROM @extschema@.consumers c
@@ -280,7 +300,8 @@ LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
                            OR c.upper_tick_id OPERATOR(pg_catalog.=) t.tick_id)
        AND NOT EXISTS (SELECT FROM @extschema@.consumer_batches b
                         WHERE b.lower_tick_id OPERATOR(pg_catalog.=) t.tick_id
-                           OR b.upper_tick_id OPERATOR(pg_catalog.=) t.tick_id)
+                           OR b.upper_tick_id OPERATOR(pg_catalog.=) t.tick_id);
+END
 $$;
 COMMENT ON FUNCTION @extschema@._prune_ticks(bigint[]) IS
     'Deletes the given ticks (all when NULL) that no consumer and no open batch uses.';
@@ -595,6 +616,7 @@ DECLARE
     c @extschema@.consumers;
     t @extschema@.consumer_ticks;
     v_here bigint := @extschema@._cluster_id();
+    v_found boolean;
 BEGIN
     SELECT * INTO c FROM @extschema@.consumers WHERE name OPERATOR(pg_catalog.=) p_consumer;
     IF NOT FOUND THEN
@@ -609,12 +631,18 @@ BEGIN
         RETURN true;                -- restored from another cluster: let next_batch sort it out
     END IF;
     -- Newest first along events_txid_idx: a new event is found at once,
-    -- and without one the scan stops at the position's xmin.
-    RETURN EXISTS (SELECT FROM (SELECT e.txid FROM @extschema@.events e
-                                 WHERE e.txid OPERATOR(pg_catalog.>=) pg_catalog.pg_snapshot_xmin(t.snapshot)
-                                   AND e.txid_cluster OPERATOR(pg_catalog.=) v_here
-                                   AND NOT pg_catalog.pg_visible_in_snapshot(e.txid, t.snapshot)
-                                 ORDER BY e.txid DESC LIMIT 1) x);
+    -- and without one the scan stops at the position's xmin.  Dynamic
+    -- (EXECUTE), so that it is planned with the actual xmin: a cached
+    -- generic plan does not know the range is narrow and reads the whole
+    -- table on every look.
+    EXECUTE 'SELECT EXISTS (SELECT FROM (SELECT e.txid FROM @extschema@.events e
+                                 WHERE e.txid OPERATOR(pg_catalog.>=) $1
+                                   AND e.txid_cluster OPERATOR(pg_catalog.=) $2
+                                   AND NOT pg_catalog.pg_visible_in_snapshot(e.txid, $3)
+                                 ORDER BY e.txid DESC LIMIT 1) x)'
+       INTO v_found
+       USING pg_catalog.pg_snapshot_xmin(t.snapshot), v_here, t.snapshot;
+    RETURN v_found;
 END
 $$;
 COMMENT ON FUNCTION @extschema@._has_pending(text) IS

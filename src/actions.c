@@ -56,6 +56,43 @@ NoteLeft(text *note)
 	return pnstrdup(s, pg_mbcharcliplen(s, strlen(s), 200));
 }
 
+/*
+ * CheckReason refuses (22023) a cancellation reason that is not an active
+ * code of milestones.cancellation_reasons, listing the valid ones; cancel
+ * and cancel_milestone call it after the idempotency key.
+ */
+static void
+CheckReason(text *reason, const char *reason_s)
+{
+	static EnginePlan reason_plan = {
+		"SELECT EXISTS (SELECT FROM milestones.cancellation_reasons cr"
+		" WHERE cr.code OPERATOR(pg_catalog.=) $1 AND cr.active)",
+		1, {TEXTOID}
+	};
+	static EnginePlan reasons_plan = {
+		"SELECT pg_catalog.string_agg(code, ', ' ORDER BY code)"
+		" FROM milestones.cancellation_reasons WHERE active",
+		0, {InvalidOid}
+	};
+	Datum		values[1];
+	bool		isnull;
+
+	values[0] = PointerGetDatum(reason);
+	EngineExec(&reason_plan, values, NULL, SPI_OK_SELECT, 0);
+	if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)))
+	{
+		char	   *list;
+
+		EngineExec(&reasons_plan, NULL, NULL, SPI_OK_SELECT, 0);
+		list = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("unknown cancellation reason %s", EngineQuoteLiteral(reason_s, 100)),
+				 errdetail("Valid reasons: %s.", list ? list : ""),
+				 errhint("Support maintains the list with milestones.set_cancellation_reason().")));
+	}
+}
+
 /* CheckNote refuses a note over 2000 characters (1.0's inline test). */
 static void
 CheckNote(text *note)
@@ -545,23 +582,12 @@ milestones_cancel(PG_FUNCTION_ARGS)
 	Datum		result;
 	Datum		values[5];
 	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
-	bool		isnull;
 	int			old_state;
 	int			skipped;
 	char	   *reason_s;
 	char	   *agent_s;
 	StringInfoData args;
 	StringInfoData detail;
-	static EnginePlan reason_plan = {
-		"SELECT EXISTS (SELECT FROM milestones.cancellation_reasons cr"
-		" WHERE cr.code OPERATOR(pg_catalog.=) $1 AND cr.active)",
-		1, {TEXTOID}
-	};
-	static EnginePlan reasons_plan = {
-		"SELECT pg_catalog.string_agg(code, ', ' ORDER BY code)"
-		" FROM milestones.cancellation_reasons WHERE active",
-		0, {InvalidOid}
-	};
 	static EnginePlan refund_plan = {
 		"UPDATE milestones.order_milestones SET state = 'refunded'"
 		" WHERE order_id OPERATOR(pg_catalog.=) $1 AND position OPERATOR(pg_catalog.=) $2",
@@ -593,20 +619,7 @@ milestones_cancel(PG_FUNCTION_ARGS)
 		PG_RETURN_DATUM(result);
 	}
 	/* After the key: a retry succeeds even if the reason was retired since. */
-	values[0] = PointerGetDatum(reason);
-	EngineExec(&reason_plan, values, NULL, SPI_OK_SELECT, 0);
-	if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)))
-	{
-		char	   *list;
-
-		EngineExec(&reasons_plan, NULL, NULL, SPI_OK_SELECT, 0);
-		list = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("unknown cancellation reason %s", EngineQuoteLiteral(reason_s, 100)),
-				 errdetail("Valid reasons: %s.", list ? list : ""),
-				 errhint("Support maintains the list with milestones.set_cancellation_reason().")));
-	}
+	CheckReason(reason, reason_s);
 	EngineLockOrder(o, order_id, 0, "support");
 	if (o->state != ORDER_OFFERED && o->state != ORDER_ACTIVE)
 		EngineStateError(o, "cancel", "an offered or active order");
@@ -1237,7 +1250,6 @@ milestones_cancel_milestone(PG_FUNCTION_ARGS)
 	Datum		result;
 	Datum		values[6];
 	char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
-	bool		isnull;
 	char	   *reason_s;
 	char	   *agent_s;
 	int			i;
@@ -1247,16 +1259,6 @@ milestones_cancel_milestone(PG_FUNCTION_ARGS)
 	Datum		charged = NumericGetDatum(int64_to_numeric(0));
 	StringInfoData args;
 	StringInfoData detail;
-	static EnginePlan reason_plan = {
-		"SELECT EXISTS (SELECT FROM milestones.cancellation_reasons cr"
-		" WHERE cr.code OPERATOR(pg_catalog.=) $1 AND cr.active)",
-		1, {TEXTOID}
-	};
-	static EnginePlan reasons_plan = {
-		"SELECT pg_catalog.string_agg(code, ', ' ORDER BY code)"
-		" FROM milestones.cancellation_reasons WHERE active",
-		0, {InvalidOid}
-	};
 	static EnginePlan end_milestone_plan = {
 		"UPDATE milestones.order_milestones SET state = $3, cancel_reason = $4,"
 		" cancelled_by = $5, cancel_note = $6"
@@ -1296,20 +1298,7 @@ milestones_cancel_milestone(PG_FUNCTION_ARGS)
 		PG_RETURN_DATUM(result);
 	}
 	/* After the key: a retry succeeds even if the reason was retired since. */
-	values[0] = PointerGetDatum(reason);
-	EngineExec(&reason_plan, values, NULL, SPI_OK_SELECT, 0);
-	if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)))
-	{
-		char	   *list;
-
-		EngineExec(&reasons_plan, NULL, NULL, SPI_OK_SELECT, 0);
-		list = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("unknown cancellation reason %s", EngineQuoteLiteral(reason_s, 100)),
-				 errdetail("Valid reasons: %s.", list ? list : ""),
-				 errhint("Support maintains the list with milestones.set_cancellation_reason().")));
-	}
+	CheckReason(reason, reason_s);
 	EngineLockOrder(o, order_id, 0, "support");
 	if (o->state != ORDER_ACTIVE)
 	{

@@ -9,7 +9,7 @@
  *
  * Everything is numeric; nothing passes through floating point.  The same
  * function answers "what has this running order earned so far" and records
- * the payout when the order ends (milestones._settle), so the two can never
+ * the payout when the order ends (LedgerSettle in ledger.c), so the two can never
  * disagree.
  *
  *-------------------------------------------------------------------------

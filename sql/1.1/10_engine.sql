@@ -9,9 +9,9 @@
 -- without a query; any other write to an order is checked in full with
 -- _order_problems() at commit, as in 1.0.  The actions send no NOTIFY.
 --
--- The 1.0 PL/pgSQL helpers (_lock_order, _start, _post, _settle,
--- _complete, _event, _idem_claim, ...) stay: other 1.1 code still calls
--- some of them.
+-- The 1.0 PL/pgSQL helpers these functions replace (_lock_order, _start,
+-- _post, _settle, _complete, _event, _idem_claim, ...) are dropped at the
+-- end, in 90_drop_1.0_helpers.sql.
 --
 -- Every API function is SECURITY DEFINER because callers hold no privilege
 -- on the tables, and pins search_path so that a caller's schemas cannot
@@ -53,14 +53,14 @@ RETURNS @extschema@.order_status
 AS 'MODULE_PATHNAME', 'milestones_deliver'
 LANGUAGE C SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION @extschema@.deliver(bigint, bigint, text, text) IS
-    'Seller: delivers the milestone in progress (the last one is the final delivery); the buyer''s response window opens.';
+    'Seller: delivers the milestone in progress (the last one not cancelled is the final delivery); the buyer''s response window opens.';
 
 CREATE OR REPLACE FUNCTION @extschema@.accept(order_id bigint, buyer_id bigint, idempotency_key text DEFAULT NULL)
 RETURNS @extschema@.order_status
 AS 'MODULE_PATHNAME', 'milestones_accept'
 LANGUAGE C SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION @extschema@.accept(bigint, bigint, text) IS
-    'Buyer: accepts the delivered milestone; the next one is charged and starts, or the order finishes and the seller is paid.';
+    'Buyer: accepts the delivered milestone; the next one not cancelled is charged and starts, or the order finishes and the seller is paid.';
 
 CREATE OR REPLACE FUNCTION @extschema@.request_revision(order_id bigint, buyer_id bigint, note text DEFAULT NULL,
                                                        idempotency_key text DEFAULT NULL)

@@ -77,13 +77,14 @@ endif
 
 SCRIPT_GUARD = \echo Use "CREATE EXTENSION milestones" to load this file. \quit
 
-sql/milestones--1.1.sql: sql/milestones--1.0.sql $(UPGRADE_PARTS)
+# The folder is a prerequisite too: removing a part changes its time only.
+sql/milestones--1.1.sql: sql/milestones--1.0.sql $(UPGRADE_PARTS) $(srcdir)/sql/1.1
 	{ echo '/* sql/milestones--1.1.sql - install script of milestones 1.1, built by make from sql/milestones--1.0.sql and sql/1.1/ */'; \
 	  printf '%s\n' '$(SCRIPT_GUARD)'; \
 	  grep -v '^\\echo ' $<; \
 	  cat $(UPGRADE_PARTS); } > $@
 
-sql/milestones--1.0--1.1.sql: $(UPGRADE_PARTS)
+sql/milestones--1.0--1.1.sql: $(UPGRADE_PARTS) $(srcdir)/sql/1.1
 	{ echo '/* sql/milestones--1.0--1.1.sql - upgrade script 1.0 -> 1.1, built by make from sql/1.1/ */'; \
 	  printf '%s\n' '$(SCRIPT_GUARD)'; \
 	  cat $(UPGRADE_PARTS); } > $@

@@ -194,6 +194,7 @@ EndOffer(FunctionCallInfo fcinfo, const char *role, const char *idkey,
 	if (SPI_processed != 1)
 		elog(ERROR, "milestones engine: order " INT64_FORMAT " not ended", order_id);
 	EngineSetOrder(o, to, true);
+	EngineSetEnded(o, NULL, NULL, DatumGetTimestampTz(values[2]));
 	result = EngineEventStatus(fcinfo, caller, o, -1, StateName(&OrderMachine, to), role, false, actor_id, NULL, -1, "", key);
 	EngineFinish();
 	return result;
@@ -269,6 +270,8 @@ milestones_place_order(PG_FUNCTION_ARGS)
 	if (SPI_processed != 1)
 		elog(ERROR, "milestones engine: order " INT64_FORMAT " not placed", order_id);
 	EngineSetOrder(o, ORDER_ACTIVE, true);
+	o->placed_at = DatumGetTimestampTz(values[1]);
+	o->placed_at_null = false;
 	charged = LedgerStart(o, &o->ms[0]);
 	initStringInfo(&detail);
 	JsonAddNumeric(&detail, "charged", charged);
@@ -373,6 +376,11 @@ milestones_deliver(PG_FUNCTION_ARGS)
 	respond_by = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	deliveries = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
 	EngineSetMilestone(o, m, MS_DELIVERED);
+	m->respond_by = respond_by;
+	m->respond_by_null = false;
+	m->delivered_at = DatumGetTimestampTz(values[2]);
+	m->delivered_at_null = false;
+	m->deliveries = deliveries;
 	initStringInfo(&detail);
 	JsonAddBool(&detail, "final", final);
 	JsonAddTimestamp(&detail, "respond_by", respond_by);
@@ -511,8 +519,10 @@ milestones_request_revision(PG_FUNCTION_ARGS)
 		elog(ERROR, "milestones engine: milestone %d of order " INT64_FORMAT " not reopened",
 			 m->position, order_id);
 	EngineSetMilestone(o, m, MS_IN_PROGRESS);
+	m->respond_by_null = true;
+	o->revisions_used++;
 	initStringInfo(&detail);
-	JsonAddInt(&detail, "revisions_used", false, (int64) o->revisions_used + 1);
+	JsonAddInt(&detail, "revisions_used", false, (int64) o->revisions_used);
 	JsonAddText(&detail, "note", NoteLeft(note));
 	result = EngineEventStatus(fcinfo, caller, o, m->position, "revision_requested", "buyer", false, buyer_id, NULL, m->state,
 				JsonClose(&detail), key);
@@ -664,6 +674,7 @@ milestones_cancel(PG_FUNCTION_ARGS)
 		elog(ERROR, "milestones engine: order " INT64_FORMAT " not cancelled", order_id);
 	old_state = o->state;
 	EngineSetOrder(o, ORDER_CANCELLED, true);
+	EngineSetEnded(o, NULL, reason_s, DatumGetTimestampTz(values[4]));
 	if (old_state == ORDER_ACTIVE)
 	{
 		StringInfoData payout;
@@ -1390,6 +1401,7 @@ milestones_cancel_milestone(PG_FUNCTION_ARGS)
 			if (SPI_processed != 1)
 				elog(ERROR, "milestones engine: order " INT64_FORMAT " not cancelled", order_id);
 			EngineSetOrder(o, ORDER_CANCELLED, true);
+			EngineSetEnded(o, NULL, reason_s, DatumGetTimestampTz(ovalues[4]));
 			initStringInfo(&payout);
 			LedgerSettle(o, &payout);
 			JsonAddKey(&detail, "payout");

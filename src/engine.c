@@ -346,13 +346,15 @@ EngineIdemStore(text *key, Datum result)
 
 static EnginePlan lock_plan = {
 	"SELECT o.order_id, o.seller_id, o.buyer_id, o.category, o.currency, o.state,"
-	" COALESCE(o.end_reason, o.cancel_reason), o.revisions_allowed, o.revisions_used, o.fee_rate"
+	" COALESCE(o.end_reason, o.cancel_reason), o.revisions_allowed, o.revisions_used, o.fee_rate,"
+	" o.end_reason, o.created_at, o.placed_at, o.completed_at"
 	" FROM milestones.orders o WHERE o.order_id OPERATOR(pg_catalog.=) $1 FOR UPDATE",
 	1, {INT8OID}
 };
 static EnginePlan lock_eligible_plan = {
 	"SELECT o.order_id, o.seller_id, o.buyer_id, o.category, o.currency, o.state,"
 	" COALESCE(o.end_reason, o.cancel_reason), o.revisions_allowed, o.revisions_used, o.fee_rate,"
+	" o.end_reason, o.created_at, o.placed_at, o.completed_at,"
 	" EXISTS (SELECT FROM milestones.eligible_sellers es"
 	" WHERE es.seller_id OPERATOR(pg_catalog.=) o.seller_id AND es.eligible)"
 	" AND EXISTS (SELECT FROM milestones.eligible_categories ec"
@@ -364,7 +366,7 @@ static void LockOrder(EngineOrder *o, int64 order_id, int64 actor_id, const char
 					  EnginePlan *plan);
 static EnginePlan milestones_plan = {
 	"SELECT m.position, m.state, m.name, m.final, m.amount, m.respond_by, m.delivered_at,"
-	" m.deliveries FROM milestones.order_milestones m"
+	" m.deliveries, m.due_at FROM milestones.order_milestones m"
 	" WHERE m.order_id OPERATOR(pg_catalog.=) $1 ORDER BY m.position",
 	1, {INT8OID}
 };
@@ -391,7 +393,7 @@ EngineLockOrderEligible(EngineOrder *o, int64 order_id, int64 actor_id, const ch
 	bool		isnull;
 
 	LockOrder(o, order_id, actor_id, role, &lock_eligible_plan);
-	return DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 11, &isnull));
+	return DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 15, &isnull));
 }
 
 /* LockOrder is the body of EngineLockOrder with the statement to run. */
@@ -428,6 +430,10 @@ LockOrder(EngineOrder *o, int64 order_id, int64 actor_id, const char *role, Engi
 	o->revisions_allowed = DatumGetInt32(SPI_getbinval(tup, desc, 8, &o->revisions_unlimited));
 	o->revisions_used = DatumGetInt32(SPI_getbinval(tup, desc, 9, &isnull));
 	o->fee_rate = SPI_getbinval(tup, desc, 10, &isnull);
+	o->end_reason = SPI_getvalue(tup, desc, 11);
+	o->created_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 12, &isnull));
+	o->placed_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 13, &o->placed_at_null));
+	o->completed_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 14, &o->completed_at_null));
 	o->nmilestones = -1;
 	o->current = -1;
 
@@ -480,6 +486,7 @@ EngineReadMilestones(EngineOrder *o)
 		m->respond_by = DatumGetTimestampTz(SPI_getbinval(tup, desc, 6, &m->respond_by_null));
 		m->delivered_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 7, &m->delivered_at_null));
 		m->deliveries = DatumGetInt32(SPI_getbinval(tup, desc, 8, &isnull));
+		m->due_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 9, &m->due_at_null));
 		if (m->state == MS_IN_PROGRESS || m->state == MS_DELIVERED)
 			o->current = (int) i;
 	}
@@ -654,31 +661,234 @@ ResultRow(FunctionCallInfo fcinfo, MemoryContext caller)
 	return HeapTupleGetDatum(tup);
 }
 
-#define EVENT_CTE \
-	"WITH e AS (INSERT INTO milestones.events (order_id, position, event, actor_role, actor_id, agent," \
-	" order_state, milestone_state, detail, created_at)" \
-	" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING 1) "
-#define EVENT_ARGTYPES \
-	{INT8OID, INT2OID, TEXTOID, TEXTOID, INT8OID, TEXTOID, TEXTOID, TEXTOID, JSONBOID, TIMESTAMPTZOID}
+/*
+ * The columns of milestones.order_status, in order: EngineStatus builds
+ * the row from the engine's picture of the order and refuses to run if the
+ * view and this list ever part ways.
+ */
+static const char *const status_columns[] = {
+	"order_id", "seller_id", "buyer_id", "category", "currency", "state", "reason",
+	"created_at", "placed_at", "completed_at", "milestone_count", "current_milestone",
+	"milestone_state", "due_at", "respond_by", "revisions_left", "total", "charged",
+	"paid_out", "refunded", "fee", "net", "revisions_used", "milestone_name",
+	"final_milestone", NULL
+};
+#define STATUS_NCOLUMNS 25
 
-static EnginePlan event_status_plan = {
-	EVENT_CTE
-	"SELECT s.*, (SELECT pg_catalog.count(*) FROM e) FROM milestones.order_status s"
-	" WHERE s.order_id OPERATOR(pg_catalog.=) $1",
-	10, EVENT_ARGTYPES
-};
-static EnginePlan event_status_json_plan = {
-	EVENT_CTE
-	"SELECT s.*, pg_catalog.to_jsonb(s), (SELECT pg_catalog.count(*) FROM e)"
-	" FROM milestones.order_status s WHERE s.order_id OPERATOR(pg_catalog.=) $1",
-	10, EVENT_ARGTYPES
-};
+/* StatusNumeric is a money column: the sum coerced to the column's typmod, as the view's cast. */
+static Datum
+StatusNumeric(Datum num, Form_pg_attribute att)
+{
+	if (att->atttypmod < 0)
+		return num;
+	return DirectFunctionCall2(numeric, num, Int32GetDatum(att->atttypmod));
+}
+
+/* NumAdd is numeric addition of Datums. */
+static Datum
+NumAdd(Datum a, Datum b)
+{
+	return DirectFunctionCall2(numeric_add, a, b);
+}
 
 /*
- * EngineEventStatus appends the action's event and reads the order_status
- * row it returns in one statement (the view does not read the events, and
- * sees the action's earlier statements); with a key it also stores the row
- * as the key's result, as to_jsonb of the row.
+ * StatusRank is the view's choice of the current milestone, as a sort key
+ * (lower first): running, then the last completed or refunded, then the
+ * first pending or skipped, then the first cancelled.
+ */
+static int
+StatusRank(EngineMilestone *m)
+{
+	switch (m->state)
+	{
+		case MS_IN_PROGRESS:
+		case MS_DELIVERED:
+			return 0;
+		case MS_COMPLETED:
+		case MS_REFUNDED:
+			return 1;
+		case MS_CANCELLED:
+			return 3;
+		default:
+			return 2;
+	}
+}
+
+/*
+ * EngineStatus returns the action's order_status row, built from what the
+ * engine holds under the order's lock (the order row, all its milestones,
+ * as they are after the action's writes) instead of querying the view,
+ * which aggregates the milestones and the ledger.  The money columns
+ * follow from the milestones' states by the invariants the commit check
+ * holds (SPEC section 6): a milestone is charged its amount once it has
+ * started, refunded its amount when refunded, and an ended order's payout
+ * is that of its completed milestones.  With a key the row is also stored
+ * as the key's result, as to_jsonb of the row (built here as JSON text).
+ * test/sql/36_status_row.sql proves the row equal to the view's.
+ */
+Datum
+EngineStatus(FunctionCallInfo fcinfo, MemoryContext caller, EngineOrder *o, text *key)
+{
+	TupleDesc	resdesc;
+	MemoryContext old;
+	Datum		values[STATUS_NCOLUMNS];
+	bool		nulls[STATUS_NCOLUMNS];
+	EngineMilestone *cur = NULL;
+	int			last_live = -1;
+	Datum		zero = NumericGetDatum(int64_to_numeric(0));
+	Datum		total = zero;
+	Datum		charged = zero;
+	Datum		refunded = zero;
+	Datum		earned = zero;
+	Datum		paid_out = zero;
+	Datum		fee = zero;
+	Datum		net = zero;
+	HeapTuple	tup;
+	int			i;
+
+	if (o->nmilestones < 0)
+		elog(ERROR, "milestones engine: order " INT64_FORMAT " status without its milestones",
+			 o->order_id);
+	old = MemoryContextSwitchTo(caller);
+	if (get_call_result_type(fcinfo, NULL, &resdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "milestones engine: return type must be a row type");
+	resdesc = BlessTupleDesc(resdesc);
+	if (resdesc->natts != STATUS_NCOLUMNS)
+		elog(ERROR, "milestones engine: order_status has %d columns, expected %d",
+			 resdesc->natts, STATUS_NCOLUMNS);
+	for (i = 0; i < STATUS_NCOLUMNS; i++)
+		if (strcmp(NameStr(TupleDescAttr(resdesc, i)->attname), status_columns[i]) != 0)
+			elog(ERROR, "milestones engine: order_status column %d is \"%s\", expected \"%s\"",
+				 i + 1, NameStr(TupleDescAttr(resdesc, i)->attname), status_columns[i]);
+
+	for (i = 0; i < o->nmilestones; i++)
+	{
+		EngineMilestone *m = &o->ms[i];
+
+		if (cur == NULL || StatusRank(m) < StatusRank(cur) ||
+			(StatusRank(m) == StatusRank(cur) &&
+			 (StatusRank(m) == 1 ? m->position > cur->position : m->position < cur->position)))
+			cur = m;
+		if (m->state != MS_CANCELLED)
+		{
+			total = NumAdd(total, m->amount);
+			if (m->position > last_live)
+				last_live = m->position;
+		}
+		if (m->state == MS_IN_PROGRESS || m->state == MS_DELIVERED ||
+			m->state == MS_COMPLETED || m->state == MS_REFUNDED)
+			charged = NumAdd(charged, m->amount);
+		if (m->state == MS_REFUNDED)
+			refunded = NumAdd(refunded, m->amount);
+		if (m->state == MS_COMPLETED)
+			earned = NumAdd(earned, m->amount);
+	}
+	/* An ended order was paid out what its completed milestones earned. */
+	if (StateIsFinal(&OrderMachine, o->state) &&
+		DatumGetInt32(DirectFunctionCall2(numeric_cmp, earned, zero)) > 0)
+	{
+		Numeric		g,
+					f,
+					n;
+
+		PayoutAmounts(DatumGetNumeric(earned), DatumGetNumeric(o->fee_rate), &g, &f, &n);
+		paid_out = NumericGetDatum(g);
+		fee = NumericGetDatum(f);
+		net = NumericGetDatum(n);
+	}
+
+	memset(nulls, false, sizeof(nulls));
+	values[0] = Int64GetDatum(o->order_id);
+	values[1] = Int64GetDatum(o->seller_id);
+	values[2] = Int64GetDatum(o->buyer_id);
+	values[3] = CStringGetTextDatum(o->category);
+	values[4] = CStringGetTextDatum(o->currency);
+	values[5] = CStringGetTextDatum(StateName(&OrderMachine, o->state));
+	nulls[6] = o->reason == NULL;
+	values[6] = o->reason ? CStringGetTextDatum(o->reason) : (Datum) 0;
+	values[7] = TimestampTzGetDatum(o->created_at);
+	nulls[8] = o->placed_at_null;
+	values[8] = TimestampTzGetDatum(o->placed_at);
+	nulls[9] = o->completed_at_null;
+	values[9] = TimestampTzGetDatum(o->completed_at);
+	values[10] = Int32GetDatum(o->nmilestones);
+	nulls[11] = nulls[12] = nulls[13] = nulls[14] = nulls[23] = nulls[24] = (cur == NULL);
+	values[11] = values[12] = values[13] = values[14] = values[23] = values[24] = (Datum) 0;
+	if (cur != NULL)
+	{
+		values[11] = Int32GetDatum(cur->position);
+		values[12] = CStringGetTextDatum(StateName(&MilestoneMachine, cur->state));
+		nulls[13] = cur->due_at_null;
+		values[13] = TimestampTzGetDatum(cur->due_at);
+		nulls[14] = cur->state != MS_DELIVERED || cur->respond_by_null;
+		values[14] = TimestampTzGetDatum(cur->respond_by);
+		values[23] = CStringGetTextDatum(cur->name);
+		nulls[24] = last_live < 0;
+		values[24] = BoolGetDatum(cur->position == last_live);
+	}
+	nulls[15] = o->revisions_unlimited;
+	values[15] = Int32GetDatum(o->revisions_allowed - o->revisions_used);
+	values[16] = StatusNumeric(total, TupleDescAttr(resdesc, 16));
+	values[17] = StatusNumeric(charged, TupleDescAttr(resdesc, 17));
+	values[18] = StatusNumeric(paid_out, TupleDescAttr(resdesc, 18));
+	values[19] = StatusNumeric(refunded, TupleDescAttr(resdesc, 19));
+	values[20] = StatusNumeric(fee, TupleDescAttr(resdesc, 20));
+	values[21] = StatusNumeric(net, TupleDescAttr(resdesc, 21));
+	values[22] = Int32GetDatum(o->revisions_used);
+	tup = heap_form_tuple(resdesc, values, nulls);
+	MemoryContextSwitchTo(old);
+
+	if (key != NULL)
+	{
+		StringInfoData json;
+
+		initStringInfo(&json);
+		for (i = 0; i < STATUS_NCOLUMNS; i++)
+		{
+			Form_pg_attribute att = TupleDescAttr(resdesc, i);
+			const char *name = NameStr(att->attname);
+
+			if (nulls[i])
+			{
+				JsonAddKey(&json, name);
+				appendStringInfoString(&json, "null");
+				continue;
+			}
+			switch (att->atttypid)
+			{
+				case INT8OID:
+					JsonAddInt(&json, name, false, DatumGetInt64(values[i]));
+					break;
+				case INT4OID:
+					JsonAddInt(&json, name, false, DatumGetInt32(values[i]));
+					break;
+				case TEXTOID:
+					JsonAddText(&json, name, TextDatumGetCString(values[i]));
+					break;
+				case TIMESTAMPTZOID:
+					JsonAddTimestamp(&json, name, DatumGetTimestampTz(values[i]));
+					break;
+				case NUMERICOID:
+					JsonAddNumeric(&json, name, values[i]);
+					break;
+				case BOOLOID:
+					JsonAddBool(&json, name, DatumGetBool(values[i]));
+					break;
+				default:
+					elog(ERROR, "milestones engine: order_status column \"%s\" has an unexpected type %u",
+						 name, att->atttypid);
+			}
+		}
+		appendStringInfoChar(&json, '}');
+		EngineIdemStore(key, EngineJsonb(json.data));
+	}
+	return HeapTupleGetDatum(tup);
+}
+
+/*
+ * EngineEventStatus appends the action's event and returns the order's
+ * order_status row (EngineStatus); with a key the row is stored as the
+ * key's result.
  */
 Datum
 EngineEventStatus(FunctionCallInfo fcinfo, MemoryContext caller, EngineOrder *o,
@@ -686,25 +896,26 @@ EngineEventStatus(FunctionCallInfo fcinfo, MemoryContext caller, EngineOrder *o,
 				  bool actor_null, int64 actor_id, const char *agent,
 				  int milestone_state, const char *detail, text *key)
 {
-	Datum		values[10];
-	char		nulls[10];
-	Datum		result;
-	bool		isnull;
-	int			natts;
+	EngineEvent(o, position, event, actor_role, actor_null, actor_id, agent,
+				milestone_state, detail);
+	return EngineStatus(fcinfo, caller, o, key);
+}
 
-	EventValues(values, nulls, o, position, event, actor_role, actor_null, actor_id,
-				agent, milestone_state, detail);
-	EngineExec(key == NULL ? &event_status_plan : &event_status_json_plan,
-			   values, nulls, SPI_OK_SELECT, 0);
-	result = ResultRow(fcinfo, caller);
-	natts = SPI_tuptable->tupdesc->natts;
-	if (DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
-									natts, &isnull)) != 1)
-		elog(ERROR, "milestones engine: event of order " INT64_FORMAT " not written", o->order_id);
-	if (key != NULL)
-		EngineIdemStore(key, SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
-										   natts - 1, &isnull));
-	return result;
+/*
+ * EngineSetEnded records in the engine's picture the columns an ending
+ * writes to the order row: end_reason or cancel_reason (reason is their
+ * COALESCE, as in the view) and completed_at.
+ */
+void
+EngineSetEnded(EngineOrder *o, const char *end_reason, const char *cancel_reason,
+			   TimestampTz at)
+{
+	if (end_reason != NULL)
+		o->end_reason = pstrdup(end_reason);
+	o->reason = o->end_reason != NULL ? o->end_reason :
+		cancel_reason != NULL ? pstrdup(cancel_reason) : o->reason;
+	o->completed_at = at;
+	o->completed_at_null = false;
 }
 
 /*

@@ -42,6 +42,8 @@ typedef struct EngineMilestone
 	bool		delivered_at_null;
 	TimestampTz delivered_at;
 	int32		deliveries;
+	bool		due_at_null;
+	TimestampTz due_at;
 } EngineMilestone;
 
 /* One order as the engine read it: locked, with all its milestones. */
@@ -54,10 +56,16 @@ typedef struct EngineOrder
 	char	   *currency;
 	int			state;			/* OrderState */
 	char	   *reason;			/* end_reason or cancel_reason, or NULL */
+	char	   *end_reason;		/* end_reason alone, or NULL */
 	bool		revisions_unlimited;
 	int32		revisions_allowed;
 	int32		revisions_used;
 	Datum		fee_rate;		/* numeric */
+	TimestampTz created_at;
+	bool		placed_at_null;
+	TimestampTz placed_at;
+	bool		completed_at_null;
+	TimestampTz completed_at;
 	int			nmilestones;
 	EngineMilestone ms[ENGINE_MAX_MILESTONES];
 	int			current;		/* index of the in-progress or delivered one, or -1 */
@@ -100,6 +108,10 @@ extern Datum EngineEventStatus(FunctionCallInfo fcinfo, MemoryContext caller, En
 							   int position, const char *event, const char *actor_role,
 							   bool actor_null, int64 actor_id, const char *agent,
 							   int milestone_state, const char *detail, text *key);
+extern Datum EngineStatus(FunctionCallInfo fcinfo, MemoryContext caller, EngineOrder *o,
+						  text *key);
+extern void EngineSetEnded(EngineOrder *o, const char *end_reason, const char *cancel_reason,
+						   TimestampTz at);
 extern Datum EngineStoredStatus(FunctionCallInfo fcinfo, MemoryContext caller,
 								Datum stored);
 extern void EngineSetMilestone(EngineOrder *o, EngineMilestone *m, int to);

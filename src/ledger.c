@@ -256,6 +256,7 @@ LedgerComplete(EngineOrder *o, EngineMilestone *m, const char *reason,
 	if (!done || skipped != expected)
 		elog(ERROR, "milestones engine: order " INT64_FORMAT " not completed as read", o->order_id);
 	EngineSetOrder(o, ORDER_COMPLETED, true);
+	EngineSetEnded(o, reason, NULL, at);
 	JsonAddInt(detail, "skipped", false, skipped);
 	initStringInfo(&payout);
 	LedgerSettle(o, &payout);
@@ -273,7 +274,7 @@ static EnginePlan advance_plan = {
 	" OPERATOR(pg_catalog.+) pg_catalog.make_interval(days => days)) END"
 	" WHERE order_id OPERATOR(pg_catalog.=) $1"
 	" AND (position OPERATOR(pg_catalog.=) $2 OR position OPERATOR(pg_catalog.=) $3)"
-	" RETURNING position, amount",
+	" RETURNING position, amount, due_at",
 	4, {INT8OID, INT2OID, INT2OID, TIMESTAMPTZOID}
 };
 
@@ -310,6 +311,8 @@ LedgerAdvance(EngineOrder *o, EngineMilestone *m, EngineMilestone *next)
 		{
 			started = true;
 			amount = SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 2, &isnull);
+			next->due_at = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc,
+															 3, &next->due_at_null));
 		}
 	}
 	if (SPI_processed != 2 || !completed || !started)
@@ -328,7 +331,7 @@ static EnginePlan start_plan = {
 	" due_at = pg_catalog.timezone('UTC', pg_catalog.timezone('UTC', $3)"
 	" OPERATOR(pg_catalog.+) pg_catalog.make_interval(days => days))"
 	" WHERE order_id OPERATOR(pg_catalog.=) $1 AND position OPERATOR(pg_catalog.=) $2"
-	" RETURNING amount",
+	" RETURNING amount, due_at",
 	3, {INT8OID, INT2OID, TIMESTAMPTZOID}
 };
 
@@ -354,6 +357,8 @@ LedgerStart(EngineOrder *o, EngineMilestone *m)
 		elog(ERROR, "milestones engine: milestone %d of order " INT64_FORMAT " not started",
 			 m->position, o->order_id);
 	amount = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	m->due_at = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2,
+												  &m->due_at_null));
 	EngineSetMilestone(o, m, MS_IN_PROGRESS);
 	amounts[0] = DirectFunctionCall1(numeric_uminus, amount);
 	amounts[1] = amount;

@@ -344,42 +344,73 @@ EngineIdemStore(text *key, Datum result)
 	EngineExec(&idem_store_plan, values, NULL, SPI_OK_UPDATE, 0);
 }
 
-static EnginePlan lock_plan = {
-	"SELECT o.order_id, o.seller_id, o.buyer_id, o.category, o.currency, o.state,"
-	" COALESCE(o.end_reason, o.cancel_reason), o.revisions_allowed, o.revisions_used, o.fee_rate,"
+/*
+ * The order lock.  The usual statement locks the order row and reads it
+ * together with all its milestones (one executor start instead of two).
+ * It also locks the milestone rows (FOR NO KEY UPDATE, what the engine's
+ * UPDATEs of them take anyway): a row lock waits for a concurrent action
+ * on the order and then returns the newest version of every locked row,
+ * so the milestones are read as that action left them, as a second
+ * statement after the lock would read them.  Columns 1-14: the order; 15:
+ * place_order's eligibility; 16-24: the milestone.  An order without
+ * milestones (no row joins) takes the two statements below.
+ */
+#define ORDER_COLUMNS \
+	"SELECT o.order_id, o.seller_id, o.buyer_id, o.category, o.currency, o.state," \
+	" COALESCE(o.end_reason, o.cancel_reason), o.revisions_allowed, o.revisions_used, o.fee_rate," \
 	" o.end_reason, o.created_at, o.placed_at, o.completed_at"
+#define ELIGIBLE_COLUMN \
+	", EXISTS (SELECT FROM milestones.eligible_sellers es" \
+	" WHERE es.seller_id OPERATOR(pg_catalog.=) o.seller_id AND es.eligible)" \
+	" AND EXISTS (SELECT FROM milestones.eligible_categories ec" \
+	" WHERE ec.category OPERATOR(pg_catalog.=) o.category AND ec.eligible)"
+#define MILESTONE_COLUMNS \
+	" m.position, m.state, m.name, m.final, m.amount, m.respond_by, m.delivered_at," \
+	" m.deliveries, m.due_at"
+#define ORDER_MILESTONES_FROM \
+	" FROM milestones.orders o JOIN milestones.order_milestones m" \
+	" ON m.order_id OPERATOR(pg_catalog.=) o.order_id" \
+	" WHERE o.order_id OPERATOR(pg_catalog.=) $1 AND m.order_id OPERATOR(pg_catalog.=) $1" \
+	" ORDER BY m.position FOR UPDATE OF o FOR NO KEY UPDATE OF m"
+#define ORDER_COLUMN_MILESTONES 16
+
+static EnginePlan lock_read_plan = {
+	ORDER_COLUMNS ", NULL::pg_catalog.bool," MILESTONE_COLUMNS ORDER_MILESTONES_FROM,
+	1, {INT8OID}
+};
+static EnginePlan lock_read_eligible_plan = {
+	ORDER_COLUMNS ELIGIBLE_COLUMN "," MILESTONE_COLUMNS ORDER_MILESTONES_FROM,
+	1, {INT8OID}
+};
+static EnginePlan lock_plan = {
+	ORDER_COLUMNS ", NULL::pg_catalog.bool"
 	" FROM milestones.orders o WHERE o.order_id OPERATOR(pg_catalog.=) $1 FOR UPDATE",
 	1, {INT8OID}
 };
 static EnginePlan lock_eligible_plan = {
-	"SELECT o.order_id, o.seller_id, o.buyer_id, o.category, o.currency, o.state,"
-	" COALESCE(o.end_reason, o.cancel_reason), o.revisions_allowed, o.revisions_used, o.fee_rate,"
-	" o.end_reason, o.created_at, o.placed_at, o.completed_at,"
-	" EXISTS (SELECT FROM milestones.eligible_sellers es"
-	" WHERE es.seller_id OPERATOR(pg_catalog.=) o.seller_id AND es.eligible)"
-	" AND EXISTS (SELECT FROM milestones.eligible_categories ec"
-	" WHERE ec.category OPERATOR(pg_catalog.=) o.category AND ec.eligible)"
+	ORDER_COLUMNS ELIGIBLE_COLUMN
 	" FROM milestones.orders o WHERE o.order_id OPERATOR(pg_catalog.=) $1 FOR UPDATE OF o",
 	1, {INT8OID}
 };
-static void LockOrder(EngineOrder *o, int64 order_id, int64 actor_id, const char *role,
-					  EnginePlan *plan);
 static EnginePlan milestones_plan = {
-	"SELECT m.position, m.state, m.name, m.final, m.amount, m.respond_by, m.delivered_at,"
-	" m.deliveries, m.due_at FROM milestones.order_milestones m"
+	"SELECT" MILESTONE_COLUMNS " FROM milestones.order_milestones m"
 	" WHERE m.order_id OPERATOR(pg_catalog.=) $1 ORDER BY m.position",
 	1, {INT8OID}
 };
+static void LockOrder(EngineOrder *o, int64 order_id, int64 actor_id, const char *role,
+					  bool eligible);
+static void ReadMilestoneRows(EngineOrder *o, int first);
 
 /*
  * EngineLockOrder takes the order's row lock (every action's first step,
- * so that concurrent calls on one order serialize) and checks the actor
- * (1.0's _lock_order); role is "seller", "buyer" or "support".
+ * so that concurrent calls on one order serialize), reads the order and
+ * its milestones, and checks the actor (1.0's _lock_order); role is
+ * "seller", "buyer" or "support".
  */
 void
 EngineLockOrder(EngineOrder *o, int64 order_id, int64 actor_id, const char *role)
 {
-	LockOrder(o, order_id, actor_id, role, &lock_plan);
+	LockOrder(o, order_id, actor_id, role, false);
 }
 
 /*
@@ -392,22 +423,32 @@ EngineLockOrderEligible(EngineOrder *o, int64 order_id, int64 actor_id, const ch
 {
 	bool		isnull;
 
-	LockOrder(o, order_id, actor_id, role, &lock_eligible_plan);
+	LockOrder(o, order_id, actor_id, role, true);
 	return DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 15, &isnull));
 }
 
-/* LockOrder is the body of EngineLockOrder with the statement to run. */
+/*
+ * LockOrder is the body of EngineLockOrder: the locking read, or (no row:
+ * no such order, or one without milestones) the lock alone and then the
+ * milestones.  Leaves the order's row first in SPI_tuptable.
+ */
 static void
-LockOrder(EngineOrder *o, int64 order_id, int64 actor_id, const char *role, EnginePlan *plan)
+LockOrder(EngineOrder *o, int64 order_id, int64 actor_id, const char *role, bool eligible)
 {
 	Datum		values[1];
 	HeapTuple	tup;
 	TupleDesc	desc;
 	bool		isnull;
 	char	   *state;
+	bool		joined = true;
 
 	values[0] = Int64GetDatum(order_id);
-	EngineExec(plan, values, NULL, SPI_OK_SELECT, 0);
+	EngineExec(eligible ? &lock_read_eligible_plan : &lock_read_plan, values, NULL, SPI_OK_SELECT, 0);
+	if (SPI_processed == 0)
+	{
+		joined = false;
+		EngineExec(eligible ? &lock_eligible_plan : &lock_plan, values, NULL, SPI_OK_SELECT, 0);
+	}
 	if (SPI_processed == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_NO_DATA_FOUND),
@@ -447,20 +488,32 @@ LockOrder(EngineOrder *o, int64 order_id, int64 actor_id, const char *role, Engi
 						   role, actor_id,
 						   actor_id == o->buyer_id ? "its buyer" :
 						   actor_id == o->seller_id ? "its seller" : "not a party to it")));
+
+	if (joined)
+		ReadMilestoneRows(o, ORDER_COLUMN_MILESTONES);
+	else
+	{
+		/* Keep the order's row (and eligibility) for the caller. */
+		SPITupleTable *order_row = SPI_tuptable;
+
+		SPI_tuptable = NULL;
+		EngineExec(&milestones_plan, values, NULL, SPI_OK_SELECT, 0);
+		ReadMilestoneRows(o, 1);
+		SPI_freetuptable(SPI_tuptable);
+		SPI_tuptable = order_row;
+	}
 }
 
 /*
- * EngineReadMilestones reads all milestones of the locked order, in
- * position order, and finds the current one (in progress or delivered).
+ * ReadMilestoneRows reads all milestones of the locked order from the
+ * rows of the last statement (columns from first on), in position order,
+ * and finds the current one (in progress or delivered).
  */
-void
-EngineReadMilestones(EngineOrder *o)
+static void
+ReadMilestoneRows(EngineOrder *o, int first)
 {
-	Datum		values[1];
 	uint64		i;
 
-	values[0] = Int64GetDatum(o->order_id);
-	EngineExec(&milestones_plan, values, NULL, SPI_OK_SELECT, 0);
 	if (SPI_processed > ENGINE_MAX_MILESTONES)
 		elog(ERROR, "milestones engine: order " INT64_FORMAT " has more than %d milestones",
 			 o->order_id, ENGINE_MAX_MILESTONES);
@@ -474,22 +527,39 @@ EngineReadMilestones(EngineOrder *o)
 		bool		isnull;
 		char	   *state;
 
-		m->position = DatumGetInt16(SPI_getbinval(tup, desc, 1, &isnull));
-		state = SPI_getvalue(tup, desc, 2);
+		m->position = DatumGetInt16(SPI_getbinval(tup, desc, first, &isnull));
+		state = SPI_getvalue(tup, desc, first + 1);
 		m->state = StateCode(&MilestoneMachine, state);
 		if (m->state < 0)
 			elog(ERROR, "milestones engine: milestone %d of order " INT64_FORMAT " has unknown state \"%s\"",
 				 m->position, o->order_id, state ? state : "(null)");
-		m->name = SPI_getvalue(tup, desc, 3);
-		m->final = DatumGetBool(SPI_getbinval(tup, desc, 4, &isnull));
-		m->amount = SPI_getbinval(tup, desc, 5, &isnull);
-		m->respond_by = DatumGetTimestampTz(SPI_getbinval(tup, desc, 6, &m->respond_by_null));
-		m->delivered_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 7, &m->delivered_at_null));
-		m->deliveries = DatumGetInt32(SPI_getbinval(tup, desc, 8, &isnull));
-		m->due_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 9, &m->due_at_null));
+		m->name = SPI_getvalue(tup, desc, first + 2);
+		m->final = DatumGetBool(SPI_getbinval(tup, desc, first + 3, &isnull));
+		m->amount = SPI_getbinval(tup, desc, first + 4, &isnull);
+		m->respond_by = DatumGetTimestampTz(SPI_getbinval(tup, desc, first + 5, &m->respond_by_null));
+		m->delivered_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, first + 6, &m->delivered_at_null));
+		m->deliveries = DatumGetInt32(SPI_getbinval(tup, desc, first + 7, &isnull));
+		m->due_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, first + 8, &m->due_at_null));
 		if (m->state == MS_IN_PROGRESS || m->state == MS_DELIVERED)
 			o->current = (int) i;
 	}
+}
+
+/*
+ * EngineReadMilestones makes sure the milestones of the locked order are
+ * read: EngineLockOrder reads them with the order, so this only reads
+ * when an action's picture was reset.
+ */
+void
+EngineReadMilestones(EngineOrder *o)
+{
+	Datum		values[1];
+
+	if (o->nmilestones >= 0)
+		return;
+	values[0] = Int64GetDatum(o->order_id);
+	EngineExec(&milestones_plan, values, NULL, SPI_OK_SELECT, 0);
+	ReadMilestoneRows(o, 1);
 }
 
 /*

@@ -44,6 +44,48 @@ PG_FUNCTION_INFO_V1(milestones_cancel_milestone);
 #define ARG_INT64(n, isnull) ((isnull) = PG_ARGISNULL(n), (isnull) ? 0 : PG_GETARG_INT64(n))
 #define ARG_TEXT(n) (PG_ARGISNULL(n) ? NULL : PG_GETARG_TEXT_PP(n))
 
+/*
+ * s: milestone $21 starts at $10 (due_at in UTC, as LedgerStart), returning
+ * its due_at; with the charge's ledger legs (WRITE_POST_CTE) and the
+ * event, place_order and accept write in one statement.
+ */
+#define START_CTE \
+	" s AS (UPDATE milestones.order_milestones SET state = 'in_progress', started_at = $10," \
+	" due_at = pg_catalog.timezone('UTC', pg_catalog.timezone('UTC', $10)" \
+	" OPERATOR(pg_catalog.+) pg_catalog.make_interval(days => days))" \
+	" WHERE order_id OPERATOR(pg_catalog.=) $1 AND position OPERATOR(pg_catalog.=) $21" \
+	" RETURNING due_at)"
+
+/*
+ * WriteCharge sets the charge of milestone next (buyer -> escrow, R4) and
+ * its position ($21) in a combined write statement.
+ */
+static void
+WriteCharge(EngineWrite *w, EngineOrder *o, EngineMilestone *next)
+{
+	static const char *const accounts[] = {"buyer", "escrow"};
+	Datum		amounts[2];
+
+	amounts[0] = DirectFunctionCall1(numeric_uminus, next->amount);
+	amounts[1] = next->amount;
+	LedgerWriteLegs(w, o, next->position, "charge", accounts, amounts, 2);
+	EngineWriteSet(w, WP_POS_B, Int16GetDatum((int16) next->position), false);
+}
+
+/*
+ * Started records in the engine's picture, and declares, the start and
+ * charge of milestone next that the last statement wrote; col is the
+ * statement's column holding next's due_at.
+ */
+static void
+Started(EngineOrder *o, EngineMilestone *next, int col)
+{
+	next->due_at = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
+													 col, &next->due_at_null));
+	EngineSetMilestone(o, next, MS_IN_PROGRESS);
+	LedgerDeclare(o, next->position, "charge");
+}
+
 /* NoteLeft is left(note, 200) as text, or NULL. */
 static char *
 NoteLeft(text *note)
@@ -230,14 +272,19 @@ milestones_place_order(PG_FUNCTION_ARGS)
 	EngineOrder *o = palloc(sizeof(EngineOrder));
 	Datum		prev;
 	Datum		result;
-	Datum		values[2];
-	Datum		charged;
+	EngineWrite w;
 	bool		eligible;
 	StringInfoData detail;
+	/* The order is placed, milestone 1 starts and is charged, the event. */
 	static EnginePlan place_plan = {
-		"UPDATE milestones.orders SET state = 'active', placed_at = $2"
-		" WHERE order_id OPERATOR(pg_catalog.=) $1",
-		2, {INT8OID, TIMESTAMPTZOID}
+		"WITH " WRITE_EVENT_CTE ","
+		" o AS (UPDATE milestones.orders SET state = 'active', placed_at = $10"
+		" WHERE order_id OPERATOR(pg_catalog.=) $1 RETURNING 1),"
+		START_CTE ", " WRITE_POST_CTE
+		" SELECT l.txn_id, l.account, l.amount, (SELECT pg_catalog.count(*) FROM e),"
+		" (SELECT pg_catalog.count(*) FROM o), (SELECT pg_catalog.count(*) FROM s),"
+		" (SELECT s.due_at FROM s) FROM l",
+		ENGINE_WRITE_ARGS, ENGINE_WRITE_ARGTYPES
 	};
 
 	if (idnull || order_id <= 0)
@@ -264,18 +311,24 @@ milestones_place_order(PG_FUNCTION_ARGS)
 	EngineReadMilestones(o);
 	if (o->nmilestones < 1 || o->ms[0].state != MS_PENDING)
 		elog(ERROR, "milestones engine: offered order " INT64_FORMAT " has no pending milestone 1", order_id);
-	values[0] = Int64GetDatum(order_id);
-	values[1] = TimestampTzGetDatum(MilestonesNow());
-	EngineExec(&place_plan, values, NULL, SPI_OK_UPDATE, 0);
-	if (SPI_processed != 1)
-		elog(ERROR, "milestones engine: order " INT64_FORMAT " not placed", order_id);
-	EngineSetOrder(o, ORDER_ACTIVE, true);
-	o->placed_at = DatumGetTimestampTz(values[1]);
-	o->placed_at_null = false;
-	charged = LedgerStart(o, &o->ms[0]);
 	initStringInfo(&detail);
-	JsonAddNumeric(&detail, "charged", charged);
-	result = EngineEventStatus(fcinfo, caller, o, 1, "placed", "buyer", false, buyer_id, NULL, o->ms[0].state, JsonClose(&detail), key);
+	JsonAddNumeric(&detail, "charged", o->ms[0].amount);
+	EngineWriteInit(&w, o, 1, "placed", "buyer", false, buyer_id, NULL, ORDER_ACTIVE,
+					MS_IN_PROGRESS, JsonClose(&detail));
+	WriteCharge(&w, o, &o->ms[0]);
+	EngineWriteExec(&place_plan, &w);
+	if (EngineResultInt(4) != 1)
+		elog(ERROR, "milestones engine: event of order " INT64_FORMAT " not written", order_id);
+	if (EngineResultInt(5) != 1)
+		elog(ERROR, "milestones engine: order " INT64_FORMAT " not placed", order_id);
+	if (EngineResultInt(6) != 1)
+		elog(ERROR, "milestones engine: milestone %d of order " INT64_FORMAT " not started",
+			 o->ms[0].position, order_id);
+	EngineSetOrder(o, ORDER_ACTIVE, true);
+	o->placed_at = DatumGetTimestampTz(w.values[WP_NOW - 1]);
+	o->placed_at_null = false;
+	Started(o, &o->ms[0], 7);
+	result = EngineStatus(fcinfo, caller, o, key);
 	EngineFinish();
 	PG_RETURN_DATUM(result);
 }
@@ -298,22 +351,34 @@ milestones_deliver(PG_FUNCTION_ARGS)
 	EngineMilestone *m;
 	Datum		prev;
 	Datum		result;
-	Datum		values[4];
-	char		nulls[4] = {' ', ' ', ' ', ' '};
+	EngineWrite w;
 	bool		isnull;
 	bool		final;
 	TimestampTz respond_by;
 	int32		deliveries;
-	StringInfoData detail;
+	char	   *note_left;
+
+	/*
+	 * The milestone is delivered and the event written in one statement;
+	 * the event's detail needs respond_by and the delivery count the UPDATE
+	 * computes, so it is built here with jsonb_build_object (the same
+	 * jsonb as the engine's JSON text): {"final": $24, "respond_by",
+	 * "delivery", "note": $25}.  $22 is the note.
+	 */
 	static EnginePlan deliver_plan = {
-		"UPDATE milestones.order_milestones"
-		" SET state = 'delivered', delivered_at = $3,"
-		" deliveries = deliveries OPERATOR(pg_catalog.+) 1, delivery_note = $4,"
-		" respond_by = pg_catalog.timezone('UTC', pg_catalog.timezone('UTC', $3)"
+		"WITH u AS (UPDATE milestones.order_milestones"
+		" SET state = 'delivered', delivered_at = $10,"
+		" deliveries = deliveries OPERATOR(pg_catalog.+) 1, delivery_note = $22,"
+		" respond_by = pg_catalog.timezone('UTC', pg_catalog.timezone('UTC', $10)"
 		" OPERATOR(pg_catalog.+) (SELECT s.response_window FROM milestones.settings s))"
 		" WHERE order_id OPERATOR(pg_catalog.=) $1 AND position OPERATOR(pg_catalog.=) $2"
-		" RETURNING respond_by, deliveries",
-		4, {INT8OID, INT2OID, TIMESTAMPTZOID, TEXTOID}
+		" RETURNING respond_by, deliveries),"
+		" e AS (INSERT INTO " EVENT_COLUMNS
+		" SELECT $1, $2, $3, $4, $5, $6, $7, $8,"
+		" pg_catalog.jsonb_build_object('final', $24, 'respond_by', u.respond_by,"
+		" 'delivery', u.deliveries, 'note', $25), $10 FROM u RETURNING 1)"
+		" SELECT u.respond_by, u.deliveries, (SELECT pg_catalog.count(*) FROM e) FROM u",
+		ENGINE_WRITE_ARGS, ENGINE_WRITE_ARGTYPES
 	};
 
 	if (idnull || order_id <= 0)
@@ -351,16 +416,6 @@ milestones_deliver(PG_FUNCTION_ARGS)
 						   m ? EngineTimestampOut(m->respond_by_null, m->respond_by) : ""),
 				 errhint("Wait for the buyer to accept, stop or request a revision.")));
 	}
-	values[0] = Int64GetDatum(order_id);
-	values[1] = Int16GetDatum((int16) m->position);
-	values[2] = TimestampTzGetDatum(MilestonesNow());
-	values[3] = note ? PointerGetDatum(note) : (Datum) 0;
-	if (note == NULL)
-		nulls[3] = 'n';
-	EngineExec(&deliver_plan, values, nulls, SPI_OK_UPDATE_RETURNING, 0);
-	if (SPI_processed != 1)
-		elog(ERROR, "milestones engine: milestone %d of order " INT64_FORMAT " not delivered",
-			 m->position, order_id);
 	/*
 	 * The final delivery is that of the last milestone not cancelled
 	 * (issue 11); without cancelled milestones that is the final flag.
@@ -373,21 +428,27 @@ milestones_deliver(PG_FUNCTION_ARGS)
 			if (o->ms[k].position > m->position && o->ms[k].state != MS_CANCELLED)
 				final = false;
 	}
+	note_left = NoteLeft(note);
+	EngineWriteInit(&w, o, m->position, "delivered", "seller", false, seller_id, NULL, o->state,
+					MS_DELIVERED, "");
+	EngineWriteSet(&w, WP_TEXT, PointerGetDatum(note), note == NULL);
+	EngineWriteSet(&w, WP_BOOL, BoolGetDatum(final), false);
+	EngineWriteSet(&w, WP_TEXT2, note_left ? CStringGetTextDatum(note_left) : (Datum) 0, note_left == NULL);
+	EngineExec(&deliver_plan, w.values, w.nulls, SPI_OK_SELECT, 0);
+	if (SPI_processed != 1)
+		elog(ERROR, "milestones engine: milestone %d of order " INT64_FORMAT " not delivered",
+			 m->position, order_id);
+	if (EngineResultInt(3) != 1)
+		elog(ERROR, "milestones engine: event of order " INT64_FORMAT " not written", order_id);
 	respond_by = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	deliveries = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
 	EngineSetMilestone(o, m, MS_DELIVERED);
 	m->respond_by = respond_by;
 	m->respond_by_null = false;
-	m->delivered_at = DatumGetTimestampTz(values[2]);
+	m->delivered_at = DatumGetTimestampTz(w.values[WP_NOW - 1]);
 	m->delivered_at_null = false;
 	m->deliveries = deliveries;
-	initStringInfo(&detail);
-	JsonAddBool(&detail, "final", final);
-	JsonAddTimestamp(&detail, "respond_by", respond_by);
-	JsonAddInt(&detail, "delivery", false, deliveries);
-	JsonAddText(&detail, "note", NoteLeft(note));
-	result = EngineEventStatus(fcinfo, caller, o, m->position, "delivered", "seller", false, seller_id, NULL, m->state,
-				JsonClose(&detail), key);
+	result = EngineStatus(fcinfo, caller, o, key);
 	EngineFinish();
 	PG_RETURN_DATUM(result);
 }
@@ -411,6 +472,20 @@ milestones_accept(PG_FUNCTION_ARGS)
 	Datum		prev;
 	Datum		result;
 	StringInfoData detail;
+	EngineWrite w;
+
+	/* m completes, next starts and is charged, the event: one statement. */
+	static EnginePlan advance_plan = {
+		"WITH " WRITE_EVENT_CTE ","
+		" c AS (UPDATE milestones.order_milestones SET state = 'completed', completed_at = $10"
+		" WHERE order_id OPERATOR(pg_catalog.=) $1 AND position OPERATOR(pg_catalog.=) $20"
+		" RETURNING 1),"
+		START_CTE ", " WRITE_POST_CTE
+		" SELECT l.txn_id, l.account, l.amount, (SELECT pg_catalog.count(*) FROM e),"
+		" (SELECT pg_catalog.count(*) FROM c), (SELECT pg_catalog.count(*) FROM s),"
+		" (SELECT s.due_at FROM s) FROM l",
+		ENGINE_WRITE_ARGS, ENGINE_WRITE_ARGTYPES
+	};
 
 	if (idnull || order_id <= 0)
 		EngineCheckId(idnull, order_id, "order_id");
@@ -440,17 +515,32 @@ milestones_accept(PG_FUNCTION_ARGS)
 	}
 	initStringInfo(&detail);
 	if (next == NULL)
-		LedgerComplete(o, m, "finished", MilestonesNow(), &detail);
+	{
+		LedgerPayout payout;
+
+		LedgerCompletePrepare(o, m, &detail, &payout);
+		EngineWriteInit(&w, o, m->position, "accepted", "buyer", false, buyer_id, NULL,
+						ORDER_COMPLETED, MS_COMPLETED, JsonClose(&detail));
+		LedgerCompleteWrite(o, m, "finished", MilestonesNow(), &w, &payout);
+	}
 	else
 	{
-		Datum		charged;
-
-		charged = LedgerAdvance(o, m, next);
 		JsonAddInt(&detail, "next", false, next->position);
-		JsonAddNumeric(&detail, "charged", charged);
+		JsonAddNumeric(&detail, "charged", next->amount);
+		EngineWriteInit(&w, o, m->position, "accepted", "buyer", false, buyer_id, NULL,
+						o->state, MS_COMPLETED, JsonClose(&detail));
+		EngineWriteSet(&w, WP_POS_A, Int16GetDatum((int16) m->position), false);
+		WriteCharge(&w, o, next);
+		EngineWriteExec(&advance_plan, &w);
+		if (EngineResultInt(4) != 1)
+			elog(ERROR, "milestones engine: event of order " INT64_FORMAT " not written", order_id);
+		if (EngineResultInt(5) != 1 || EngineResultInt(6) != 1)
+			elog(ERROR, "milestones engine: order " INT64_FORMAT " did not move from milestone %d to %d",
+				 order_id, m->position, next->position);
+		EngineSetMilestone(o, m, MS_COMPLETED);
+		Started(o, next, 7);
 	}
-	result = EngineEventStatus(fcinfo, caller, o, m->position, "accepted", "buyer", false, buyer_id, NULL, m->state,
-				JsonClose(&detail), key);
+	result = EngineStatus(fcinfo, caller, o, key);
 	EngineFinish();
 	PG_RETURN_DATUM(result);
 }
@@ -549,6 +639,8 @@ milestones_stop(PG_FUNCTION_ARGS)
 	Datum		prev;
 	Datum		result;
 	StringInfoData detail;
+	LedgerPayout payout;
+	EngineWrite w;
 
 	if (idnull || order_id <= 0)
 		EngineCheckId(idnull, order_id, "order_id");
@@ -564,9 +656,11 @@ milestones_stop(PG_FUNCTION_ARGS)
 	EngineLockOrder(o, order_id, buyer_id, "buyer");
 	m = EngineOpenDelivery(o, "stop");
 	initStringInfo(&detail);
-	LedgerComplete(o, m, "stopped", MilestonesNow(), &detail);
-	result = EngineEventStatus(fcinfo, caller, o, m->position, "stopped", "buyer", false, buyer_id, NULL, m->state,
-				JsonClose(&detail), key);
+	LedgerCompletePrepare(o, m, &detail, &payout);
+	EngineWriteInit(&w, o, m->position, "stopped", "buyer", false, buyer_id, NULL,
+					ORDER_COMPLETED, MS_COMPLETED, JsonClose(&detail));
+	LedgerCompleteWrite(o, m, "stopped", MilestonesNow(), &w, &payout);
+	result = EngineStatus(fcinfo, caller, o, key);
 	EngineFinish();
 	PG_RETURN_DATUM(result);
 }
@@ -766,6 +860,8 @@ milestones_expire_overdue(PG_FUNCTION_ARGS)
 		EngineMilestone *m = NULL;
 		int			k;
 		StringInfoData detail;
+		LedgerPayout payout;
+		EngineWrite w;
 
 		/*
 		 * One SPI level per order: its results and memory are freed when the
@@ -785,10 +881,11 @@ milestones_expire_overdue(PG_FUNCTION_ARGS)
 			continue;
 		}
 		initStringInfo(&detail);
-		LedgerComplete(o, m, "expired", m->respond_by, &detail);
+		LedgerCompletePrepare(o, m, &detail, &payout);
 		JsonAddTimestamp(&detail, "respond_by", m->respond_by);
-		EngineEvent(o, m->position, "expired", "system", true, 0, NULL, m->state,
-					JsonClose(&detail));
+		EngineWriteInit(&w, o, m->position, "expired", "system", true, 0, NULL,
+						ORDER_COMPLETED, MS_COMPLETED, JsonClose(&detail));
+		LedgerCompleteWrite(o, m, "expired", m->respond_by, &w, &payout);
 		count++;
 		EngineFinish();
 	}

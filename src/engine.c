@@ -673,6 +673,70 @@ EventValues(Datum *values, char *nulls, EngineOrder *o, int position, const char
 }
 
 /*
+ * EngineWriteInit starts the parameters of a combined write statement
+ * with its event ($1-$10, as EventValues; order_state is the order's
+ * state after the action); every other parameter is NULL until set.
+ */
+void
+EngineWriteInit(EngineWrite *w, EngineOrder *o, int position, const char *event,
+				const char *actor_role, bool actor_null, int64 actor_id, const char *agent,
+				int order_state, int milestone_state, const char *detail)
+{
+	int			saved = o->state;
+
+	memset(w->values, 0, sizeof(w->values));
+	memset(w->nulls, 'n', sizeof(w->nulls));
+	o->state = order_state;
+	EventValues(w->values, w->nulls, o, position, event, actor_role, actor_null, actor_id,
+				agent, milestone_state, detail);
+	o->state = saved;
+}
+
+/* EngineWriteSet sets parameter $param of a combined write statement. */
+void
+EngineWriteSet(EngineWrite *w, int param, Datum value, bool isnull)
+{
+	Assert(param >= 1 && param <= ENGINE_WRITE_ARGS);
+	w->values[param - 1] = isnull ? (Datum) 0 : value;
+	w->nulls[param - 1] = isnull ? 'n' : ' ';
+}
+
+/*
+ * EngineWriteExec runs a combined write statement: a SELECT over
+ * data-modifying CTEs, which returns at least one row.
+ */
+void
+EngineWriteExec(EnginePlan *p, EngineWrite *w)
+{
+	EngineExec(p, w->values, w->nulls, SPI_OK_SELECT, 0);
+	if (SPI_processed == 0)
+		elog(ERROR, "milestones engine: write statement returned no row: %s", p->sql);
+}
+
+/*
+ * EngineResultInt reads an integer column (a count, a position) of the
+ * first row of the last statement; NULL reads as -1.
+ */
+int64
+EngineResultInt(int col)
+{
+	bool		isnull;
+	Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, col, &isnull);
+
+	if (isnull)
+		return -1;
+	switch (SPI_gettypeid(SPI_tuptable->tupdesc, col))
+	{
+		case INT2OID:
+			return DatumGetInt16(d);
+		case INT4OID:
+			return DatumGetInt32(d);
+		default:
+			return DatumGetInt64(d);
+	}
+}
+
+/*
  * EngineEvent appends the event of an action (1.0's _event, without the
  * NOTIFY: the events table's own trigger or relay sends notifications).
  */

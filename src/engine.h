@@ -14,10 +14,11 @@
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "lib/stringinfo.h"
+#include "utils/numeric.h"
 
 #include "milestones.h"
 
-#define ENGINE_MAX_ARGS 12
+#define ENGINE_MAX_ARGS 25
 #define ENGINE_MAX_MILESTONES 20
 
 /* One SQL statement of the engine, prepared once per backend and kept. */
@@ -71,7 +72,68 @@ typedef struct EngineOrder
 	int			current;		/* index of the in-progress or delivered one, or -1 */
 } EngineOrder;
 
+/*
+ * The parameters of an action's combined write statement: the event row
+ * ($1-$10), one ledger transaction ($11-$19) and the action's own values
+ * ($20-$25).  An action writes its rows, its ledger legs and its event in
+ * one statement of data-modifying CTEs (one executor start), built from
+ * the fragments below.
+ */
+#define ENGINE_WRITE_ARGS 25
+#define ENGINE_WRITE_ARGTYPES \
+	{INT8OID, INT2OID, TEXTOID, TEXTOID, INT8OID, TEXTOID, TEXTOID, TEXTOID, JSONBOID, \
+	TIMESTAMPTZOID, INT2OID, TEXTOID, TEXTOID, TEXTOID, NUMERICOID, TEXTOID, NUMERICOID, \
+	TEXTOID, NUMERICOID, INT2OID, INT2OID, TEXTOID, TIMESTAMPTZOID, BOOLOID, TEXTOID}
+#define WP_ORDER 1				/* order_id */
+#define WP_NOW 10				/* the action's time (the event's created_at) */
+#define WP_POS_A 20				/* a milestone position */
+#define WP_POS_B 21				/* another milestone position */
+#define WP_TEXT 22				/* a text (note, reason) */
+#define WP_AT 23				/* a time */
+#define WP_BOOL 24				/* a flag */
+#define WP_TEXT2 25				/* another text */
+
+#define EVENT_COLUMNS \
+	"milestones.events (order_id, position, event, actor_role, actor_id, agent," \
+	" order_state, milestone_state, detail, created_at)"
+/* e: the event row, $1-$10 */
+#define WRITE_EVENT_CTE \
+	"e AS (INSERT INTO " EVENT_COLUMNS \
+	" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING 1)"
+/* t, l: one balanced ledger transaction of up to three legs, $11-$19 */
+#define WRITE_POST_CTE \
+	"t AS (SELECT pg_catalog.nextval('milestones.ledger_txn_id_seq'::pg_catalog.regclass) AS txn)," \
+	" l AS (INSERT INTO milestones.ledger_entries (txn_id, order_id, position, kind, account, amount," \
+	" currency, created_at)" \
+	" SELECT t.txn, $1, $11, $12, a.account, a.amount, $13, $10" \
+	" FROM t, (VALUES (1, $14, $15), (2, $16, $17), (3, $18, $19)) AS a(n, account, amount)" \
+	" WHERE a.amount OPERATOR(pg_catalog.<>) 0" \
+	" RETURNING txn_id, account, amount)"
+
+typedef struct EngineWrite
+{
+	Datum		values[ENGINE_WRITE_ARGS];
+	char		nulls[ENGINE_WRITE_ARGS];
+} EngineWrite;
+
+/* The end of an order as LedgerCompletePrepare computed it, before it is written. */
+typedef struct LedgerPayout
+{
+	int			skipped;		/* pending milestones to skip */
+	Numeric		gross;
+	Numeric		fee;
+	Numeric		net;
+} LedgerPayout;
+
 /* engine.c */
+extern void EngineWriteInit(EngineWrite *w, EngineOrder *o, int position, const char *event,
+							const char *actor_role, bool actor_null, int64 actor_id,
+							const char *agent, int order_state, int milestone_state,
+							const char *detail);
+extern void EngineWriteSet(EngineWrite *w, int param, Datum value, bool isnull);
+extern void EngineWriteExec(EnginePlan *p, EngineWrite *w);
+extern int64 EngineResultInt(int col);
+
 extern void EngineExec(EnginePlan *p, Datum *values, const char *nulls,
 					   int expect, long tcount);
 extern void EngineConnect(void);
@@ -118,13 +180,17 @@ extern void EngineSetMilestone(EngineOrder *o, EngineMilestone *m, int to);
 extern void EngineSetOrder(EngineOrder *o, int to, bool updated);
 
 /* ledger.c */
+extern void LedgerWriteLegs(EngineWrite *w, EngineOrder *o, int position, const char *kind,
+							const char *const *accounts, Datum *amounts, int nlegs);
+extern int64 LedgerDeclare(EngineOrder *o, int position, const char *kind);
+extern void LedgerCompletePrepare(EngineOrder *o, EngineMilestone *m, StringInfo detail,
+								  LedgerPayout *p);
+extern void LedgerCompleteWrite(EngineOrder *o, EngineMilestone *m, const char *reason,
+								TimestampTz at, EngineWrite *w, LedgerPayout *p);
 extern int64 LedgerPost(EngineOrder *o, int position, const char *kind,
 						const char *const *accounts, Datum *amounts, int nlegs);
-extern void LedgerComplete(EngineOrder *o, EngineMilestone *m, const char *reason,
-						   TimestampTz at, StringInfo detail);
 extern void LedgerSettle(EngineOrder *o, StringInfo detail);
 extern int	LedgerSkipPending(EngineOrder *o);
-extern Datum LedgerAdvance(EngineOrder *o, EngineMilestone *m, EngineMilestone *next);
 extern Datum LedgerStart(EngineOrder *o, EngineMilestone *m);
 
 #endif							/* MILESTONES_ENGINE_H */

@@ -43,9 +43,6 @@ LedgerPost(EngineOrder *o, int position, const char *kind,
 	Datum		values[11];
 	char		nulls[11];
 	int			i;
-	uint64		r;
-	int64		txn = 0;
-	int64		sum = 0;
 
 	Assert(nlegs >= 1 && nlegs <= 3);
 	memset(nulls, ' ', sizeof(nulls));
@@ -70,6 +67,43 @@ LedgerPost(EngineOrder *o, int position, const char *kind,
 		}
 	}
 	EngineExec(&post_plan, values, nulls, SPI_OK_INSERT_RETURNING, 0);
+	return LedgerDeclare(o, position, kind);
+}
+
+/*
+ * LedgerWriteLegs sets the ledger transaction of a combined write
+ * statement ($11-$19 of WRITE_POST_CTE), as LedgerPost takes it.
+ */
+void
+LedgerWriteLegs(EngineWrite *w, EngineOrder *o, int position, const char *kind,
+				const char *const *accounts, Datum *amounts, int nlegs)
+{
+	int			i;
+
+	Assert(nlegs >= 1 && nlegs <= 3);
+	EngineWriteSet(w, 11, Int16GetDatum((int16) position), position < 0);
+	EngineWriteSet(w, 12, CStringGetTextDatum(kind), false);
+	EngineWriteSet(w, 13, CStringGetTextDatum(o->currency), false);
+	for (i = 0; i < 3; i++)
+	{
+		EngineWriteSet(w, 14 + 2 * i, i < nlegs ? CStringGetTextDatum(accounts[i]) : (Datum) 0, i >= nlegs);
+		EngineWriteSet(w, 15 + 2 * i, i < nlegs ? amounts[i] : (Datum) 0, i >= nlegs);
+	}
+}
+
+/*
+ * LedgerDeclare declares to the commit check the ledger legs the last
+ * statement wrote: its rows' columns 1-3 are txn_id, account and amount
+ * (rows with a NULL txn_id are not legs), and checks that they balance.
+ * Returns the transaction id, or 0 when no leg was written.
+ */
+int64
+LedgerDeclare(EngineOrder *o, int position, const char *kind)
+{
+	uint64		r;
+	int64		txn = 0;
+	int64		sum = 0;
+
 	for (r = 0; r < SPI_processed; r++)
 	{
 		HeapTuple	tup = SPI_tuptable->vals[r];
@@ -77,14 +111,17 @@ LedgerPost(EngineOrder *o, int position, const char *kind,
 		bool		isnull;
 		bool		exact;
 		WriteFact	f;
+		Datum		id = SPI_getbinval(tup, desc, 1, &isnull);
 
+		if (isnull)
+			continue;
 		memset(&f, 0, sizeof(f));
 		f.table = FACT_LEDGER;
 		f.insert = 1;
 		f.from = f.to = -1;
 		f.position = position < 0 ? -1 : position;
 		f.kind = LedgerCode(LedgerKinds, kind);
-		f.txn = txn = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+		f.txn = txn = DatumGetInt64(id);
 		f.account = LedgerCode(LedgerAccounts, SPI_getvalue(tup, desc, 2));
 		f.cents = NumericToCents(SPI_getbinval(tup, desc, 3, &isnull), &exact);
 		if (!exact)
@@ -186,144 +223,100 @@ LedgerSettle(EngineOrder *o, StringInfo detail)
 }
 
 static EnginePlan complete_plan = {
-	"WITH o AS (UPDATE milestones.orders SET state = 'completed', end_reason = $3, completed_at = $4"
-	" WHERE order_id OPERATOR(pg_catalog.=) $1 RETURNING 1)"
-	" UPDATE milestones.order_milestones"
-	" SET state = CASE WHEN position OPERATOR(pg_catalog.=) $2 THEN 'completed' ELSE 'skipped' END,"
-	" completed_at = CASE WHEN position OPERATOR(pg_catalog.=) $2 THEN $4 ELSE completed_at END"
+	"WITH " WRITE_EVENT_CTE ","
+	" o AS (UPDATE milestones.orders SET state = 'completed', end_reason = $22, completed_at = $23"
+	" WHERE order_id OPERATOR(pg_catalog.=) $1 RETURNING 1),"
+	" s AS (UPDATE milestones.order_milestones"
+	" SET state = CASE WHEN position OPERATOR(pg_catalog.=) $20 THEN 'completed' ELSE 'skipped' END,"
+	" completed_at = CASE WHEN position OPERATOR(pg_catalog.=) $20 THEN $23 ELSE completed_at END"
 	" WHERE order_id OPERATOR(pg_catalog.=) $1"
-	" AND (position OPERATOR(pg_catalog.=) $2 OR state OPERATOR(pg_catalog.=) 'pending')"
-	" RETURNING position, (SELECT pg_catalog.count(*) FROM o)",
-	4, {INT8OID, INT2OID, TEXTOID, TIMESTAMPTZOID}
+	" AND (position OPERATOR(pg_catalog.=) $20 OR state OPERATOR(pg_catalog.=) 'pending')"
+	" RETURNING position), "
+	WRITE_POST_CTE
+	" SELECT l.txn_id, l.account, l.amount, x.e, x.o, x.done, x.skipped"
+	" FROM (SELECT (SELECT pg_catalog.count(*) FROM e) AS e, (SELECT pg_catalog.count(*) FROM o) AS o,"
+	" (SELECT pg_catalog.count(*) FROM s WHERE s.position OPERATOR(pg_catalog.=) $20) AS done,"
+	" (SELECT pg_catalog.count(*) FROM s WHERE s.position OPERATOR(pg_catalog.<>) $20) AS skipped) x"
+	" LEFT JOIN l ON true",
+	ENGINE_WRITE_ARGS, ENGINE_WRITE_ARGTYPES
 };
 
 /*
- * LedgerComplete ends an active order whose current milestone is
- * delivered (1.0's _complete): that milestone completes, later ones are
- * skipped, the order completes (one statement for the three), and the
- * seller is paid.  accept (of the last milestone), stop and the expiry
- * sweep all end here.  Appends {"skipped", "payout"} members to detail
- * (left open for the caller's further members).
+ * LedgerCompletePrepare computes the end of an active order whose current
+ * milestone m is delivered (1.0's _complete), before anything is written:
+ * m completes, the pending milestones are skipped, and the seller is paid
+ * what the completed milestones (m among them) earned (R7, 1.0's _settle).
+ * Appends the event's {"skipped", "payout"} members to detail (left open
+ * for the caller's further members).  accept (of the last milestone), stop
+ * and the expiry sweep all end here, then write with LedgerCompleteWrite.
  */
 void
-LedgerComplete(EngineOrder *o, EngineMilestone *m, const char *reason,
-			   TimestampTz at, StringInfo detail)
+LedgerCompletePrepare(EngineOrder *o, EngineMilestone *m, StringInfo detail, LedgerPayout *p)
 {
-	Datum		values[4];
-	int			skipped = 0;
-	int			expected = 0;
-	int			i;
-	uint64		r;
-	bool		done = false;
+	Numeric		raw = DatumGetNumeric(m->amount);
 	StringInfoData payout;
+	int			i;
 
+	p->skipped = 0;
 	for (i = 0; i < o->nmilestones; i++)
-		if (o->ms[i].state == MS_PENDING)
-			expected++;
-	values[0] = Int64GetDatum(o->order_id);
-	values[1] = Int16GetDatum((int16) m->position);
-	values[2] = CStringGetTextDatum(reason);
-	values[3] = TimestampTzGetDatum(at);
-	EngineExec(&complete_plan, values, NULL, SPI_OK_UPDATE_RETURNING, 0);
-	if ((int) SPI_processed != expected + 1)
-		elog(ERROR, "milestones engine: order " INT64_FORMAT " completed %d milestones, expected %d",
-			 o->order_id, (int) SPI_processed, expected + 1);
-	for (r = 0; r < SPI_processed; r++)
 	{
-		bool		isnull;
-		int			pos = DatumGetInt16(SPI_getbinval(SPI_tuptable->vals[r],
-													  SPI_tuptable->tupdesc, 1, &isnull));
-
-		if (DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 2, &isnull)) != 1)
-			elog(ERROR, "milestones engine: order " INT64_FORMAT " not completed", o->order_id);
-		if (pos == m->position)
-		{
-			EngineSetMilestone(o, m, MS_COMPLETED);
-			done = true;
-			continue;
-		}
-		for (i = 0; i < o->nmilestones; i++)
-			if (o->ms[i].position == pos && o->ms[i].state == MS_PENDING)
-			{
-				EngineSetMilestone(o, &o->ms[i], MS_SKIPPED);
-				skipped++;
-				break;
-			}
-		if (i == o->nmilestones)
-			elog(ERROR, "milestones engine: skipped an unexpected milestone %d of order " INT64_FORMAT,
-				 pos, o->order_id);
+		if (o->ms[i].state == MS_PENDING)
+			p->skipped++;
+		if (o->ms[i].state == MS_COMPLETED)
+			raw = DatumGetNumeric(DirectFunctionCall2(numeric_add, NumericGetDatum(raw),
+													  o->ms[i].amount));
 	}
-	if (!done || skipped != expected)
-		elog(ERROR, "milestones engine: order " INT64_FORMAT " not completed as read", o->order_id);
-	EngineSetOrder(o, ORDER_COMPLETED, true);
-	EngineSetEnded(o, reason, NULL, at);
-	JsonAddInt(detail, "skipped", false, skipped);
+	PayoutAmounts(raw, DatumGetNumeric(o->fee_rate), &p->gross, &p->fee, &p->net);
+	JsonAddInt(detail, "skipped", false, p->skipped);
 	initStringInfo(&payout);
-	LedgerSettle(o, &payout);
+	JsonAddNumeric(&payout, "gross", NumericGetDatum(p->gross));
+	JsonAddNumeric(&payout, "fee", NumericGetDatum(p->fee));
+	JsonAddNumeric(&payout, "net", NumericGetDatum(p->net));
+	appendStringInfoChar(&payout, '}');
 	JsonAddKey(detail, "payout");
 	appendStringInfoString(detail, payout.data);
 }
 
-static EnginePlan advance_plan = {
-	"UPDATE milestones.order_milestones"
-	" SET state = CASE WHEN position OPERATOR(pg_catalog.=) $2 THEN 'completed' ELSE 'in_progress' END,"
-	" completed_at = CASE WHEN position OPERATOR(pg_catalog.=) $2 THEN $4 ELSE completed_at END,"
-	" started_at = CASE WHEN position OPERATOR(pg_catalog.=) $2 THEN started_at ELSE $4 END,"
-	" due_at = CASE WHEN position OPERATOR(pg_catalog.=) $2 THEN due_at"
-	" ELSE pg_catalog.timezone('UTC', pg_catalog.timezone('UTC', $4)"
-	" OPERATOR(pg_catalog.+) pg_catalog.make_interval(days => days)) END"
-	" WHERE order_id OPERATOR(pg_catalog.=) $1"
-	" AND (position OPERATOR(pg_catalog.=) $2 OR position OPERATOR(pg_catalog.=) $3)"
-	" RETURNING position, amount, due_at",
-	4, {INT8OID, INT2OID, INT2OID, TIMESTAMPTZOID}
-};
-
 /*
- * LedgerAdvance completes the delivered milestone m and starts the next
- * one (one statement for both: due_at in UTC as in LedgerStart), then
- * charges the buyer for it (R4).  Returns the amount charged.
+ * LedgerCompleteWrite writes what LedgerCompletePrepare computed, with the
+ * event the caller set in w, in one statement: the order completes for
+ * reason at the time at, m completes, the pending milestones are skipped,
+ * and the payout is posted (nothing for a zero gross).  Then declares the
+ * writes to the commit check.
  */
-Datum
-LedgerAdvance(EngineOrder *o, EngineMilestone *m, EngineMilestone *next)
+void
+LedgerCompleteWrite(EngineOrder *o, EngineMilestone *m, const char *reason, TimestampTz at,
+					EngineWrite *w, LedgerPayout *p)
 {
-	static const char *const accounts[] = {"buyer", "escrow"};
-	Datum		values[4];
-	Datum		amounts[2];
-	Datum		amount = (Datum) 0;
-	bool		started = false;
-	bool		completed = false;
-	uint64		r;
+	int			i;
 
-	values[0] = Int64GetDatum(o->order_id);
-	values[1] = Int16GetDatum((int16) m->position);
-	values[2] = Int16GetDatum((int16) next->position);
-	values[3] = TimestampTzGetDatum(MilestonesNow());
-	EngineExec(&advance_plan, values, NULL, SPI_OK_UPDATE_RETURNING, 0);
-	for (r = 0; r < SPI_processed; r++)
+	EngineWriteSet(w, WP_POS_A, Int16GetDatum((int16) m->position), false);
+	EngineWriteSet(w, WP_TEXT, CStringGetTextDatum(reason), false);
+	EngineWriteSet(w, WP_AT, TimestampTzGetDatum(at), false);
+	if (DatumGetInt32(DirectFunctionCall2(numeric_cmp, NumericGetDatum(p->gross),
+										  NumericGetDatum(int64_to_numeric(0)))) > 0)
 	{
-		bool		isnull;
-		int			pos = DatumGetInt16(SPI_getbinval(SPI_tuptable->vals[r],
-													  SPI_tuptable->tupdesc, 1, &isnull));
+		static const char *const accounts[] = {"escrow", "seller", "platform"};
+		Datum		amounts[3];
 
-		if (pos == m->position && !completed)
-			completed = true;
-		else if (pos == next->position && !started)
-		{
-			started = true;
-			amount = SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 2, &isnull);
-			next->due_at = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc,
-															 3, &next->due_at_null));
-		}
+		amounts[0] = DirectFunctionCall1(numeric_uminus, NumericGetDatum(p->gross));
+		amounts[1] = NumericGetDatum(p->net);
+		amounts[2] = NumericGetDatum(p->fee);
+		LedgerWriteLegs(w, o, -1, "payout", accounts, amounts, 3);
 	}
-	if (SPI_processed != 2 || !completed || !started)
-		elog(ERROR, "milestones engine: order " INT64_FORMAT " did not move from milestone %d to %d",
-			 o->order_id, m->position, next->position);
+	EngineWriteExec(&complete_plan, w);
+	if (EngineResultInt(4) != 1)
+		elog(ERROR, "milestones engine: event of order " INT64_FORMAT " not written", o->order_id);
+	if (EngineResultInt(5) != 1 || EngineResultInt(6) != 1 || EngineResultInt(7) != p->skipped)
+		elog(ERROR, "milestones engine: order " INT64_FORMAT " completed %d milestones, expected %d",
+			 o->order_id, (int) (EngineResultInt(6) + EngineResultInt(7)), p->skipped + 1);
 	EngineSetMilestone(o, m, MS_COMPLETED);
-	EngineSetMilestone(o, next, MS_IN_PROGRESS);
-	amounts[0] = DirectFunctionCall1(numeric_uminus, amount);
-	amounts[1] = amount;
-	LedgerPost(o, next->position, "charge", accounts, amounts, 2);
-	return amount;
+	for (i = 0; i < o->nmilestones; i++)
+		if (o->ms[i].state == MS_PENDING)
+			EngineSetMilestone(o, &o->ms[i], MS_SKIPPED);
+	EngineSetOrder(o, ORDER_COMPLETED, true);
+	EngineSetEnded(o, reason, NULL, at);
+	LedgerDeclare(o, -1, "payout");
 }
 
 static EnginePlan start_plan = {

@@ -474,16 +474,28 @@ milestones_accept(PG_FUNCTION_ARGS)
 	StringInfoData detail;
 	EngineWrite w;
 
-	/* m completes, next starts and is charged, the event: one statement. */
+	/*
+	 * m ($20) completes, next ($21) starts (due_at in UTC, as START_CTE)
+	 * and is charged, the event: one statement, with one UPDATE for both
+	 * milestones (each UPDATE of a table prepares its constraints anew).
+	 */
 	static EnginePlan advance_plan = {
 		"WITH " WRITE_EVENT_CTE ","
-		" c AS (UPDATE milestones.order_milestones SET state = 'completed', completed_at = $10"
-		" WHERE order_id OPERATOR(pg_catalog.=) $1 AND position OPERATOR(pg_catalog.=) $20"
-		" RETURNING 1),"
-		START_CTE ", " WRITE_POST_CTE
+		" s AS (UPDATE milestones.order_milestones"
+		" SET state = CASE WHEN position OPERATOR(pg_catalog.=) $20 THEN 'completed' ELSE 'in_progress' END,"
+		" completed_at = CASE WHEN position OPERATOR(pg_catalog.=) $20 THEN $10 ELSE completed_at END,"
+		" started_at = CASE WHEN position OPERATOR(pg_catalog.=) $20 THEN started_at ELSE $10 END,"
+		" due_at = CASE WHEN position OPERATOR(pg_catalog.=) $20 THEN due_at"
+		" ELSE pg_catalog.timezone('UTC', pg_catalog.timezone('UTC', $10)"
+		" OPERATOR(pg_catalog.+) pg_catalog.make_interval(days => days)) END"
+		" WHERE order_id OPERATOR(pg_catalog.=) $1"
+		" AND (position OPERATOR(pg_catalog.=) $20 OR position OPERATOR(pg_catalog.=) $21)"
+		" RETURNING position, due_at), "
+		WRITE_POST_CTE
 		" SELECT l.txn_id, l.account, l.amount, (SELECT pg_catalog.count(*) FROM e),"
-		" (SELECT pg_catalog.count(*) FROM c), (SELECT pg_catalog.count(*) FROM s),"
-		" (SELECT s.due_at FROM s) FROM l",
+		" (SELECT pg_catalog.count(*) FROM s WHERE s.position OPERATOR(pg_catalog.=) $20),"
+		" (SELECT pg_catalog.count(*) FROM s WHERE s.position OPERATOR(pg_catalog.=) $21),"
+		" (SELECT s.due_at FROM s WHERE s.position OPERATOR(pg_catalog.=) $21) FROM l",
 		ENGINE_WRITE_ARGS, ENGINE_WRITE_ARGTYPES
 	};
 
@@ -563,17 +575,19 @@ milestones_request_revision(PG_FUNCTION_ARGS)
 	EngineMilestone *m;
 	Datum		prev;
 	Datum		result;
-	Datum		values[2];
 	StringInfoData detail;
-	static EnginePlan use_plan = {
-		"UPDATE milestones.orders SET revisions_used = revisions_used OPERATOR(pg_catalog.+) 1"
-		" WHERE order_id OPERATOR(pg_catalog.=) $1",
-		1, {INT8OID}
-	};
-	static EnginePlan reopen_plan = {
-		"UPDATE milestones.order_milestones SET state = 'in_progress', respond_by = NULL"
-		" WHERE order_id OPERATOR(pg_catalog.=) $1 AND position OPERATOR(pg_catalog.=) $2",
-		2, {INT8OID, INT2OID}
+	EngineWrite w;
+
+	/* A revision used, the milestone back in progress, the event: one statement. */
+	static EnginePlan revise_plan = {
+		"WITH " WRITE_EVENT_CTE ","
+		" o AS (UPDATE milestones.orders SET revisions_used = revisions_used OPERATOR(pg_catalog.+) 1"
+		" WHERE order_id OPERATOR(pg_catalog.=) $1 RETURNING 1),"
+		" s AS (UPDATE milestones.order_milestones SET state = 'in_progress', respond_by = NULL"
+		" WHERE order_id OPERATOR(pg_catalog.=) $1 AND position OPERATOR(pg_catalog.=) $20 RETURNING 1)"
+		" SELECT (SELECT pg_catalog.count(*) FROM e), (SELECT pg_catalog.count(*) FROM o),"
+		" (SELECT pg_catalog.count(*) FROM s)",
+		ENGINE_WRITE_ARGS, ENGINE_WRITE_ARGTYPES
 	};
 
 	if (idnull || order_id <= 0)
@@ -598,24 +612,25 @@ milestones_request_revision(PG_FUNCTION_ARGS)
 				 errdetail("The order allows %d revisions and has used %d.",
 						   o->revisions_allowed, o->revisions_used),
 				 errhint("Accept or stop the delivery instead.")));
-	values[0] = Int64GetDatum(order_id);
-	EngineExec(&use_plan, values, NULL, SPI_OK_UPDATE, 0);
-	if (SPI_processed != 1)
+	initStringInfo(&detail);
+	JsonAddInt(&detail, "revisions_used", false, (int64) o->revisions_used + 1);
+	JsonAddText(&detail, "note", NoteLeft(note));
+	EngineWriteInit(&w, o, m->position, "revision_requested", "buyer", false, buyer_id, NULL,
+					o->state, MS_IN_PROGRESS, JsonClose(&detail));
+	EngineWriteSet(&w, WP_POS_A, Int16GetDatum((int16) m->position), false);
+	EngineWriteExec(&revise_plan, &w);
+	if (EngineResultInt(1) != 1)
+		elog(ERROR, "milestones engine: event of order " INT64_FORMAT " not written", order_id);
+	if (EngineResultInt(2) != 1)
 		elog(ERROR, "milestones engine: order " INT64_FORMAT " not updated", order_id);
-	EngineSetOrder(o, ORDER_ACTIVE, true);
-	values[1] = Int16GetDatum((int16) m->position);
-	EngineExec(&reopen_plan, values, NULL, SPI_OK_UPDATE, 0);
-	if (SPI_processed != 1)
+	if (EngineResultInt(3) != 1)
 		elog(ERROR, "milestones engine: milestone %d of order " INT64_FORMAT " not reopened",
 			 m->position, order_id);
+	EngineSetOrder(o, ORDER_ACTIVE, true);
 	EngineSetMilestone(o, m, MS_IN_PROGRESS);
 	m->respond_by_null = true;
 	o->revisions_used++;
-	initStringInfo(&detail);
-	JsonAddInt(&detail, "revisions_used", false, (int64) o->revisions_used);
-	JsonAddText(&detail, "note", NoteLeft(note));
-	result = EngineEventStatus(fcinfo, caller, o, m->position, "revision_requested", "buyer", false, buyer_id, NULL, m->state,
-				JsonClose(&detail), key);
+	result = EngineStatus(fcinfo, caller, o, key);
 	EngineFinish();
 	PG_RETURN_DATUM(result);
 }
@@ -1005,7 +1020,6 @@ milestones_create_offer(PG_FUNCTION_ARGS)
 	StringInfoData args;
 	StringInfoData detail;
 	Datum		values[6];
-	char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
 	bool		isnull;
 	Datum		min_total;
 	int32		max_milestones;
@@ -1017,32 +1031,40 @@ milestones_create_offer(PG_FUNCTION_ARGS)
 	Datum		days_list[ENGINE_MAX_MILESTONES];
 	Datum		amounts[ENGINE_MAX_MILESTONES];
 	int64		order_id;
-	EngineOrder *o = palloc0(sizeof(EngineOrder));
 	WriteFact	f;
+	bool		seller_eligible;
+	bool		category_eligible;
+
+	/* The settings and the seller's and category's eligibility, read at once. */
 	static EnginePlan settings_plan = {
-		"SELECT s.min_order_total, s.max_milestones, s.seller_fee_rate FROM milestones.settings s",
-		0, {InvalidOid}
-	};
-	static EnginePlan eligible_plan = {
-		"SELECT EXISTS (SELECT FROM milestones.eligible_sellers es"
+		"SELECT s.min_order_total, s.max_milestones, s.seller_fee_rate,"
+		" EXISTS (SELECT FROM milestones.eligible_sellers es"
 		" WHERE es.seller_id OPERATOR(pg_catalog.=) $1 AND es.eligible),"
 		" EXISTS (SELECT FROM milestones.eligible_categories ec"
-		" WHERE ec.category OPERATOR(pg_catalog.=) $2 AND ec.eligible)",
+		" WHERE ec.category OPERATOR(pg_catalog.=) $2 AND ec.eligible)"
+		" FROM milestones.settings s",
 		2, {INT8OID, TEXTOID}
 	};
-	static EnginePlan order_plan = {
-		"INSERT INTO milestones.orders (seller_id, buyer_id, category, currency,"
+
+	/*
+	 * The order, its milestones (the order_id from the column default) and
+	 * the event, in one statement; one row per milestone written.
+	 */
+	static EnginePlan offer_plan = {
+		"WITH o AS (INSERT INTO milestones.orders (seller_id, buyer_id, category, currency,"
 		" revisions_allowed, fee_rate, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)"
-		" RETURNING order_id",
-		7, {INT8OID, INT8OID, TEXTOID, TEXTOID, INT4OID, NUMERICOID, TIMESTAMPTZOID}
-	};
-	static EnginePlan milestones_plan = {
-		"INSERT INTO milestones.order_milestones (order_id, position, name, days, amount, final)"
-		" SELECT $1, x.ord, x.name, x.days, x.amount, x.ord OPERATOR(pg_catalog.=) $5"
-		" FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4))"
+		" RETURNING order_id),"
+		" m AS (INSERT INTO milestones.order_milestones (order_id, position, name, days, amount, final)"
+		" SELECT o.order_id, x.ord, x.name, x.days, x.amount, x.ord OPERATOR(pg_catalog.=) $11"
+		" FROM o, ROWS FROM (pg_catalog.unnest($8), pg_catalog.unnest($9), pg_catalog.unnest($10))"
 		" WITH ORDINALITY AS x(name, days, amount, ord)"
-		" RETURNING position",
-		5, {INT8OID, TEXTARRAYOID, INT2ARRAYOID, NUMERICARRAYOID, INT4OID}
+		" RETURNING position),"
+		" e AS (INSERT INTO " EVENT_COLUMNS
+		" SELECT o.order_id, NULL, 'offered', 'seller', $1, NULL, 'offered', NULL, $12, $7 FROM o"
+		" RETURNING 1)"
+		" SELECT o.order_id, m.position, (SELECT pg_catalog.count(*) FROM e) FROM o, m",
+		12, {INT8OID, INT8OID, TEXTOID, TEXTOID, INT4OID, NUMERICOID, TIMESTAMPTZOID,
+		TEXTARRAYOID, INT2ARRAYOID, NUMERICARRAYOID, INT4OID, JSONBOID}
 	};
 
 	if (sellernull || seller_id <= 0)
@@ -1097,12 +1119,16 @@ milestones_create_offer(PG_FUNCTION_ARGS)
 		PG_RETURN_INT64(order_id);
 	}
 
-	EngineExec(&settings_plan, NULL, NULL, SPI_OK_SELECT, 0);
+	values[0] = Int64GetDatum(seller_id);
+	values[1] = PointerGetDatum(category);
+	EngineExec(&settings_plan, values, NULL, SPI_OK_SELECT, 0);
 	if (SPI_processed != 1)
 		elog(ERROR, "milestones engine: settings must have one row");
 	min_total = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 	max_milestones = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
 	fee_rate = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull);
+	seller_eligible = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4, &isnull));
+	category_eligible = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 5, &isnull));
 
 	if (JB_ROOT_IS_SCALAR(milestones) || !JB_ROOT_IS_ARRAY(milestones))
 	{
@@ -1258,25 +1284,26 @@ milestones_create_offer(PG_FUNCTION_ARGS)
 				 errdetail("The milestones total %s %s.", EngineNumericOut(total), currency_s),
 				 errhint("Milestones are for larger orders; send a regular offer instead.")));
 
-	values[0] = Int64GetDatum(seller_id);
-	values[1] = PointerGetDatum(category);
-	EngineExec(&eligible_plan, values, NULL, SPI_OK_SELECT, 0);
-	if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)))
+	if (!seller_eligible)
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 errmsg("seller " INT64_FORMAT " cannot offer milestone orders", seller_id),
 				 errdetail("Seller " INT64_FORMAT " is not eligible for milestones.", seller_id),
 				 errhint("Support enables sellers with milestones.set_seller_eligibility().")));
-	if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull)))
+	if (!category_eligible)
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 errmsg("category %s does not offer milestone orders", quote_literal_cstr(category_s)),
 				 errdetail("Category %s is not eligible for milestones.", quote_literal_cstr(category_s)),
 				 errhint("Support enables categories with milestones.set_category_eligibility().")));
 
+	initStringInfo(&detail);
+	JsonAddInt(&detail, "milestones", false, n);
+	JsonAddNumeric(&detail, "total", total);
+	JsonAddInt(&detail, "revisions", revisionsnull, revisions);
 	{
-		Datum		ovalues[7];
-		char		onulls[7] = {' ', ' ', ' ', ' ', ' ', ' ', ' '};
+		Datum		ovalues[12];
+		char		onulls[12] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
 
 		ovalues[0] = Int64GetDatum(seller_id);
 		ovalues[1] = Int64GetDatum(buyer_id);
@@ -1287,37 +1314,30 @@ milestones_create_offer(PG_FUNCTION_ARGS)
 			onulls[4] = 'n';
 		ovalues[5] = fee_rate;
 		ovalues[6] = TimestampTzGetDatum(MilestonesNow());
-		EngineExec(&order_plan, ovalues, onulls, SPI_OK_INSERT_RETURNING, 0);
-		if (SPI_processed != 1)
-			elog(ERROR, "milestones engine: offer not written");
-		order_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+		ovalues[7] = PointerGetDatum(construct_array(names, n, TEXTOID, -1, false, TYPALIGN_INT));
+		ovalues[8] = PointerGetDatum(construct_array(days_list, n, INT2OID, 2, true, TYPALIGN_SHORT));
+		ovalues[9] = PointerGetDatum(construct_array(amounts, n, NUMERICOID, -1, false, TYPALIGN_INT));
+		ovalues[10] = Int32GetDatum(n);
+		ovalues[11] = EngineJsonb(JsonClose(&detail));
+		EngineExec(&offer_plan, ovalues, onulls, SPI_OK_SELECT, 0);
 	}
-	f = StateFact(FACT_ORDER, true, -1, ORDER_OFFERED, -1);
-	CheckDeclare(order_id, &f);
-
-	values[0] = Int64GetDatum(order_id);
-	values[1] = PointerGetDatum(construct_array(names, n, TEXTOID, -1, false, TYPALIGN_INT));
-	values[2] = PointerGetDatum(construct_array(days_list, n, INT2OID, 2, true, TYPALIGN_SHORT));
-	values[3] = PointerGetDatum(construct_array(amounts, n, NUMERICOID, -1, false, TYPALIGN_INT));
-	values[4] = Int32GetDatum(n);
-	EngineExec(&milestones_plan, values, nulls, SPI_OK_INSERT_RETURNING, 0);
 	if ((int) SPI_processed != n)
 		elog(ERROR, "milestones engine: %d of %d milestones written", (int) SPI_processed, n);
+	order_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	if (EngineResultInt(3) != 1)
+		elog(ERROR, "milestones engine: event of order " INT64_FORMAT " not written", order_id);
+	f = StateFact(FACT_ORDER, true, -1, ORDER_OFFERED, -1);
+	CheckDeclare(order_id, &f);
 	for (i = 0; i < n; i++)
 	{
-		int			pos = DatumGetInt16(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
+		int			pos = DatumGetInt16(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull));
 
+		if (DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull)) != order_id)
+			elog(ERROR, "milestones engine: offer written as two orders");
 		f = StateFact(FACT_MILESTONE, true, -1, MS_PENDING, pos);
 		CheckDeclare(order_id, &f);
 	}
 
-	o->order_id = order_id;
-	o->state = ORDER_OFFERED;
-	initStringInfo(&detail);
-	JsonAddInt(&detail, "milestones", false, n);
-	JsonAddNumeric(&detail, "total", total);
-	JsonAddInt(&detail, "revisions", revisionsnull, revisions);
-	EngineEvent(o, -1, "offered", "seller", false, seller_id, NULL, -1, JsonClose(&detail));
 	if (key != NULL)
 	{
 		char		buf[32];

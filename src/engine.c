@@ -32,13 +32,21 @@
 
 #include "engine.h"
 
-/* EnginePlanGet prepares a statement on first use and keeps the plan. */
+/*
+ * EnginePlanGet prepares a statement on first use and keeps the plan.
+ * The plan is generic from the first call: every statement finds its rows
+ * by key, so a plan for particular values is never better, and the plan
+ * cache's custom plans would re-plan each call's statements first five
+ * times in every backend, or for good where it judges the generic plan
+ * dearer.
+ */
 static SPIPlanPtr
 EnginePlanGet(EnginePlan *p)
 {
 	if (p->plan == NULL)
 	{
-		SPIPlanPtr	plan = SPI_prepare(p->sql, p->nargs, p->argtypes);
+		SPIPlanPtr	plan = SPI_prepare_cursor(p->sql, p->nargs, p->argtypes,
+											  CURSOR_OPT_GENERIC_PLAN);
 
 		if (plan == NULL)
 			elog(ERROR, "milestones engine: SPI_prepare failed: %s",

@@ -281,9 +281,7 @@ milestones_place_order(PG_FUNCTION_ARGS)
 		" o AS (UPDATE milestones.orders SET state = 'active', placed_at = $10"
 		" WHERE order_id OPERATOR(pg_catalog.=) $1 RETURNING 1),"
 		START_CTE ", " WRITE_POST_CTE
-		" SELECT l.txn_id, l.account, l.amount, (SELECT pg_catalog.count(*) FROM e),"
-		" (SELECT pg_catalog.count(*) FROM o), (SELECT pg_catalog.count(*) FROM s),"
-		" (SELECT s.due_at FROM s) FROM l",
+		" SELECT l.txn_id, l.account, l.amount, s.due_at FROM e, o, s, l",
 		ENGINE_WRITE_ARGS, ENGINE_WRITE_ARGTYPES
 	};
 
@@ -317,17 +315,12 @@ milestones_place_order(PG_FUNCTION_ARGS)
 					MS_IN_PROGRESS, JsonClose(&detail));
 	WriteCharge(&w, o, &o->ms[0]);
 	EngineWriteExec(&place_plan, &w);
-	if (EngineResultInt(4) != 1)
-		elog(ERROR, "milestones engine: event of order " INT64_FORMAT " not written", order_id);
-	if (EngineResultInt(5) != 1)
+	if (SPI_processed != 2)
 		elog(ERROR, "milestones engine: order " INT64_FORMAT " not placed", order_id);
-	if (EngineResultInt(6) != 1)
-		elog(ERROR, "milestones engine: milestone %d of order " INT64_FORMAT " not started",
-			 o->ms[0].position, order_id);
 	EngineSetOrder(o, ORDER_ACTIVE, true);
 	o->placed_at = DatumGetTimestampTz(w.values[WP_NOW - 1]);
 	o->placed_at_null = false;
-	Started(o, &o->ms[0], 7);
+	Started(o, &o->ms[0], 4);
 	result = EngineStatus(fcinfo, caller, o, key);
 	EngineFinish();
 	PG_RETURN_DATUM(result);
@@ -377,7 +370,7 @@ milestones_deliver(PG_FUNCTION_ARGS)
 		" SELECT $1, $2, $3, $4, $5, $6, $7, $8,"
 		" pg_catalog.jsonb_build_object('final', $24, 'respond_by', u.respond_by,"
 		" 'delivery', u.deliveries, 'note', $25), $10 FROM u RETURNING 1)"
-		" SELECT u.respond_by, u.deliveries, (SELECT pg_catalog.count(*) FROM e) FROM u",
+		" SELECT u.respond_by, u.deliveries FROM u, e",
 		ENGINE_WRITE_ARGS, ENGINE_WRITE_ARGTYPES
 	};
 
@@ -438,8 +431,6 @@ milestones_deliver(PG_FUNCTION_ARGS)
 	if (SPI_processed != 1)
 		elog(ERROR, "milestones engine: milestone %d of order " INT64_FORMAT " not delivered",
 			 m->position, order_id);
-	if (EngineResultInt(3) != 1)
-		elog(ERROR, "milestones engine: event of order " INT64_FORMAT " not written", order_id);
 	respond_by = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	deliveries = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
 	EngineSetMilestone(o, m, MS_DELIVERED);
@@ -492,10 +483,8 @@ milestones_accept(PG_FUNCTION_ARGS)
 		" AND (position OPERATOR(pg_catalog.=) $20 OR position OPERATOR(pg_catalog.=) $21)"
 		" RETURNING position, due_at), "
 		WRITE_POST_CTE
-		" SELECT l.txn_id, l.account, l.amount, (SELECT pg_catalog.count(*) FROM e),"
-		" (SELECT pg_catalog.count(*) FROM s WHERE s.position OPERATOR(pg_catalog.=) $20),"
-		" (SELECT pg_catalog.count(*) FROM s WHERE s.position OPERATOR(pg_catalog.=) $21),"
-		" (SELECT s.due_at FROM s WHERE s.position OPERATOR(pg_catalog.=) $21) FROM l",
+		" SELECT l.txn_id, l.account, l.amount, n.due_at FROM e, s AS c, s AS n, l"
+		" WHERE c.position OPERATOR(pg_catalog.=) $20 AND n.position OPERATOR(pg_catalog.=) $21",
 		ENGINE_WRITE_ARGS, ENGINE_WRITE_ARGTYPES
 	};
 
@@ -544,13 +533,11 @@ milestones_accept(PG_FUNCTION_ARGS)
 		EngineWriteSet(&w, WP_POS_A, Int16GetDatum((int16) m->position), false);
 		WriteCharge(&w, o, next);
 		EngineWriteExec(&advance_plan, &w);
-		if (EngineResultInt(4) != 1)
-			elog(ERROR, "milestones engine: event of order " INT64_FORMAT " not written", order_id);
-		if (EngineResultInt(5) != 1 || EngineResultInt(6) != 1)
+		if (SPI_processed != 2)
 			elog(ERROR, "milestones engine: order " INT64_FORMAT " did not move from milestone %d to %d",
 				 order_id, m->position, next->position);
 		EngineSetMilestone(o, m, MS_COMPLETED);
-		Started(o, next, 7);
+		Started(o, next, 4);
 	}
 	result = EngineStatus(fcinfo, caller, o, key);
 	EngineFinish();
@@ -585,8 +572,7 @@ milestones_request_revision(PG_FUNCTION_ARGS)
 		" WHERE order_id OPERATOR(pg_catalog.=) $1 RETURNING 1),"
 		" s AS (UPDATE milestones.order_milestones SET state = 'in_progress', respond_by = NULL"
 		" WHERE order_id OPERATOR(pg_catalog.=) $1 AND position OPERATOR(pg_catalog.=) $20 RETURNING 1)"
-		" SELECT (SELECT pg_catalog.count(*) FROM e), (SELECT pg_catalog.count(*) FROM o),"
-		" (SELECT pg_catalog.count(*) FROM s)",
+		" SELECT 1 FROM e, o, s",
 		ENGINE_WRITE_ARGS, ENGINE_WRITE_ARGTYPES
 	};
 
@@ -619,11 +605,7 @@ milestones_request_revision(PG_FUNCTION_ARGS)
 					o->state, MS_IN_PROGRESS, JsonClose(&detail));
 	EngineWriteSet(&w, WP_POS_A, Int16GetDatum((int16) m->position), false);
 	EngineWriteExec(&revise_plan, &w);
-	if (EngineResultInt(1) != 1)
-		elog(ERROR, "milestones engine: event of order " INT64_FORMAT " not written", order_id);
-	if (EngineResultInt(2) != 1)
-		elog(ERROR, "milestones engine: order " INT64_FORMAT " not updated", order_id);
-	if (EngineResultInt(3) != 1)
+	if (SPI_processed != 1)
 		elog(ERROR, "milestones engine: milestone %d of order " INT64_FORMAT " not reopened",
 			 m->position, order_id);
 	EngineSetOrder(o, ORDER_ACTIVE, true);
@@ -1062,7 +1044,7 @@ milestones_create_offer(PG_FUNCTION_ARGS)
 		" e AS (INSERT INTO " EVENT_COLUMNS
 		" SELECT o.order_id, NULL, 'offered', 'seller', $1, NULL, 'offered', NULL, $12, $7 FROM o"
 		" RETURNING 1)"
-		" SELECT o.order_id, m.position, (SELECT pg_catalog.count(*) FROM e) FROM o, m",
+		" SELECT o.order_id, m.position FROM o, m, e",
 		12, {INT8OID, INT8OID, TEXTOID, TEXTOID, INT4OID, NUMERICOID, TIMESTAMPTZOID,
 		TEXTARRAYOID, INT2ARRAYOID, NUMERICARRAYOID, INT4OID, JSONBOID}
 	};
@@ -1324,8 +1306,6 @@ milestones_create_offer(PG_FUNCTION_ARGS)
 	if ((int) SPI_processed != n)
 		elog(ERROR, "milestones engine: %d of %d milestones written", (int) SPI_processed, n);
 	order_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-	if (EngineResultInt(3) != 1)
-		elog(ERROR, "milestones engine: event of order " INT64_FORMAT " not written", order_id);
 	f = StateFact(FACT_ORDER, true, -1, ORDER_OFFERED, -1);
 	CheckDeclare(order_id, &f);
 	for (i = 0; i < n; i++)

@@ -32,21 +32,13 @@
 
 #include "engine.h"
 
-/*
- * EnginePlanGet prepares a statement on first use and keeps the plan.
- * The plan is generic from the first call: every statement finds its rows
- * by key, so a plan for particular values is never better, and the plan
- * cache's custom plans would re-plan each call's statements first five
- * times in every backend, or for good where it judges the generic plan
- * dearer.
- */
+/* EnginePlanGet prepares a statement on first use and keeps the plan. */
 static SPIPlanPtr
 EnginePlanGet(EnginePlan *p)
 {
 	if (p->plan == NULL)
 	{
-		SPIPlanPtr	plan = SPI_prepare_cursor(p->sql, p->nargs, p->argtypes,
-											  CURSOR_OPT_GENERIC_PLAN);
+		SPIPlanPtr	plan = SPI_prepare(p->sql, p->nargs, p->argtypes);
 
 		if (plan == NULL)
 			elog(ERROR, "milestones engine: SPI_prepare failed: %s",
@@ -711,7 +703,9 @@ EngineWriteSet(EngineWrite *w, int param, Datum value, bool isnull)
 
 /*
  * EngineWriteExec runs a combined write statement: a SELECT over
- * data-modifying CTEs, which returns at least one row.
+ * data-modifying CTEs.  Its FROM joins the CTEs that write one row each
+ * (the event, the order), so a write that did not happen returns no row,
+ * which is refused here as an impossible state.
  */
 void
 EngineWriteExec(EnginePlan *p, EngineWrite *w)

@@ -1016,6 +1016,7 @@ milestones_create_offer(PG_FUNCTION_ARGS)
 	WriteFact	f;
 	bool		seller_eligible;
 	bool		category_eligible;
+	EngineOrder *o = palloc0(sizeof(EngineOrder));
 
 	/* The settings and the seller's and category's eligibility, read at once. */
 	static EnginePlan settings_plan = {
@@ -1029,8 +1030,11 @@ milestones_create_offer(PG_FUNCTION_ARGS)
 	};
 
 	/*
-	 * The order, its milestones (the order_id from the column default) and
-	 * the event, in one statement; one row per milestone written.
+	 * The order and its milestones (the order_id from the column default)
+	 * in one statement; one row per milestone written.  The event is a
+	 * statement of its own, after: the events trigger's fallback NOTIFY
+	 * builds its payload from the order row, which a trigger fired by the
+	 * same statement would not see.
 	 */
 	static EnginePlan offer_plan = {
 		"WITH o AS (INSERT INTO milestones.orders (seller_id, buyer_id, category, currency,"
@@ -1040,13 +1044,10 @@ milestones_create_offer(PG_FUNCTION_ARGS)
 		" SELECT o.order_id, x.ord, x.name, x.days, x.amount, x.ord OPERATOR(pg_catalog.=) $11"
 		" FROM o, ROWS FROM (pg_catalog.unnest($8), pg_catalog.unnest($9), pg_catalog.unnest($10))"
 		" WITH ORDINALITY AS x(name, days, amount, ord)"
-		" RETURNING position),"
-		" e AS (INSERT INTO " EVENT_COLUMNS
-		" SELECT o.order_id, NULL, 'offered', 'seller', $1, NULL, 'offered', NULL, $12, $7 FROM o"
-		" RETURNING 1)"
-		" SELECT o.order_id, m.position FROM o, m, e",
-		12, {INT8OID, INT8OID, TEXTOID, TEXTOID, INT4OID, NUMERICOID, TIMESTAMPTZOID,
-		TEXTARRAYOID, INT2ARRAYOID, NUMERICARRAYOID, INT4OID, JSONBOID}
+		" RETURNING position)"
+		" SELECT o.order_id, m.position FROM o, m",
+		11, {INT8OID, INT8OID, TEXTOID, TEXTOID, INT4OID, NUMERICOID, TIMESTAMPTZOID,
+		TEXTARRAYOID, INT2ARRAYOID, NUMERICARRAYOID, INT4OID}
 	};
 
 	if (sellernull || seller_id <= 0)
@@ -1284,8 +1285,8 @@ milestones_create_offer(PG_FUNCTION_ARGS)
 	JsonAddNumeric(&detail, "total", total);
 	JsonAddInt(&detail, "revisions", revisionsnull, revisions);
 	{
-		Datum		ovalues[12];
-		char		onulls[12] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
+		Datum		ovalues[11];
+		char		onulls[11] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
 
 		ovalues[0] = Int64GetDatum(seller_id);
 		ovalues[1] = Int64GetDatum(buyer_id);
@@ -1300,7 +1301,6 @@ milestones_create_offer(PG_FUNCTION_ARGS)
 		ovalues[8] = PointerGetDatum(construct_array(days_list, n, INT2OID, 2, true, TYPALIGN_SHORT));
 		ovalues[9] = PointerGetDatum(construct_array(amounts, n, NUMERICOID, -1, false, TYPALIGN_INT));
 		ovalues[10] = Int32GetDatum(n);
-		ovalues[11] = EngineJsonb(JsonClose(&detail));
 		EngineExec(&offer_plan, ovalues, onulls, SPI_OK_SELECT, 0);
 	}
 	if ((int) SPI_processed != n)
@@ -1317,6 +1317,9 @@ milestones_create_offer(PG_FUNCTION_ARGS)
 		f = StateFact(FACT_MILESTONE, true, -1, MS_PENDING, pos);
 		CheckDeclare(order_id, &f);
 	}
+	o->order_id = order_id;
+	o->state = ORDER_OFFERED;
+	EngineEvent(o, -1, "offered", "seller", false, seller_id, NULL, -1, JsonClose(&detail));
 
 	if (key != NULL)
 	{

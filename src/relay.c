@@ -39,10 +39,14 @@
 
 #include <signal.h>
 
+#include "access/genam.h"
 #include "access/htup_details.h"
+#include "access/table.h"
 #include "access/transam.h"
 #include "access/xact.h"
 #include "catalog/pg_database.h"
+#include "catalog/pg_extension.h"
+#include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
 #include "commands/dbcommands.h"
 #include "commands/async.h"
@@ -64,10 +68,14 @@
 #include "storage/shmem.h"
 #include "storage/spin.h"
 #include "utils/builtins.h"
+#include "utils/catcache.h"
+#include "utils/fmgroids.h"
 #include "utils/fmgrprotos.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
+#include "utils/lsyscache.h"
 #include "utils/snapmgr.h"
+#include "utils/syscache.h"
 #include "utils/timestamp.h"
 
 #include "milestones.h"
@@ -390,7 +398,6 @@ RelayShutdown(void)
 /* The relay's statements; %1$s is the extension's schema (quoted). */
 typedef enum RelayStmt
 {
-	STMT_EXTENSION,
 	STMT_START,
 	STMT_PENDING,
 	STMT_BATCH,
@@ -405,12 +412,6 @@ typedef struct RelayStmtDef
 } RelayStmtDef;
 
 static const RelayStmtDef relay_stmts[STMT_COUNT] = {
-	[STMT_EXTENSION] = {
-		"SELECT pg_catalog.quote_ident(n.nspname) FROM pg_catalog.pg_extension e"
-		" JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) e.extnamespace"
-		" WHERE e.extname OPERATOR(pg_catalog.=) 'milestones'"
-		" AND EXISTS (SELECT FROM pg_catalog.pg_proc p WHERE p.pronamespace OPERATOR(pg_catalog.=) n.oid"
-		" AND p.proname OPERATOR(pg_catalog.=) '_next_batch')", 0, {InvalidOid}},
 	[STMT_START] = {"SELECT %1$s._relay_start()", 0, {InvalidOid}},
 	[STMT_PENDING] = {"SELECT %1$s._has_pending($1)", 1, {TEXTOID}},
 	[STMT_BATCH] = {"SELECT b.payload FROM %1$s._relay_batch($1) b ORDER BY b.event_id", 1, {INT4OID}},
@@ -431,10 +432,10 @@ RunStmt(RelayStmt stmt, const char *schema, Datum *values)
 	int			ret;
 	int			i;
 
-	if (schema != NULL && strcmp(schema, relay_plans_schema) != 0)
+	if (strcmp(schema, relay_plans_schema) != 0)
 	{
 		for (i = 0; i < STMT_COUNT; i++)
-			if (i != STMT_EXTENSION && relay_plans[i] != NULL)
+			if (relay_plans[i] != NULL)
 			{
 				SPI_freeplan(relay_plans[i]);
 				relay_plans[i] = NULL;
@@ -502,18 +503,72 @@ QueueTooFull(void)
 }
 
 /*
+ * ExtensionSchema finds milestones in this database, at 1.1 or later (its
+ * consumer functions exist): the schema's oid, or InvalidOid.  Catalog
+ * lookups, no statement: it runs at every unit.  The schema found last
+ * time is taken again while it still holds the extension's consumer and
+ * events tables (cached catalog lookups; a DROP EXTENSION drops them, an
+ * ALTER EXTENSION ... SET SCHEMA moves them).
+ */
+static Oid
+ExtensionSchema(void)
+{
+	static Oid	last_nsp = InvalidOid;
+	Relation	rel;
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tuple;
+	Oid			nsp = InvalidOid;
+	CatCList   *procs;
+	int			i;
+	bool		found = false;
+
+	if (OidIsValid(last_nsp) &&
+		OidIsValid(get_relname_relid("consumers", last_nsp)) &&
+		OidIsValid(get_relname_relid("events", last_nsp)))
+		return last_nsp;
+	last_nsp = InvalidOid;
+
+	rel = table_open(ExtensionRelationId, AccessShareLock);
+	ScanKeyInit(&key, Anum_pg_extension_extname, BTEqualStrategyNumber, F_NAMEEQ,
+				CStringGetDatum("milestones"));
+	scan = systable_beginscan(rel, ExtensionNameIndexId, true, NULL, 1, &key);
+	tuple = systable_getnext(scan);
+	if (HeapTupleIsValid(tuple))
+		nsp = ((Form_pg_extension) GETSTRUCT(tuple))->extnamespace;
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	if (!OidIsValid(nsp))
+		return InvalidOid;
+
+	procs = SearchSysCacheList1(PROCNAMEARGSNSP, CStringGetDatum("_next_batch"));
+	for (i = 0; i < procs->n_members && !found; i++)
+		found = ((Form_pg_proc) GETSTRUCT(&procs->members[i]->tuple))->pronamespace == nsp;
+	ReleaseSysCacheList(procs);
+	if (found)
+		last_nsp = nsp;
+	return last_nsp;
+}
+
+/*
  * RelayUnit is one unit of work, in its own transaction: find the
  * extension, take the relay's next batch, NOTIFY every event of it and
  * finish the batch, so that the notifications and the new position commit
- * together.  Returns the number of events sent, or -1 when there is
- * nothing to do now (nothing new, no extension, paused).
+ * together.  The common case runs in C (src/relay_batch.c); the rest
+ * through the SQL functions (_has_pending, _relay_batch).  woken: a commit
+ * that wrote events set the latch, so there is surely something to read
+ * (no read-only look first).  Returns the
+ * number of events sent, or -1 when there is nothing to do now (nothing
+ * new, no extension, paused).
  */
 static int
-RelayUnit(void)
+RelayUnit(bool woken)
 {
 	Datum		values[2];
+	Oid			nsp;
 	char	   *schema;
 	bool		isnull;
+	bool		fallback;
 	int			sent = -1;
 
 	SetCurrentStatementStartTimestamp();
@@ -524,13 +579,13 @@ RelayUnit(void)
 	pgstat_report_activity(STATE_RUNNING, "milestones relay: looking for committed events");
 
 	/* The extension, and its schema. */
-	RunStmt(STMT_EXTENSION, NULL, NULL);
+	nsp = ExtensionSchema();
 	SpinLockAcquire(&relay->mutex);
-	relay->extension_present = SPI_processed == 1;
+	relay->extension_present = OidIsValid(nsp);
 	SpinLockRelease(&relay->mutex);
-	if (SPI_processed != 1)
+	if (!OidIsValid(nsp))
 		goto done;				/* not installed (or still at 1.0) */
-	schema = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	schema = (char *) quote_identifier(get_namespace_name(nsp));
 
 	if (QueueTooFull())
 		goto done;
@@ -541,6 +596,11 @@ RelayUnit(void)
 		RunStmt(STMT_START, schema, NULL);
 		relay_start_done = true;
 	}
+
+	/* The common case, in C. */
+	sent = RelayBatchSend(nsp, schema, RELAY_CONSUMER, woken, relay_batch_size, &fallback);
+	if (!fallback)
+		goto done;
 
 	/* Anything new since the relay's position?  A read-only look first. */
 	values[0] = CStringGetTextDatum(RELAY_CONSUMER);
@@ -601,6 +661,7 @@ void
 milestones_relay_main(Datum main_arg)
 {
 	MemoryContext loop_context;
+	bool		woken = false;	/* the latch was set: commits wrote events */
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, RelaySigterm);
@@ -623,6 +684,7 @@ milestones_relay_main(Datum main_arg)
 	{
 		int			sent = -1;
 		bool		failed = false;
+		bool		was_woken = woken;
 
 		CHECK_FOR_INTERRUPTS();
 		if (got_sigterm)
@@ -639,7 +701,7 @@ milestones_relay_main(Datum main_arg)
 		MemoryContextSwitchTo(loop_context);
 		PG_TRY();
 		{
-			sent = RelayUnit();
+			sent = RelayUnit(was_woken);
 			if (sent >= 0)
 				SetNote(NULL);
 		}
@@ -661,13 +723,16 @@ milestones_relay_main(Datum main_arg)
 		MemoryContextSwitchTo(loop_context);
 		MemoryContextReset(loop_context);
 
+		woken = true;
 		if (sent > 0 && sent >= Min(RELAY_COALESCE_BELOW, relay_batch_size) && !got_sigterm)
 			continue;			/* a big batch: more are queued, take the next at once */
 
+		woken = false;
 		if (WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 					  failed ? 1000L : (long) relay_poll_interval, PG_WAIT_EXTENSION) & WL_LATCH_SET)
 		{
 			ResetLatch(MyLatch);
+			woken = !failed;
 
 			/*
 			 * Woken by a commit after a small batch (or none): let a few

@@ -113,5 +113,7 @@ extern void RelayWakeAtCommit(void);
 /* relay_batch.c */
 extern int	RelayBatchSend(Oid nsp, const char *schema, const char *consumer,
 						   bool woken, int max_events, bool *fallback);
+extern void RelayBatchCommitted(void);
+extern void RelayBatchForget(void);
 
 #endif							/* MILESTONES_H */

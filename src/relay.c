@@ -110,12 +110,17 @@ typedef struct RelayShared
 /* Settings (GUCs). */
 static char *relay_database_name = NULL;
 /*
- * Commit coalescing: after a batch of fewer than RELAY_COALESCE_BELOW
- * events, a wake-up waits RELAY_COALESCE_MS for more commits to gather
- * (a small, bounded addition to the notification lag).
+ * Commit coalescing: a batch costs its transaction and bookkeeping (some
+ * 0.5 ms of CPU) however few events it carries, so a busy database is
+ * served at most one batch per RELAY_PERIOD_MS: after a batch of fewer
+ * than RELAY_COALESCE_BELOW events the relay lets commits gather until
+ * that much time has passed since the batch began (an event waits half of
+ * it on average; the first event after a quiet spell goes at once).  A
+ * batch of RELAY_COALESCE_BELOW or more means a backlog: the next one
+ * follows at once.
  */
 #define RELAY_COALESCE_BELOW 50
-#define RELAY_COALESCE_MS 10L
+#define RELAY_PERIOD_MS 20L
 
 static double relay_max_queue_usage = 0.5;
 static int	relay_poll_interval = 250;
@@ -636,6 +641,7 @@ done:
 	SPI_finish();
 	PopActiveSnapshot();
 	CommitTransactionCommand();
+	RelayBatchCommitted();
 	pgstat_report_stat(false);
 	pgstat_report_activity(STATE_IDLE, NULL);
 	if (sent >= 0)
@@ -685,6 +691,8 @@ milestones_relay_main(Datum main_arg)
 		int			sent = -1;
 		bool		failed = false;
 		bool		was_woken = woken;
+		TimestampTz unit_start;
+		long		left;
 
 		CHECK_FOR_INTERRUPTS();
 		if (got_sigterm)
@@ -699,6 +707,7 @@ milestones_relay_main(Datum main_arg)
 		SpinLockRelease(&relay->mutex);
 
 		MemoryContextSwitchTo(loop_context);
+		unit_start = GetCurrentTimestamp();
 		PG_TRY();
 		{
 			sent = RelayUnit(was_woken);
@@ -714,6 +723,7 @@ milestones_relay_main(Datum main_arg)
 			EmitErrorReport();
 			FlushErrorState();
 			AbortCurrentTransaction();
+			RelayBatchForget();
 			SetNote(edata->message);
 			FreeErrorData(edata);
 			pgstat_report_activity(STATE_IDLE, NULL);
@@ -727,27 +737,21 @@ milestones_relay_main(Datum main_arg)
 		if (sent > 0 && sent >= Min(RELAY_COALESCE_BELOW, relay_batch_size) && !got_sigterm)
 			continue;			/* a big batch: more are queued, take the next at once */
 
+		/*
+		 * After a small batch, let commits gather until RELAY_PERIOD_MS
+		 * since it began; commits meanwhile set the latch, which the wait
+		 * below then finds set.
+		 */
+		left = RELAY_PERIOD_MS -
+			(long) ((GetCurrentTimestamp() - unit_start) / 1000);
+		if (sent > 0 && !got_sigterm && left > 0)
+			(void) WaitLatch(MyLatch, WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, left, PG_WAIT_EXTENSION);
+
 		woken = false;
 		if (WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 					  failed ? 1000L : (long) relay_poll_interval, PG_WAIT_EXTENSION) & WL_LATCH_SET)
-		{
-			ResetLatch(MyLatch);
 			woken = !failed;
-
-			/*
-			 * Woken by a commit after a small batch (or none): let a few
-			 * more commits gather before the next one, so that a busy
-			 * database is served in batches of several events instead of
-			 * one batch (one tick, bookkeeping rows, a transaction) per
-			 * commit.  Commits in the meantime set the latch again; the
-			 * unit after the pause reads them all.
-			 */
-			if (!failed && !got_sigterm)
-				(void) WaitLatch(MyLatch, WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-								 RELAY_COALESCE_MS, PG_WAIT_EXTENSION);
-		}
-		else
-			ResetLatch(MyLatch);
+		ResetLatch(MyLatch);
 	}
 }
 

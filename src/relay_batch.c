@@ -48,6 +48,7 @@
 #include "lib/stringinfo.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/datetime.h"
 #include "utils/fmgroids.h"
 #include "utils/fmgrprotos.h"
 #include "utils/json.h"
@@ -110,6 +111,7 @@ typedef enum BatchStmt
 	BSTMT_TICK,
 	BSTMT_TICK_MOVE,
 	BSTMT_MOVE_FINISH,
+	BSTMT_MOVE_KNOWN,
 	BSTMT_POSITION,
 	BSTMT_PRUNE,
 	BSTMT_COUNT
@@ -119,7 +121,7 @@ typedef struct BatchStmtDef
 {
 	const char *sql;
 	int			nargs;
-	Oid			argtypes[6];
+	Oid			argtypes[7];
 	int			expect;			/* the SPI_OK_* code it returns */
 } BatchStmtDef;
 
@@ -179,6 +181,31 @@ static const BatchStmtDef batch_stmts[BSTMT_COUNT] = {
 		" last_finished_at = pg_catalog.clock_timestamp()"
 		" FROM t WHERE c.consumer_id OPERATOR(pg_catalog.=) $3 AND c.tick_id OPERATOR(pg_catalog.=) t.tick_id",
 	5, {INT8OID, PG_SNAPSHOTOID, INT8OID, INT8OID, INT8OID}, SPI_OK_UPDATE},
+
+	/*
+	 * The same without the lock read first, for a consumer whose position
+	 * this worker knows from its own last batch ($6: the tick's snapshot
+	 * then): one row when the consumer still stands there, its range
+	 * closed and no batch open (the caller raises an error otherwise, which
+	 * undoes the tick's move too), with settings.notify.  A tick belongs to
+	 * the one consumer that took it (_take_tick), so no other consumer or
+	 * batch can stand on it.
+	 */
+	[BSTMT_MOVE_KNOWN] = {
+		"WITH t AS (UPDATE %1$s.consumer_ticks t SET snapshot = $2, taken_at = pg_catalog.clock_timestamp()"
+		" WHERE t.tick_id OPERATOR(pg_catalog.=) $1 AND t.cluster_id OPERATOR(pg_catalog.=) $4"
+		" AND t.snapshot::pg_catalog.text OPERATOR(pg_catalog.=) $6"
+		" RETURNING t.tick_id)"
+		" UPDATE %1$s.consumers c"
+		" SET batches_done = c.batches_done OPERATOR(pg_catalog.+) $7,"
+		" events_done = c.events_done OPERATOR(pg_catalog.+) $5,"
+		" last_finished_at = CASE WHEN $7 OPERATOR(pg_catalog.>) 0"
+		" THEN pg_catalog.clock_timestamp() ELSE c.last_finished_at END"
+		" FROM t WHERE c.consumer_id OPERATOR(pg_catalog.=) $3 AND c.tick_id OPERATOR(pg_catalog.=) t.tick_id"
+		" AND c.upper_tick_id IS NULL"
+		" AND NOT EXISTS (SELECT FROM %1$s.consumer_batches b WHERE b.consumer_id OPERATOR(pg_catalog.=) $3)"
+		" RETURNING (SELECT s.notify FROM %1$s.settings s)",
+	7, {INT8OID, PG_SNAPSHOTOID, INT8OID, INT8OID, INT8OID, TEXTOID, INT8OID}, SPI_OK_UPDATE_RETURNING},
 	/* The consumer's position after _next_batch() and _finish_batch(). */
 	[BSTMT_POSITION] = {
 		"UPDATE %1$s.consumers"
@@ -202,6 +229,27 @@ static const BatchStmtDef batch_stmts[BSTMT_COUNT] = {
 /* The saved plans, and the schema they were prepared for. */
 static SPIPlanPtr batch_plans[BSTMT_COUNT];
 static char batch_plans_schema[2 * NAMEDATALEN + 3] = "";
+
+/*
+ * Where this worker's last batch left the consumer: its id and tick (the
+ * tick keeps its id, with a new snapshot, when moved in place), valid
+ * while the events table is the same one.  Set when that batch's
+ * transaction committed (RelayBatchCommitted), forgotten after an error
+ * or when the SQL functions did the work, so the next batch neither reads
+ * nor locks the consumer first: its final update checks that the consumer
+ * is still there.
+ */
+typedef struct KnownPosition
+{
+	bool		valid;
+	Oid			events_relid;
+	int64		consumer_id;
+	int64		tick_id;
+	char		tick_text[1024];	/* the tick's snapshot, as text */
+} KnownPosition;
+
+static KnownPosition known;		/* committed */
+static KnownPosition known_pending;	/* this transaction's, until it commits */
 
 /* The money keys of a detail and of its payout object (SPEC section 5). */
 static const char *const detail_money_keys[] = {"total", "charged", "refunded", "amount", NULL};
@@ -235,7 +283,8 @@ RunBatchStmt(BatchStmt stmt, const char *schema, Datum *values, const char *null
 
 		initStringInfo(&sql);
 		appendStringInfo(&sql, batch_stmts[stmt].sql, batch_plans_schema);
-		plan = SPI_prepare(sql.data, batch_stmts[stmt].nargs, (Oid *) batch_stmts[stmt].argtypes);
+		plan = SPI_prepare_cursor(sql.data, batch_stmts[stmt].nargs, (Oid *) batch_stmts[stmt].argtypes,
+								  CURSOR_OPT_GENERIC_PLAN);
 		if (plan == NULL)
 			elog(ERROR, "milestones relay: SPI_prepare failed for \"%s\": %s",
 				 sql.data, SPI_result_code_string(SPI_result));
@@ -699,12 +748,27 @@ KeyIs(const JsonbValue *key, const char *const *names)
 	return false;
 }
 
-/* PutString writes a JSON string as jsonb does (escape_json). */
+/*
+ * PutString writes a JSON string as jsonb does (escape_json): in one copy
+ * when nothing in it needs escaping, else through escape_json itself.
+ */
 static void
 PutString(StringInfo out, const char *s, int len)
 {
-	char	   *z = pnstrdup(s, len);
+	int			i;
+	char	   *z;
 
+	for (i = 0; i < len; i++)
+		if ((unsigned char) s[i] < ' ' || s[i] == '"' || s[i] == '\\')
+			break;
+	if (i == len)
+	{
+		appendStringInfoCharMacro(out, '"');
+		appendBinaryStringInfo(out, s, len);
+		appendStringInfoCharMacro(out, '"');
+		return;
+	}
+	z = pnstrdup(s, len);
 	escape_json(out, z);
 	pfree(z);
 }
@@ -834,7 +898,10 @@ FieldText(HeapTuple tuple, TupleDesc desc, AttrNumber att)
 static char *
 FieldInt(int64 value)
 {
-	return psprintf(INT64_FORMAT, value);
+	char	   *buf = palloc(MAXINT8LEN + 1);
+
+	(void) pg_lltoa(value, buf);
+	return buf;
 }
 
 /*
@@ -888,7 +955,7 @@ EventPayload(HeapTuple tuple, TupleDesc desc, const EventsColumns *col, const Or
 		StringInfoData buf;
 
 		initStringInfo(&buf);
-		escape_json(&buf, order->currency);
+		PutString(&buf, order->currency, strlen(order->currency));
 		field[PF_CURRENCY] = buf.data;
 	}
 	d = heap_getattr(tuple, col->created_at, desc, &isnull);
@@ -897,8 +964,11 @@ EventPayload(HeapTuple tuple, TupleDesc desc, const EventsColumns *col, const Or
 	{
 		StringInfoData buf;
 
+		char		at[MAXDATELEN + 1];
+
 		initStringInfo(&buf);
-		escape_json(&buf, JsonEncodeDateTime(NULL, d, TIMESTAMPTZOID, NULL));
+		(void) JsonEncodeDateTime(at, d, TIMESTAMPTZOID, NULL);
+		PutString(&buf, at, strlen(at));
 		field[PF_AT] = buf.data;
 	}
 
@@ -1003,6 +1073,25 @@ PruneTick(const char *schema, int64 tick_id)
 }
 
 /*
+ * RelayBatchCommitted says the unit's transaction committed: the position
+ * its batch left the consumer at is known.
+ */
+void
+RelayBatchCommitted(void)
+{
+	known = known_pending;
+	known_pending.valid = false;
+}
+
+/* RelayBatchForget forgets the consumer's position (an error, the SQL path). */
+void
+RelayBatchForget(void)
+{
+	known.valid = false;
+	known_pending.valid = false;
+}
+
+/*
  * RelayBatchSend sends, in the caller's transaction, the notifications of
  * the consumer's next batch and moves the consumer past it, as
  * _has_pending() then _relay_batch() would.  Unless woken (a commit that
@@ -1016,8 +1105,8 @@ int
 RelayBatchSend(Oid nsp, const char *schema, const char *consumer, bool woken,
 			   int max_events, bool *fallback)
 {
-	Relation	rel;
-	Relation	idx;
+	Relation	rel = NULL;
+	Relation	idx = NULL;
 	EventsColumns col;
 	Datum		arg;
 	int64		consumer_id;
@@ -1026,6 +1115,7 @@ RelayBatchSend(Oid nsp, const char *schema, const char *consumer, bool woken,
 	int64		here = (int64) GetSystemIdentifier();
 	TickSnap	lo;
 	TickSnap	hi;
+	char	   *lo_text;
 	char	   *hi_text;
 	Snapshot	snap;
 	RangeEvent *events;
@@ -1033,44 +1123,58 @@ RelayBatchSend(Oid nsp, const char *schema, const char *consumer, bool woken,
 	int			total;
 	int			n;
 	bool		ends_range;
-	bool		notify_on;
+	bool		notify_on = true;
 	bool		moved;
+	bool		use_known;
 	bool		isnull;
-	Datum		values[5];
+	Datum		values[7];
 	int			i;
 
 	*fallback = false;
+	known_pending.valid = false;
 	if (!OpenEvents(nsp, &rel, &idx, &col))
-	{
-		*fallback = true;
-		return -1;
-	}
+		goto sql;
 	arg = CStringGetTextDatum(consumer);
+	use_known = known.valid && known.events_relid == RelationGetRelid(rel);
+	if (use_known)
+	{
+		consumer_id = known.consumer_id;
+		tick_id = known.tick_id;
+		lo_text = known.tick_text;
+		if (!ParseTick(lo_text, &lo))
+			goto sql;
+	}
 
 	/* Not woken: anything new?  A read-only look at the consumer's tick. */
 	if (!woken)
 	{
-		RunBatchStmt(BSTMT_CONSUMER, schema, &arg, NULL);
-		if (SPI_processed != 1)
-			goto nothing;		/* as _has_pending(): no such consumer */
-		if (GetBool(0, 3) || GetInt64(0, 5) != here)
-			goto sql;
-		if (!ParseTick(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4), &lo))
-			goto sql;
+		if (!use_known)
+		{
+			RunBatchStmt(BSTMT_CONSUMER, schema, &arg, NULL);
+			if (SPI_processed != 1)
+				goto nothing;	/* as _has_pending(): no such consumer */
+			if (GetBool(0, 3) || GetInt64(0, 5) != here)
+				goto sql;
+			if (!ParseTick(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4), &lo))
+				goto sql;
+		}
 		if (!AnyPending(rel, idx, &col, &lo, here))
 			goto nothing;
 	}
 
-	/* The consumer, locked, and its tick. */
-	RunBatchStmt(BSTMT_LOCK, schema, &arg, NULL);
-	if (SPI_processed != 1)
-		goto nothing;
-	consumer_id = GetInt64(0, 1);
-	tick_id = GetInt64(0, 2);
-	if (GetBool(0, 3) || GetInt64(0, 5) != here ||
-		!ParseTick(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4), &lo))
-		goto sql;
-	notify_on = GetBool(0, 6);
+	/* The consumer, locked, and its tick (unless known). */
+	if (!use_known)
+	{
+		RunBatchStmt(BSTMT_LOCK, schema, &arg, NULL);
+		if (SPI_processed != 1)
+			goto nothing;
+		consumer_id = GetInt64(0, 1);
+		tick_id = GetInt64(0, 2);
+		lo_text = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4);
+		if (GetBool(0, 3) || GetInt64(0, 5) != here || !ParseTick(lo_text, &lo))
+			goto sql;
+		notify_on = GetBool(0, 6);
+	}
 
 	/*
 	 * The new tick: this transaction's id first, then a snapshot; the range
@@ -1084,8 +1188,17 @@ RelayBatchSend(Oid nsp, const char *schema, const char *consumer, bool woken,
 	total = ReadRange(rel, idx, &col, snap, &lo, &hi, here, &events);
 	n = Min(total, max_events);
 	ends_range = total <= max_events;
+	if (use_known && !ends_range)
+	{
+		/* A long range: read and lock the consumer, then drain it. */
+		PopActiveSnapshot();
+		known.valid = false;
+		index_close(idx, NoLock);
+		table_close(rel, NoLock);
+		return RelayBatchSend(nsp, schema, consumer, true, max_events, fallback);
+	}
 
-	/* The payloads, before anything is written. */
+	/* The payloads, before anything is written (unless notify is off). */
 	if (n > 0 && notify_on)
 	{
 		payloads = palloc(n * sizeof(char *));
@@ -1109,7 +1222,22 @@ RelayBatchSend(Oid nsp, const char *schema, const char *consumer, bool woken,
 	values[3] = Int64GetDatum(here);
 	values[4] = Int64GetDatum(n);
 	moved = false;
-	if (ends_range)
+	if (use_known)
+	{
+		values[5] = CStringGetTextDatum(lo_text);
+		values[6] = Int64GetDatum(n > 0 ? 1 : 0);
+		RunBatchStmt(BSTMT_MOVE_KNOWN, schema, values, NULL);
+		if (SPI_processed != 1)
+		{
+			known.valid = false;
+			ereport(ERROR,
+					(errmsg("milestones relay: its consumer \"%s\" was moved by another session", consumer),
+					 errdetail("The relay reads and locks the consumer again at its next batch.")));
+		}
+		notify_on = GetBool(0, 1);
+		moved = true;
+	}
+	else if (ends_range)
 	{
 		/* n == 0: nothing visible yet (an open transaction's events). */
 		RunBatchStmt(n > 0 ? BSTMT_MOVE_FINISH : BSTMT_TICK_MOVE, schema, values, NULL);
@@ -1132,8 +1260,20 @@ RelayBatchSend(Oid nsp, const char *schema, const char *consumer, bool woken,
 			SetPosition(schema, consumer_id, tick_id, new_tick_id, events[n - 1].event_id, 1, n);
 	}
 
+	/* Where the consumer stands once this commits: known to the next batch. */
+	if (moved && strlen(hi_text) < sizeof(known_pending.tick_text))
+	{
+		known_pending.valid = true;
+		known_pending.events_relid = RelationGetRelid(rel);
+		known_pending.consumer_id = consumer_id;
+		known_pending.tick_id = tick_id;
+		strlcpy(known_pending.tick_text, hi_text, sizeof(known_pending.tick_text));
+	}
+	else
+		known.valid = false;
+
 	/* The notifications: delivered when this transaction commits. */
-	if (payloads != NULL)
+	if (payloads != NULL && notify_on)
 		for (i = 0; i < n; i++)
 			if (payloads[i] != NULL)
 				Async_Notify(EVENTS_CHANNEL, payloads[i]);
@@ -1156,8 +1296,12 @@ nothing:
 	return -1;
 
 sql:
-	index_close(idx, NoLock);
-	table_close(rel, NoLock);
+	if (RelationIsValid(rel))
+	{
+		index_close(idx, NoLock);
+		table_close(rel, NoLock);
+	}
+	known.valid = false;
 	*fallback = true;
 	return -1;
 }

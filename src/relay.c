@@ -120,7 +120,7 @@ static char *relay_database_name = NULL;
  * follows at once.
  */
 #define RELAY_COALESCE_BELOW 50
-#define RELAY_PERIOD_MS 20L
+#define RELAY_PERIOD_MS 15L
 
 static double relay_max_queue_usage = 0.5;
 static int	relay_poll_interval = 250;

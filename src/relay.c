@@ -9,17 +9,18 @@
  * background worker (the relay) connected to the database named by
  * milestones.database_name sends the notifications instead (SPEC section 5):
  *
- *	- it reads the events through the durable consumer mechanism
- *	  (milestones._relay_batch: _next_batch, the batch's payloads,
- *	  _finish_batch) as the reserved consumer "_relay", so it sends
- *	  committed events only, in
+ *	- it reads the events through the durable consumer mechanism as the
+ *	  reserved consumer "_relay" (the common batch in C, src/relay_batch.c;
+ *	  the rest through milestones._relay_batch: _next_batch, the batch's
+ *	  payloads, _finish_batch), so it sends committed events only, in
  *	  commit order, and resumes from its saved position after a restart or
  *	  a crash;
  *	- each batch is one transaction: its NOTIFYs and the finish of the batch
  *	  commit together, so a listener that stays connected never gets an
  *	  event twice;
  *	- it is woken by the events trigger at every commit that wrote events
- *	  (a latch in shared memory), and polls every
+ *	  (a latch in shared memory), sends at most one batch per
+ *	  RELAY_PERIOD_MS under load, and polls every
  *	  milestones.relay_poll_interval milliseconds for what a latch cannot
  *	  announce: COMMIT PREPARED, a new CREATE EXTENSION;
  *	- above milestones.relay_max_queue_usage of the notification queue

@@ -11,15 +11,17 @@
  * jsonb_object_agg: some 3 ms of CPU per batch.  This file does the same
  * work for the relay's common case directly:
  *
- *	- the consumer row and its tick through saved plans;
  *	- "anything new?" and the tick range through the events' transaction id
  *	  index (events_txid_idx), read in C with the same snapshot tests as
- *	  pg_visible_in_snapshot();
- *	- the payloads built in C with the jsonb library itself (the same key
- *	  order, the same text as _payloads() produces, money as strings);
- *	- the new tick, the consumer's new position and the pruned tick written
- *	  through saved plans, so that the relay's NOTIFYs and its position
- *	  commit together, exactly as _relay_batch() leaves them.
+ *	  pg_visible_in_snapshot(), and the orders through their primary key;
+ *	- the payloads written in C, in the key order and the text jsonb gives
+ *	  _payloads() (money as strings), without building jsonb values;
+ *	- the consumer's new position in one statement from a saved plan: its
+ *	  tick takes the new snapshot in place, and the position this worker's
+ *	  last committed batch left is known, so the consumer is neither read
+ *	  nor locked first (the update checks that it is still there), and the
+ *	  relay's NOTIFYs and its position commit together, exactly as
+ *	  _relay_batch() leaves them.
  *
  * The common case is: no open batch, no range being drained, both ticks of
  * this cluster, every detail a JSON object.  Anything else (a restore from
@@ -46,7 +48,6 @@
 #include "executor/spi.h"
 #include "executor/tuptable.h"
 #include "lib/stringinfo.h"
-#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/datetime.h"
 #include "utils/fmgroids.h"

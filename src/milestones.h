@@ -110,4 +110,10 @@ extern void RelayInit(void);
 extern bool RelayServesThisDatabase(void);
 extern void RelayWakeAtCommit(void);
 
+/* relay_batch.c */
+extern int	RelayBatchSend(Oid nsp, const char *schema, const char *consumer,
+						   bool woken, int max_events, bool *fallback);
+extern void RelayBatchCommitted(void);
+extern void RelayBatchForget(void);
+
 #endif							/* MILESTONES_H */

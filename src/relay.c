@@ -9,17 +9,18 @@
  * background worker (the relay) connected to the database named by
  * milestones.database_name sends the notifications instead (SPEC section 5):
  *
- *	- it reads the events through the durable consumer mechanism
- *	  (milestones._relay_batch: _next_batch, the batch's payloads,
- *	  _finish_batch) as the reserved consumer "_relay", so it sends
- *	  committed events only, in
+ *	- it reads the events through the durable consumer mechanism as the
+ *	  reserved consumer "_relay" (the common batch in C, src/relay_batch.c;
+ *	  the rest through milestones._relay_batch: _next_batch, the batch's
+ *	  payloads, _finish_batch), so it sends committed events only, in
  *	  commit order, and resumes from its saved position after a restart or
  *	  a crash;
  *	- each batch is one transaction: its NOTIFYs and the finish of the batch
  *	  commit together, so a listener that stays connected never gets an
  *	  event twice;
  *	- it is woken by the events trigger at every commit that wrote events
- *	  (a latch in shared memory), and polls every
+ *	  (a latch in shared memory), sends at most one batch per
+ *	  RELAY_PERIOD_MS under load, and polls every
  *	  milestones.relay_poll_interval milliseconds for what a latch cannot
  *	  announce: COMMIT PREPARED, a new CREATE EXTENSION;
  *	- above milestones.relay_max_queue_usage of the notification queue
@@ -39,10 +40,14 @@
 
 #include <signal.h>
 
+#include "access/genam.h"
 #include "access/htup_details.h"
+#include "access/table.h"
 #include "access/transam.h"
 #include "access/xact.h"
 #include "catalog/pg_database.h"
+#include "catalog/pg_extension.h"
+#include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
 #include "commands/dbcommands.h"
 #include "commands/async.h"
@@ -64,10 +69,14 @@
 #include "storage/shmem.h"
 #include "storage/spin.h"
 #include "utils/builtins.h"
+#include "utils/catcache.h"
+#include "utils/fmgroids.h"
 #include "utils/fmgrprotos.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
+#include "utils/lsyscache.h"
 #include "utils/snapmgr.h"
+#include "utils/syscache.h"
 #include "utils/timestamp.h"
 
 #include "milestones.h"
@@ -102,12 +111,17 @@ typedef struct RelayShared
 /* Settings (GUCs). */
 static char *relay_database_name = NULL;
 /*
- * Commit coalescing: after a batch of fewer than RELAY_COALESCE_BELOW
- * events, a wake-up waits RELAY_COALESCE_MS for more commits to gather
- * (a small, bounded addition to the notification lag).
+ * Commit coalescing: a batch costs its transaction and bookkeeping (some
+ * 0.5 ms of CPU) however few events it carries, so a busy database is
+ * served at most one batch per RELAY_PERIOD_MS: after a batch of fewer
+ * than RELAY_COALESCE_BELOW events the relay lets commits gather until
+ * that much time has passed since the batch began (an event waits half of
+ * it on average; the first event after a quiet spell goes at once).  A
+ * batch of RELAY_COALESCE_BELOW or more means a backlog: the next one
+ * follows at once.
  */
 #define RELAY_COALESCE_BELOW 50
-#define RELAY_COALESCE_MS 10L
+#define RELAY_PERIOD_MS 15L
 
 static double relay_max_queue_usage = 0.5;
 static int	relay_poll_interval = 250;
@@ -390,7 +404,6 @@ RelayShutdown(void)
 /* The relay's statements; %1$s is the extension's schema (quoted). */
 typedef enum RelayStmt
 {
-	STMT_EXTENSION,
 	STMT_START,
 	STMT_PENDING,
 	STMT_BATCH,
@@ -405,12 +418,6 @@ typedef struct RelayStmtDef
 } RelayStmtDef;
 
 static const RelayStmtDef relay_stmts[STMT_COUNT] = {
-	[STMT_EXTENSION] = {
-		"SELECT pg_catalog.quote_ident(n.nspname) FROM pg_catalog.pg_extension e"
-		" JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) e.extnamespace"
-		" WHERE e.extname OPERATOR(pg_catalog.=) 'milestones'"
-		" AND EXISTS (SELECT FROM pg_catalog.pg_proc p WHERE p.pronamespace OPERATOR(pg_catalog.=) n.oid"
-		" AND p.proname OPERATOR(pg_catalog.=) '_next_batch')", 0, {InvalidOid}},
 	[STMT_START] = {"SELECT %1$s._relay_start()", 0, {InvalidOid}},
 	[STMT_PENDING] = {"SELECT %1$s._has_pending($1)", 1, {TEXTOID}},
 	[STMT_BATCH] = {"SELECT b.payload FROM %1$s._relay_batch($1) b ORDER BY b.event_id", 1, {INT4OID}},
@@ -431,10 +438,10 @@ RunStmt(RelayStmt stmt, const char *schema, Datum *values)
 	int			ret;
 	int			i;
 
-	if (schema != NULL && strcmp(schema, relay_plans_schema) != 0)
+	if (strcmp(schema, relay_plans_schema) != 0)
 	{
 		for (i = 0; i < STMT_COUNT; i++)
-			if (i != STMT_EXTENSION && relay_plans[i] != NULL)
+			if (relay_plans[i] != NULL)
 			{
 				SPI_freeplan(relay_plans[i]);
 				relay_plans[i] = NULL;
@@ -502,18 +509,72 @@ QueueTooFull(void)
 }
 
 /*
+ * ExtensionSchema finds milestones in this database, at 1.1 or later (its
+ * consumer functions exist): the schema's oid, or InvalidOid.  Catalog
+ * lookups, no statement: it runs at every unit.  The schema found last
+ * time is taken again while it still holds the extension's consumer and
+ * events tables (cached catalog lookups; a DROP EXTENSION drops them, an
+ * ALTER EXTENSION ... SET SCHEMA moves them).
+ */
+static Oid
+ExtensionSchema(void)
+{
+	static Oid	last_nsp = InvalidOid;
+	Relation	rel;
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tuple;
+	Oid			nsp = InvalidOid;
+	CatCList   *procs;
+	int			i;
+	bool		found = false;
+
+	if (OidIsValid(last_nsp) &&
+		OidIsValid(get_relname_relid("consumers", last_nsp)) &&
+		OidIsValid(get_relname_relid("events", last_nsp)))
+		return last_nsp;
+	last_nsp = InvalidOid;
+
+	rel = table_open(ExtensionRelationId, AccessShareLock);
+	ScanKeyInit(&key, Anum_pg_extension_extname, BTEqualStrategyNumber, F_NAMEEQ,
+				CStringGetDatum("milestones"));
+	scan = systable_beginscan(rel, ExtensionNameIndexId, true, NULL, 1, &key);
+	tuple = systable_getnext(scan);
+	if (HeapTupleIsValid(tuple))
+		nsp = ((Form_pg_extension) GETSTRUCT(tuple))->extnamespace;
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	if (!OidIsValid(nsp))
+		return InvalidOid;
+
+	procs = SearchSysCacheList1(PROCNAMEARGSNSP, CStringGetDatum("_next_batch"));
+	for (i = 0; i < procs->n_members && !found; i++)
+		found = ((Form_pg_proc) GETSTRUCT(&procs->members[i]->tuple))->pronamespace == nsp;
+	ReleaseSysCacheList(procs);
+	if (found)
+		last_nsp = nsp;
+	return last_nsp;
+}
+
+/*
  * RelayUnit is one unit of work, in its own transaction: find the
  * extension, take the relay's next batch, NOTIFY every event of it and
  * finish the batch, so that the notifications and the new position commit
- * together.  Returns the number of events sent, or -1 when there is
- * nothing to do now (nothing new, no extension, paused).
+ * together.  The common case runs in C (src/relay_batch.c); the rest
+ * through the SQL functions (_has_pending, _relay_batch).  woken: a commit
+ * that wrote events set the latch, so there is surely something to read
+ * (no read-only look first).  Returns the
+ * number of events sent, or -1 when there is nothing to do now (nothing
+ * new, no extension, paused).
  */
 static int
-RelayUnit(void)
+RelayUnit(bool woken)
 {
 	Datum		values[2];
+	Oid			nsp;
 	char	   *schema;
 	bool		isnull;
+	bool		fallback;
 	int			sent = -1;
 
 	SetCurrentStatementStartTimestamp();
@@ -524,13 +585,13 @@ RelayUnit(void)
 	pgstat_report_activity(STATE_RUNNING, "milestones relay: looking for committed events");
 
 	/* The extension, and its schema. */
-	RunStmt(STMT_EXTENSION, NULL, NULL);
+	nsp = ExtensionSchema();
 	SpinLockAcquire(&relay->mutex);
-	relay->extension_present = SPI_processed == 1;
+	relay->extension_present = OidIsValid(nsp);
 	SpinLockRelease(&relay->mutex);
-	if (SPI_processed != 1)
+	if (!OidIsValid(nsp))
 		goto done;				/* not installed (or still at 1.0) */
-	schema = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	schema = (char *) quote_identifier(get_namespace_name(nsp));
 
 	if (QueueTooFull())
 		goto done;
@@ -541,6 +602,11 @@ RelayUnit(void)
 		RunStmt(STMT_START, schema, NULL);
 		relay_start_done = true;
 	}
+
+	/* The common case, in C. */
+	sent = RelayBatchSend(nsp, schema, RELAY_CONSUMER, woken, relay_batch_size, &fallback);
+	if (!fallback)
+		goto done;
 
 	/* Anything new since the relay's position?  A read-only look first. */
 	values[0] = CStringGetTextDatum(RELAY_CONSUMER);
@@ -576,6 +642,7 @@ done:
 	SPI_finish();
 	PopActiveSnapshot();
 	CommitTransactionCommand();
+	RelayBatchCommitted();
 	pgstat_report_stat(false);
 	pgstat_report_activity(STATE_IDLE, NULL);
 	if (sent >= 0)
@@ -601,6 +668,7 @@ void
 milestones_relay_main(Datum main_arg)
 {
 	MemoryContext loop_context;
+	bool		woken = false;	/* the latch was set: commits wrote events */
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, RelaySigterm);
@@ -623,6 +691,9 @@ milestones_relay_main(Datum main_arg)
 	{
 		int			sent = -1;
 		bool		failed = false;
+		bool		was_woken = woken;
+		TimestampTz unit_start;
+		long		left;
 
 		CHECK_FOR_INTERRUPTS();
 		if (got_sigterm)
@@ -637,9 +708,10 @@ milestones_relay_main(Datum main_arg)
 		SpinLockRelease(&relay->mutex);
 
 		MemoryContextSwitchTo(loop_context);
+		unit_start = GetCurrentTimestamp();
 		PG_TRY();
 		{
-			sent = RelayUnit();
+			sent = RelayUnit(was_woken);
 			if (sent >= 0)
 				SetNote(NULL);
 		}
@@ -652,6 +724,7 @@ milestones_relay_main(Datum main_arg)
 			EmitErrorReport();
 			FlushErrorState();
 			AbortCurrentTransaction();
+			RelayBatchForget();
 			SetNote(edata->message);
 			FreeErrorData(edata);
 			pgstat_report_activity(STATE_IDLE, NULL);
@@ -661,28 +734,25 @@ milestones_relay_main(Datum main_arg)
 		MemoryContextSwitchTo(loop_context);
 		MemoryContextReset(loop_context);
 
+		woken = true;
 		if (sent > 0 && sent >= Min(RELAY_COALESCE_BELOW, relay_batch_size) && !got_sigterm)
 			continue;			/* a big batch: more are queued, take the next at once */
 
+		/*
+		 * After a small batch, let commits gather until RELAY_PERIOD_MS
+		 * since it began; commits meanwhile set the latch, which the wait
+		 * below then finds set.
+		 */
+		left = RELAY_PERIOD_MS -
+			(long) ((GetCurrentTimestamp() - unit_start) / 1000);
+		if (sent > 0 && !got_sigterm && left > 0)
+			(void) WaitLatch(MyLatch, WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, left, PG_WAIT_EXTENSION);
+
+		woken = false;
 		if (WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 					  failed ? 1000L : (long) relay_poll_interval, PG_WAIT_EXTENSION) & WL_LATCH_SET)
-		{
-			ResetLatch(MyLatch);
-
-			/*
-			 * Woken by a commit after a small batch (or none): let a few
-			 * more commits gather before the next one, so that a busy
-			 * database is served in batches of several events instead of
-			 * one batch (one tick, bookkeeping rows, a transaction) per
-			 * commit.  Commits in the meantime set the latch again; the
-			 * unit after the pause reads them all.
-			 */
-			if (!failed && !got_sigterm)
-				(void) WaitLatch(MyLatch, WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-								 RELAY_COALESCE_MS, PG_WAIT_EXTENSION);
-		}
-		else
-			ResetLatch(MyLatch);
+			woken = !failed;
+		ResetLatch(MyLatch);
 	}
 }
 

@@ -29,7 +29,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-plan 29
+plan 30
 if [ -n "${MILESTONES_NOTIFY_DB:-}" ]; then
   # A database that must stay (the relay's): the extension only, then dropped.
   q "$DB" "DROP EXTENSION IF EXISTS milestones CASCADE" >/dev/null 2>&1
@@ -175,6 +175,11 @@ is "$(payloads | jq -e . >/dev/null 2>&1 && echo valid)" valid "every payload is
 is "$n_payloads" "$(q "$DB" "SELECT count(*) FROM milestones.events")" "one notification per row of the events table"
 is "$(payloads | jq -r '.event_id' | sort -n | paste -sd, -)" "$(q "$DB" "SELECT string_agg(event_id::text, ',' ORDER BY event_id) FROM milestones.events")" \
    "the notified event ids are exactly the events table's"
+# Byte for byte: the relay builds payloads in C, the fallback through
+# _payloads(); both must send exactly what _payloads() builds.
+is "$(payloads | sort | md5sum)" \
+   "$(q "$DB" "SELECT p.payload FROM milestones._payloads(ARRAY(SELECT e FROM milestones.events e)) p" | sort | md5sum)" \
+   "every payload is byte for byte what _payloads() builds for its event"
 is "$(payloads | jq -r 'select((.order_id|type) != "number" or (.event|type) != "string" or (.order_state|type) != "string") | .event_id' | wc -l)" 0 \
    "every payload carries order_id, event and order_state"
 is "$(q "$DB" "SELECT count(*) FROM milestones.check_invariants()")" 0 "check_invariants() is empty"

@@ -38,7 +38,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-plan 26
+plan 28
 [ "$(q postgres "SELECT count(*) FROM pg_database WHERE datname = '$DB'")" = 1 ] || bail "database $DB missing (test/tools/run-tests makes it)"
 [ "$(q postgres "SHOW milestones.database_name")" = "$DB" ] || bail "milestones.database_name is not $DB"
 
@@ -163,5 +163,19 @@ is "$(payloads | jq -r "select(.event_id > $first) | .event_id" | sort -n | past
 newlog | grep -q "milestones relay resumed"
 ok $? "the log says the relay resumed"
 is "$(newlog | grep -c 'WARNING:  milestones relay paused')" 1 "still one WARNING"
+
+# --- Payloads byte for byte, with text that needs escaping -------------------
+# One note per kind of escape (so that none hides another), and one without.
+n=0
+for note in 'a \\ backslash' 'a " quote' 'a \t tab, a \n newline, a \x01' '\u00e9\u2713 {"json": [1]}'; do
+  X=$(offer3 "$DB" 1)
+  q "$DB" "SELECT milestones.place_order($X, 20)" >/dev/null
+  q "$DB" "SELECT milestones.deliver($X, 10, E'$note')" >/dev/null && n=$((n + 1))
+done
+arrived "$X" "offered,placed,delivered"
+ok $([ "$n" -eq 4 ]; echo $?) "four deliveries whose notes need escaping are notified"
+is "$(payloads | sort | md5sum)" \
+   "$(q "$DB" "SELECT p.payload FROM milestones._payloads(ARRAY(SELECT e FROM milestones.events e)) p" | sort | md5sum)" \
+   "every payload the relay sent is byte for byte what _payloads() builds for its event"
 
 [ "$TAP_FAILED" -eq 0 ]

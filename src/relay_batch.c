@@ -1,0 +1,1308 @@
+/*-------------------------------------------------------------------------
+ *
+ * src/relay_batch.c
+ *		The relay's common batch in C: the consumer mechanism without PL/pgSQL.
+ *
+ * The relay (src/relay.c) reads the events as the consumer "_relay" of
+ * the durable consumer mechanism (sql/1.1/30_events.sql: ticks, a range,
+ * a batch finished in the same transaction).  Through the SQL functions a
+ * batch cost about a dozen PL/pgSQL statements, three of them planned
+ * again on every call, and a payload built through jsonb_each and
+ * jsonb_object_agg: some 3 ms of CPU per batch.  This file does the same
+ * work for the relay's common case directly:
+ *
+ *	- "anything new?" and the tick range through the events' transaction id
+ *	  index (events_txid_idx), read in C with the same snapshot tests as
+ *	  pg_visible_in_snapshot(), and the orders through their primary key;
+ *	- the payloads written in C, in the key order and the text jsonb gives
+ *	  _payloads() (money as strings), without building jsonb values;
+ *	- the consumer's new position in one statement from a saved plan: its
+ *	  tick takes the new snapshot in place, and the position this worker's
+ *	  last committed batch left is known, so the consumer is neither read
+ *	  nor locked first (the update checks that it is still there), and the
+ *	  relay's NOTIFYs and its position commit together, exactly as
+ *	  _relay_batch() leaves them.
+ *
+ * The common case is: no open batch, no range being drained, both ticks of
+ * this cluster, every detail a JSON object.  Anything else (a restore from
+ * another cluster, a range of more than milestones.relay_batch_size events
+ * being drained, an open batch) is left to the SQL functions, which stay
+ * the one definition of the mechanism; test/shell/23_relay.t checks that
+ * the payloads sent are byte for byte those of _payloads().
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/relscan.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "access/transam.h"
+#include "access/xact.h"
+#include "access/xlog.h"
+#include "catalog/pg_am.h"
+#include "catalog/pg_type.h"
+#include "commands/async.h"
+#include "executor/spi.h"
+#include "executor/tuptable.h"
+#include "lib/stringinfo.h"
+#include "utils/builtins.h"
+#include "utils/datetime.h"
+#include "utils/fmgroids.h"
+#include "utils/fmgrprotos.h"
+#include "utils/json.h"
+#include "utils/jsonb.h"
+#include "utils/lsyscache.h"
+#include "utils/numeric.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
+#include "utils/xid8.h"
+
+#include "milestones.h"
+
+/* A tick's snapshot (pg_snapshot), as full transaction ids. */
+typedef struct TickSnap
+{
+	uint64		xmin;
+	uint64		xmax;
+	int			nxip;
+	uint64	   *xip;			/* ascending, no duplicates */
+} TickSnap;
+
+/* One event of the range: its id and a copy of its row. */
+typedef struct RangeEvent
+{
+	int64		event_id;
+	HeapTuple	tuple;
+} RangeEvent;
+
+/* An order's parties and currency, for the payload. */
+typedef struct OrderParties
+{
+	int64		order_id;
+	int64		seller_id;
+	int64		buyer_id;
+	char	   *currency;
+} OrderParties;
+
+/* The columns of milestones.events the relay reads. */
+typedef struct EventsColumns
+{
+	AttrNumber	event_id;
+	AttrNumber	order_id;
+	AttrNumber	position;
+	AttrNumber	event;
+	AttrNumber	actor_role;
+	AttrNumber	actor_id;
+	AttrNumber	order_state;
+	AttrNumber	milestone_state;
+	AttrNumber	detail;
+	AttrNumber	created_at;
+	AttrNumber	txid;
+	AttrNumber	txid_cluster;
+} EventsColumns;
+
+/* The batch's statements; %1$s is the extension's schema (quoted). */
+typedef enum BatchStmt
+{
+	BSTMT_CONSUMER,
+	BSTMT_LOCK,
+	BSTMT_TICK,
+	BSTMT_TICK_MOVE,
+	BSTMT_MOVE_FINISH,
+	BSTMT_MOVE_KNOWN,
+	BSTMT_POSITION,
+	BSTMT_PRUNE,
+	BSTMT_COUNT
+} BatchStmt;
+
+typedef struct BatchStmtDef
+{
+	const char *sql;
+	int			nargs;
+	Oid			argtypes[7];
+	int			expect;			/* the SPI_OK_* code it returns */
+} BatchStmtDef;
+
+static const BatchStmtDef batch_stmts[BSTMT_COUNT] = {
+	/* The consumer, its tick, and whether a batch or a range is open. */
+	[BSTMT_CONSUMER] = {
+		"SELECT c.consumer_id, c.tick_id,"
+		" c.upper_tick_id IS NOT NULL OR EXISTS (SELECT FROM %1$s.consumer_batches b"
+		" WHERE b.consumer_id OPERATOR(pg_catalog.=) c.consumer_id),"
+		" t.snapshot::pg_catalog.text, t.cluster_id"
+		" FROM %1$s.consumers c JOIN %1$s.consumer_ticks t ON t.tick_id OPERATOR(pg_catalog.=) c.tick_id"
+		" WHERE c.name OPERATOR(pg_catalog.=) $1",
+	1, {TEXTOID}, SPI_OK_SELECT},
+	/*
+	 * The same, locked (one worker at a time moves a consumer), and
+	 * settings.notify as _relay_batch() reads it.
+	 */
+	[BSTMT_LOCK] = {
+		"SELECT c.consumer_id, c.tick_id,"
+		" c.upper_tick_id IS NOT NULL OR EXISTS (SELECT FROM %1$s.consumer_batches b"
+		" WHERE b.consumer_id OPERATOR(pg_catalog.=) c.consumer_id),"
+		" t.snapshot::pg_catalog.text, t.cluster_id,"
+		" (SELECT s.notify FROM %1$s.settings s)"
+		" FROM %1$s.consumers c JOIN %1$s.consumer_ticks t ON t.tick_id OPERATOR(pg_catalog.=) c.tick_id"
+		" WHERE c.name OPERATOR(pg_catalog.=) $1 FOR UPDATE OF c",
+	1, {TEXTOID}, SPI_OK_SELECT},
+	/* _take_tick()'s insert. */
+	[BSTMT_TICK] = {
+		"INSERT INTO %1$s.consumer_ticks (snapshot, cluster_id) VALUES ($1, $2) RETURNING tick_id",
+	2, {PG_SNAPSHOTOID, INT8OID}, SPI_OK_INSERT_RETURNING},
+	/*
+	 * A new tick and the prune of the consumer's old one, in one update:
+	 * the old tick takes the new snapshot when nothing but this consumer
+	 * stands on it (always, for the relay), which spares an insert, a
+	 * delete and the foreign key checks of both.
+	 */
+	[BSTMT_TICK_MOVE] = {
+		"UPDATE %1$s.consumer_ticks t SET snapshot = $2, taken_at = pg_catalog.clock_timestamp()"
+		" WHERE t.tick_id OPERATOR(pg_catalog.=) $1 AND t.cluster_id OPERATOR(pg_catalog.=) $4"
+		" AND NOT EXISTS (SELECT FROM %1$s.consumers c WHERE c.consumer_id OPERATOR(pg_catalog.<>) $3"
+		" AND (c.tick_id OPERATOR(pg_catalog.=) t.tick_id OR c.upper_tick_id OPERATOR(pg_catalog.=) t.tick_id))"
+		" AND NOT EXISTS (SELECT FROM %1$s.consumer_batches b"
+		" WHERE b.lower_tick_id OPERATOR(pg_catalog.=) t.tick_id OR b.upper_tick_id OPERATOR(pg_catalog.=) t.tick_id)",
+	4, {INT8OID, PG_SNAPSHOTOID, INT8OID, INT8OID}, SPI_OK_UPDATE},
+	/* The same, and the consumer's counters for the batch it finished. */
+	[BSTMT_MOVE_FINISH] = {
+		"WITH t AS (UPDATE %1$s.consumer_ticks t SET snapshot = $2, taken_at = pg_catalog.clock_timestamp()"
+		" WHERE t.tick_id OPERATOR(pg_catalog.=) $1 AND t.cluster_id OPERATOR(pg_catalog.=) $4"
+		" AND NOT EXISTS (SELECT FROM %1$s.consumers c WHERE c.consumer_id OPERATOR(pg_catalog.<>) $3"
+		" AND (c.tick_id OPERATOR(pg_catalog.=) t.tick_id OR c.upper_tick_id OPERATOR(pg_catalog.=) t.tick_id))"
+		" AND NOT EXISTS (SELECT FROM %1$s.consumer_batches b"
+		" WHERE b.lower_tick_id OPERATOR(pg_catalog.=) t.tick_id OR b.upper_tick_id OPERATOR(pg_catalog.=) t.tick_id)"
+		" RETURNING t.tick_id)"
+		" UPDATE %1$s.consumers c"
+		" SET batches_done = c.batches_done OPERATOR(pg_catalog.+) 1,"
+		" events_done = c.events_done OPERATOR(pg_catalog.+) $5,"
+		" last_finished_at = pg_catalog.clock_timestamp()"
+		" FROM t WHERE c.consumer_id OPERATOR(pg_catalog.=) $3 AND c.tick_id OPERATOR(pg_catalog.=) t.tick_id",
+	5, {INT8OID, PG_SNAPSHOTOID, INT8OID, INT8OID, INT8OID}, SPI_OK_UPDATE},
+
+	/*
+	 * The same without the lock read first, for a consumer whose position
+	 * this worker knows from its own last batch ($6: the tick's snapshot
+	 * then): one row when the consumer still stands there, its range
+	 * closed and no batch open (the caller raises an error otherwise, which
+	 * undoes the tick's move too), with settings.notify.  A tick belongs to
+	 * the one consumer that took it (_take_tick), so no other consumer or
+	 * batch can stand on it.
+	 */
+	[BSTMT_MOVE_KNOWN] = {
+		"WITH t AS (UPDATE %1$s.consumer_ticks t SET snapshot = $2, taken_at = pg_catalog.clock_timestamp()"
+		" WHERE t.tick_id OPERATOR(pg_catalog.=) $1 AND t.cluster_id OPERATOR(pg_catalog.=) $4"
+		" AND t.snapshot::pg_catalog.text OPERATOR(pg_catalog.=) $6"
+		" RETURNING t.tick_id)"
+		" UPDATE %1$s.consumers c"
+		" SET batches_done = c.batches_done OPERATOR(pg_catalog.+) $7,"
+		" events_done = c.events_done OPERATOR(pg_catalog.+) $5,"
+		" last_finished_at = CASE WHEN $7 OPERATOR(pg_catalog.>) 0"
+		" THEN pg_catalog.clock_timestamp() ELSE c.last_finished_at END"
+		" FROM t WHERE c.consumer_id OPERATOR(pg_catalog.=) $3 AND c.tick_id OPERATOR(pg_catalog.=) t.tick_id"
+		" AND c.upper_tick_id IS NULL"
+		" AND NOT EXISTS (SELECT FROM %1$s.consumer_batches b WHERE b.consumer_id OPERATOR(pg_catalog.=) $3)"
+		" RETURNING (SELECT s.notify FROM %1$s.settings s)",
+	7, {INT8OID, PG_SNAPSHOTOID, INT8OID, INT8OID, INT8OID, TEXTOID, INT8OID}, SPI_OK_UPDATE_RETURNING},
+	/* The consumer's position after _next_batch() and _finish_batch(). */
+	[BSTMT_POSITION] = {
+		"UPDATE %1$s.consumers"
+		" SET tick_id = $2, upper_tick_id = $3, after_event_id = $4,"
+		" batches_done = batches_done OPERATOR(pg_catalog.+) $5,"
+		" events_done = events_done OPERATOR(pg_catalog.+) $6,"
+		" last_finished_at = CASE WHEN $5 OPERATOR(pg_catalog.>) 0"
+		" THEN pg_catalog.clock_timestamp() ELSE last_finished_at END"
+		" WHERE consumer_id OPERATOR(pg_catalog.=) $1",
+	6, {INT8OID, INT8OID, INT8OID, INT8OID, INT8OID, INT8OID}, SPI_OK_UPDATE},
+	/* _prune_ticks(ARRAY[$1]). */
+	[BSTMT_PRUNE] = {
+		"DELETE FROM %1$s.consumer_ticks t WHERE t.tick_id OPERATOR(pg_catalog.=) $1"
+		" AND NOT EXISTS (SELECT FROM %1$s.consumers c"
+		" WHERE c.tick_id OPERATOR(pg_catalog.=) t.tick_id OR c.upper_tick_id OPERATOR(pg_catalog.=) t.tick_id)"
+		" AND NOT EXISTS (SELECT FROM %1$s.consumer_batches b"
+		" WHERE b.lower_tick_id OPERATOR(pg_catalog.=) t.tick_id OR b.upper_tick_id OPERATOR(pg_catalog.=) t.tick_id)",
+	1, {INT8OID}, SPI_OK_DELETE},
+};
+
+/* The saved plans, and the schema they were prepared for. */
+static SPIPlanPtr batch_plans[BSTMT_COUNT];
+static char batch_plans_schema[2 * NAMEDATALEN + 3] = "";
+
+/*
+ * Where this worker's last batch left the consumer: its id and tick (the
+ * tick keeps its id, with a new snapshot, when moved in place), valid
+ * while the events table is the same one.  Set when that batch's
+ * transaction committed (RelayBatchCommitted), forgotten after an error
+ * or when the SQL functions did the work, so the next batch neither reads
+ * nor locks the consumer first: its final update checks that the consumer
+ * is still there.
+ */
+typedef struct KnownPosition
+{
+	bool		valid;
+	Oid			events_relid;
+	int64		consumer_id;
+	int64		tick_id;
+	char		tick_text[1024];	/* the tick's snapshot, as text */
+} KnownPosition;
+
+static KnownPosition known;		/* committed */
+static KnownPosition known_pending;	/* this transaction's, until it commits */
+
+/* The money keys of a detail and of its payout object (SPEC section 5). */
+static const char *const detail_money_keys[] = {"total", "charged", "refunded", "amount", NULL};
+static const char *const payout_money_keys[] = {"gross", "fee", "net", NULL};
+
+/*
+ * RunBatchStmt runs one of the batch's statements from its saved plan
+ * (prepared on first use, again when the extension's schema changed) and
+ * checks its result code.
+ */
+static void
+RunBatchStmt(BatchStmt stmt, const char *schema, Datum *values, const char *nulls)
+{
+	int			ret;
+	int			i;
+
+	if (strcmp(schema, batch_plans_schema) != 0)
+	{
+		for (i = 0; i < BSTMT_COUNT; i++)
+			if (batch_plans[i] != NULL)
+			{
+				SPI_freeplan(batch_plans[i]);
+				batch_plans[i] = NULL;
+			}
+		strlcpy(batch_plans_schema, schema, sizeof(batch_plans_schema));
+	}
+	if (batch_plans[stmt] == NULL)
+	{
+		StringInfoData sql;
+		SPIPlanPtr	plan;
+
+		initStringInfo(&sql);
+		appendStringInfo(&sql, batch_stmts[stmt].sql, batch_plans_schema);
+		plan = SPI_prepare_cursor(sql.data, batch_stmts[stmt].nargs, (Oid *) batch_stmts[stmt].argtypes,
+								  CURSOR_OPT_GENERIC_PLAN);
+		if (plan == NULL)
+			elog(ERROR, "milestones relay: SPI_prepare failed for \"%s\": %s",
+				 sql.data, SPI_result_code_string(SPI_result));
+		if (SPI_keepplan(plan) != 0)
+			elog(ERROR, "milestones relay: SPI_keepplan failed");
+		batch_plans[stmt] = plan;
+		pfree(sql.data);
+	}
+	ret = SPI_execute_plan(batch_plans[stmt], values, nulls, false, 0);
+	if (ret != batch_stmts[stmt].expect)
+		elog(ERROR, "milestones relay: batch statement %d failed: %s",
+			 (int) stmt, SPI_result_code_string(ret));
+}
+
+/* GetInt64 reads a NOT NULL bigint column of SPI's current result. */
+static int64
+GetInt64(uint64 row, int col)
+{
+	bool		isnull;
+	Datum		d = SPI_getbinval(SPI_tuptable->vals[row], SPI_tuptable->tupdesc, col, &isnull);
+
+	if (isnull)
+		elog(ERROR, "milestones relay: unexpected NULL in column %d", col);
+	return DatumGetInt64(d);
+}
+
+/* GetBool reads a boolean column of SPI's current result; NULL is false. */
+static bool
+GetBool(uint64 row, int col)
+{
+	bool		isnull;
+	Datum		d = SPI_getbinval(SPI_tuptable->vals[row], SPI_tuptable->tupdesc, col, &isnull);
+
+	return !isnull && DatumGetBool(d);
+}
+
+/*
+ * ParseTick reads a pg_snapshot's text form "xmin:xmax:xip,..." (as
+ * pg_snapshot_out writes it: the xip ascending, without duplicates).
+ */
+static bool
+ParseTick(const char *text, TickSnap *tick)
+{
+	const char *p = text;
+	char	   *end;
+	int			cap = 8;
+
+	tick->nxip = 0;
+	tick->xip = palloc(cap * sizeof(uint64));
+	tick->xmin = strtou64(p, &end, 10);
+	if (end == p || *end != ':')
+		return false;
+	p = end + 1;
+	tick->xmax = strtou64(p, &end, 10);
+	if (end == p || *end != ':')
+		return false;
+	p = end + 1;
+	while (*p != '\0')
+	{
+		uint64		x = strtou64(p, &end, 10);
+
+		if (end == p)
+			return false;
+		if (tick->nxip == cap)
+		{
+			cap *= 2;
+			tick->xip = repalloc(tick->xip, cap * sizeof(uint64));
+		}
+		tick->xip[tick->nxip++] = x;
+		p = end;
+		if (*p == ',')
+			p++;
+		else if (*p != '\0')
+			return false;
+	}
+	return true;
+}
+
+/* TickSees is pg_visible_in_snapshot(): is a transaction id visible in a tick? */
+static bool
+TickSees(const TickSnap *tick, uint64 xid)
+{
+	int			lo = 0;
+	int			hi = tick->nxip - 1;
+
+	if (xid < tick->xmin)
+		return true;
+	if (xid >= tick->xmax)
+		return false;
+	while (lo <= hi)
+	{
+		int			mid = lo + (hi - lo) / 2;
+
+		if (tick->xip[mid] == xid)
+			return false;
+		if (tick->xip[mid] < xid)
+			lo = mid + 1;
+		else
+			hi = mid - 1;
+	}
+	return true;
+}
+
+/* WidenXid is xid8funcs.c's widen_snapshot_xid: a snapshot's xid made full. */
+static uint64
+WidenXid(TransactionId xid, FullTransactionId next)
+{
+	uint32		epoch = EpochFromFullTransactionId(next);
+
+	if (!TransactionIdIsNormal(xid))
+		return U64FromFullTransactionId(FullTransactionIdFromEpochAndXid(0, xid));
+	if (xid > XidFromFullTransactionId(next))
+		epoch--;
+	return U64FromFullTransactionId(FullTransactionIdFromEpochAndXid(epoch, xid));
+}
+
+/* CompareU64 orders transaction ids for qsort. */
+static int
+CompareU64(const void *a, const void *b)
+{
+	uint64		x = *(const uint64 *) a;
+	uint64		y = *(const uint64 *) b;
+
+	return x < y ? -1 : (x > y ? 1 : 0);
+}
+
+/*
+ * TakeTick is _take_tick()'s snapshot, in memory: the snapshot taken now
+ * (after this transaction got its id), with this transaction and every id
+ * from the snapshot's xmax up to it counted as in progress, so that no
+ * event of an id between them can pass for committed.  Returns the tick
+ * and, in *text, its pg_snapshot text.
+ */
+static void
+TakeTick(Snapshot snap, TickSnap *tick, char **text)
+{
+	FullTransactionId next = ReadNextFullTransactionId();
+	uint64		me = U64FromFullTransactionId(GetTopFullTransactionId());
+	uint64		xmin = WidenXid(snap->xmin, next);
+	uint64		xmax = WidenXid(snap->xmax, next);
+	uint64		from = Min(xmax, me);
+	int			n = 0;
+	int			i;
+	StringInfoData buf;
+
+	tick->xip = palloc((snap->xcnt + (me - from) + 1) * sizeof(uint64));
+	for (i = 0; i < (int) snap->xcnt; i++)
+		tick->xip[n++] = WidenXid(snap->xip[i], next);
+	for (; from <= me; from++)
+		tick->xip[n++] = from;
+	qsort(tick->xip, n, sizeof(uint64), CompareU64);
+	tick->nxip = 0;
+	for (i = 0; i < n; i++)
+		if (tick->nxip == 0 || tick->xip[tick->nxip - 1] != tick->xip[i])
+			tick->xip[tick->nxip++] = tick->xip[i];
+	tick->xmin = Min(xmin, me);
+	tick->xmax = Max(xmax, me + 1);
+
+	initStringInfo(&buf);
+	appendStringInfo(&buf, UINT64_FORMAT ":" UINT64_FORMAT ":", tick->xmin, tick->xmax);
+	for (i = 0; i < tick->nxip; i++)
+		appendStringInfo(&buf, "%s" UINT64_FORMAT, i > 0 ? "," : "", tick->xip[i]);
+	*text = buf.data;
+}
+
+/*
+ * OpenEvents opens milestones.events and its transaction id index, and
+ * finds the columns the relay reads; false (nothing opened) when the
+ * schema lacks any of them, so that the SQL functions take over.
+ */
+static bool
+OpenEvents(Oid nsp, Relation *rel, Relation *idx, EventsColumns *col)
+{
+	Oid			relid = get_relname_relid("events", nsp);
+	Oid			idxid = get_relname_relid("events_txid_idx", nsp);
+	AttrNumber *const atts[] = {&col->event_id, &col->order_id, &col->position, &col->event,
+		&col->actor_role, &col->actor_id, &col->order_state, &col->milestone_state,
+	&col->detail, &col->created_at, &col->txid, &col->txid_cluster};
+	const char *const names[] = {"event_id", "order_id", "position", "event",
+		"actor_role", "actor_id", "order_state", "milestone_state",
+	"detail", "created_at", "txid", "txid_cluster"};
+	int			i;
+
+	if (!OidIsValid(relid) || !OidIsValid(idxid))
+		return false;
+	for (i = 0; i < (int) lengthof(names); i++)
+	{
+		*atts[i] = get_attnum(relid, names[i]);
+		if (*atts[i] == InvalidAttrNumber)
+			return false;
+	}
+	*rel = table_open(relid, AccessShareLock);
+	*idx = index_open(idxid, AccessShareLock);
+	if ((*idx)->rd_index->indrelid != relid ||
+		(*idx)->rd_rel->relam != BTREE_AM_OID ||
+		(*idx)->rd_index->indkey.values[0] != col->txid ||
+		TupleDescAttr(RelationGetDescr(*rel), col->txid - 1)->atttypid != XID8OID)
+	{
+		index_close(*idx, AccessShareLock);
+		table_close(*rel, AccessShareLock);
+		return false;
+	}
+	return true;
+}
+
+/*
+ * AnyPending is _has_pending()'s look along events_txid_idx, newest first:
+ * is there an event of this cluster whose transaction the consumer's tick
+ * does not see?  Read-only, so an idle database costs the relay no
+ * transaction id.
+ */
+static bool
+AnyPending(Relation rel, Relation idx, const EventsColumns *col, const TickSnap *lo, int64 here)
+{
+	ScanKeyData key;
+	IndexScanDesc scan;
+	TupleTableSlot *slot = table_slot_create(rel, NULL);
+	bool		found = false;
+
+	ScanKeyInit(&key, 1, BTGreaterEqualStrategyNumber, F_XID8GE, UInt64GetDatum(lo->xmin));
+	scan = index_beginscan(rel, idx, GetActiveSnapshot(), 1, 0);
+	index_rescan(scan, &key, 1, NULL, 0);
+	while (!found && index_getnext_slot(scan, BackwardScanDirection, slot))
+	{
+		bool		isnull;
+		uint64		txid = DatumGetUInt64(slot_getattr(slot, col->txid, &isnull));
+		int64		cluster = DatumGetInt64(slot_getattr(slot, col->txid_cluster, &isnull));
+
+		found = cluster == here && !TickSees(lo, txid);
+	}
+	index_endscan(scan);
+	ExecDropSingleTupleTableSlot(slot);
+	return found;
+}
+
+/* CompareEvents orders the range by event_id. */
+static int
+CompareEvents(const void *a, const void *b)
+{
+	int64		x = ((const RangeEvent *) a)->event_id;
+	int64		y = ((const RangeEvent *) b)->event_id;
+
+	return x < y ? -1 : (x > y ? 1 : 0);
+}
+
+/*
+ * ReadRange is _range_events() for two ticks of this cluster: the events
+ * whose transaction is visible in hi but not in lo, in event_id order,
+ * read along events_txid_idx between lo's xmin and hi's xmax with the
+ * snapshot hi was taken from (so every event hi sees is there).
+ */
+static int
+ReadRange(Relation rel, Relation idx, const EventsColumns *col, Snapshot snap,
+		  const TickSnap *lo, const TickSnap *hi, int64 here, RangeEvent **out)
+{
+	ScanKeyData keys[2];
+	IndexScanDesc scan;
+	TupleTableSlot *slot = table_slot_create(rel, NULL);
+	int			n = 0;
+	int			cap = 64;
+	RangeEvent *events = palloc(cap * sizeof(RangeEvent));
+
+	ScanKeyInit(&keys[0], 1, BTGreaterEqualStrategyNumber, F_XID8GE, UInt64GetDatum(lo->xmin));
+	ScanKeyInit(&keys[1], 1, BTLessStrategyNumber, F_XID8LT, UInt64GetDatum(hi->xmax));
+	scan = index_beginscan(rel, idx, snap, 2, 0);
+	index_rescan(scan, keys, 2, NULL, 0);
+	while (index_getnext_slot(scan, ForwardScanDirection, slot))
+	{
+		bool		isnull;
+		uint64		txid = DatumGetUInt64(slot_getattr(slot, col->txid, &isnull));
+		int64		cluster = DatumGetInt64(slot_getattr(slot, col->txid_cluster, &isnull));
+		int64		event_id;
+
+		if (cluster != here || TickSees(lo, txid) || !TickSees(hi, txid))
+			continue;
+		event_id = DatumGetInt64(slot_getattr(slot, col->event_id, &isnull));
+		if (event_id <= 0)
+			continue;			/* _range_events: event_id > COALESCE(after, 0) */
+		if (n == cap)
+		{
+			cap *= 2;
+			events = repalloc(events, cap * sizeof(RangeEvent));
+		}
+		events[n].event_id = event_id;
+		events[n].tuple = ExecCopySlotHeapTuple(slot);
+		n++;
+	}
+	index_endscan(scan);
+	ExecDropSingleTupleTableSlot(slot);
+	qsort(events, n, sizeof(RangeEvent), CompareEvents);
+	*out = events;
+	return n;
+}
+
+/* CompareOrders orders the parties by order_id, for bsearch. */
+static int
+CompareOrders(const void *a, const void *b)
+{
+	int64		x = ((const OrderParties *) a)->order_id;
+	int64		y = ((const OrderParties *) b)->order_id;
+
+	return x < y ? -1 : (x > y ? 1 : 0);
+}
+
+/* CompareInt64 orders ids for qsort. */
+static int
+CompareInt64(const void *a, const void *b)
+{
+	int64		x = *(const int64 *) a;
+	int64		y = *(const int64 *) b;
+
+	return x < y ? -1 : (x > y ? 1 : 0);
+}
+
+/*
+ * ReadOrders reads the parties and currency of the orders of the first n
+ * events, sorted by order_id, through the orders' primary key (one probe
+ * per order, never a scan); false when the table is not as expected.
+ */
+static bool
+ReadOrders(Oid nsp, Snapshot snap, Relation rel, const EventsColumns *col,
+		   const RangeEvent *events, int n, OrderParties **out, int *nout)
+{
+	Oid			relid = get_relname_relid("orders", nsp);
+	Relation	orel;
+	Relation	oidx;
+	Oid			pkey;
+	AttrNumber	att_order_id;
+	AttrNumber	att_seller_id;
+	AttrNumber	att_buyer_id;
+	AttrNumber	att_currency;
+	int64	   *ids = palloc(Max(n, 1) * sizeof(int64));
+	int			nids = 0;
+	OrderParties *orders;
+	int			norders = 0;
+	IndexScanDesc scan;
+	TupleTableSlot *slot;
+	int			i;
+
+	if (!OidIsValid(relid))
+		return false;
+	att_order_id = get_attnum(relid, "order_id");
+	att_seller_id = get_attnum(relid, "seller_id");
+	att_buyer_id = get_attnum(relid, "buyer_id");
+	att_currency = get_attnum(relid, "currency");
+	if (att_order_id == InvalidAttrNumber || att_seller_id == InvalidAttrNumber ||
+		att_buyer_id == InvalidAttrNumber || att_currency == InvalidAttrNumber)
+		return false;
+	orel = table_open(relid, AccessShareLock);
+	pkey = RelationGetPrimaryKeyIndex(orel);
+	if (!OidIsValid(pkey))
+	{
+		table_close(orel, AccessShareLock);
+		return false;
+	}
+	oidx = index_open(pkey, AccessShareLock);
+	if (oidx->rd_rel->relam != BTREE_AM_OID || oidx->rd_index->indnkeyatts != 1 ||
+		oidx->rd_index->indkey.values[0] != att_order_id ||
+		TupleDescAttr(RelationGetDescr(orel), att_order_id - 1)->atttypid != INT8OID)
+	{
+		index_close(oidx, AccessShareLock);
+		table_close(orel, AccessShareLock);
+		return false;
+	}
+
+	/* The distinct order ids. */
+	for (i = 0; i < n; i++)
+	{
+		bool		isnull;
+
+		ids[nids++] = DatumGetInt64(heap_getattr(events[i].tuple, col->order_id,
+												 RelationGetDescr(rel), &isnull));
+	}
+	qsort(ids, nids, sizeof(int64), CompareInt64);
+
+	orders = palloc(Max(nids, 1) * sizeof(OrderParties));
+	slot = table_slot_create(orel, NULL);
+	scan = index_beginscan(orel, oidx, snap, 1, 0);
+	for (i = 0; i < nids; i++)
+	{
+		ScanKeyData key;
+		bool		isnull;
+		Datum		d;
+
+		if (i > 0 && ids[i] == ids[i - 1])
+			continue;
+		ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(ids[i]));
+		index_rescan(scan, &key, 1, NULL, 0);
+		if (!index_getnext_slot(scan, ForwardScanDirection, slot))
+			continue;			/* gone: no payload, as _payloads()'s join */
+		orders[norders].order_id = ids[i];
+		orders[norders].seller_id = DatumGetInt64(slot_getattr(slot, att_seller_id, &isnull));
+		orders[norders].buyer_id = DatumGetInt64(slot_getattr(slot, att_buyer_id, &isnull));
+		d = slot_getattr(slot, att_currency, &isnull);
+		orders[norders].currency = isnull ? NULL : TextDatumGetCString(d);
+		norders++;
+	}
+	index_endscan(scan);
+	ExecDropSingleTupleTableSlot(slot);
+	index_close(oidx, NoLock);
+	table_close(orel, NoLock);
+	*out = orders;
+	*nout = norders;
+	return true;
+}
+
+/*
+ * The payload's own fields, in the order jsonb keeps an object's keys
+ * (shorter keys first, then bytewise): the text jsonb writes, and so
+ * _payloads() sends, lists them in this order.
+ */
+typedef enum PayloadField
+{
+	PF_AT,
+	PF_EVENT,
+	PF_ACTOR_ID,
+	PF_BUYER_ID,
+	PF_CURRENCY,
+	PF_EVENT_ID,
+	PF_ORDER_ID,
+	PF_MILESTONE,
+	PF_SELLER_ID,
+	PF_ACTOR_ROLE,
+	PF_ORDER_STATE,
+	PF_MILESTONE_STATE,
+	PF_COUNT
+} PayloadField;
+
+static const char *const payload_keys[PF_COUNT] = {
+	[PF_AT] = "at",
+	[PF_EVENT] = "event",
+	[PF_ACTOR_ID] = "actor_id",
+	[PF_BUYER_ID] = "buyer_id",
+	[PF_CURRENCY] = "currency",
+	[PF_EVENT_ID] = "event_id",
+	[PF_ORDER_ID] = "order_id",
+	[PF_MILESTONE] = "milestone",
+	[PF_SELLER_ID] = "seller_id",
+	[PF_ACTOR_ROLE] = "actor_role",
+	[PF_ORDER_STATE] = "order_state",
+	[PF_MILESTONE_STATE] = "milestone_state",
+};
+
+/* KeyCompare is jsonb's order of object keys: shorter first, then bytewise. */
+static int
+KeyCompare(const char *a, int alen, const char *b, int blen)
+{
+	if (alen != blen)
+		return alen < blen ? -1 : 1;
+	return memcmp(a, b, alen);
+}
+
+/* KeyIs says whether a jsonb key is one of a NULL-ended list. */
+static bool
+KeyIs(const JsonbValue *key, const char *const *names)
+{
+	for (; *names != NULL; names++)
+		if (key->val.string.len == (int) strlen(*names) &&
+			memcmp(key->val.string.val, *names, key->val.string.len) == 0)
+			return true;
+	return false;
+}
+
+/*
+ * PutString writes a JSON string as jsonb does (escape_json): in one copy
+ * when nothing in it needs escaping, else through escape_json itself.
+ */
+static void
+PutString(StringInfo out, const char *s, int len)
+{
+	int			i;
+	char	   *z;
+
+	for (i = 0; i < len; i++)
+		if ((unsigned char) s[i] < ' ' || s[i] == '"' || s[i] == '\\')
+			break;
+	if (i == len)
+	{
+		appendStringInfoCharMacro(out, '"');
+		appendBinaryStringInfo(out, s, len);
+		appendStringInfoCharMacro(out, '"');
+		return;
+	}
+	z = pnstrdup(s, len);
+	escape_json(out, z);
+	pfree(z);
+}
+
+/*
+ * PutMoney writes a number as _payloads() does: the string of
+ * round(number, 2), so that "100.00" keeps its cents in any JSON reader.
+ */
+static void
+PutMoney(StringInfo out, Numeric number)
+{
+	Datum		rounded = DirectFunctionCall2(numeric_round, NumericGetDatum(number), Int32GetDatum(2));
+
+	escape_json(out, DatumGetCString(DirectFunctionCall1(numeric_out, rounded)));
+}
+
+/* PutValue writes a jsonb value (a scalar or a nested container) as jsonb's text. */
+static void
+PutValue(StringInfo out, const JsonbValue *v)
+{
+	switch (v->type)
+	{
+		case jbvNull:
+			appendStringInfoString(out, "null");
+			break;
+		case jbvString:
+			PutString(out, v->val.string.val, v->val.string.len);
+			break;
+		case jbvNumeric:
+			appendStringInfoString(out, DatumGetCString(DirectFunctionCall1(numeric_out,
+																			NumericGetDatum(v->val.numeric))));
+			break;
+		case jbvBool:
+			appendStringInfoString(out, v->val.boolean ? "true" : "false");
+			break;
+		case jbvBinary:
+			(void) JsonbToCString(out, v->val.binary.data, v->val.binary.len);
+			break;
+		default:
+			elog(ERROR, "milestones relay: unexpected jsonb value type %d", (int) v->type);
+	}
+}
+
+/* PutKey writes an object key and its colon, after a comma unless first. */
+static void
+PutKey(StringInfo out, bool *first, const char *key, int len)
+{
+	if (!*first)
+		appendBinaryStringInfo(out, ", ", 2);
+	*first = false;
+	PutString(out, key, len);
+	appendBinaryStringInfo(out, ": ", 2);
+}
+
+/*
+ * NextPair reads the next key and value of a jsonb object (a nested
+ * container as one binary value, as jsonb_each gives it); false at the end
+ * or without an iterator.
+ */
+static bool
+NextPair(JsonbIterator **it, JsonbValue *key, JsonbValue *v)
+{
+	JsonbIteratorToken tok;
+
+	while (*it != NULL && (tok = JsonbIteratorNext(it, key, true)) != WJB_DONE)
+		if (tok == WJB_KEY)
+		{
+			if (JsonbIteratorNext(it, v, true) != WJB_VALUE)
+				elog(ERROR, "milestones relay: malformed jsonb object");
+			return true;
+		}
+	return false;
+}
+
+/*
+ * PutDetailValue writes a value of the detail as _payloads() converts it:
+ * a number under one of money_keys as a money string; with payout_keys,
+ * an object under "payout" with its own money keys converted the same way.
+ */
+static void
+PutDetailValue(StringInfo out, const JsonbValue *key, const JsonbValue *v,
+			   const char *const *money_keys, const char *const *payout_keys)
+{
+	static const char *const payout[] = {"payout", NULL};
+
+	if (v->type == jbvNumeric && KeyIs(key, money_keys))
+		PutMoney(out, v->val.numeric);
+	else if (payout_keys != NULL && v->type == jbvBinary &&
+			 JsonContainerIsObject(v->val.binary.data) && KeyIs(key, payout))
+	{
+		JsonbIterator *it = JsonbIteratorInit(v->val.binary.data);
+		JsonbValue	k;
+		JsonbValue	pv;
+		bool		first = true;
+
+		/* Its keys are in jsonb's order already, and stay as they are. */
+		appendStringInfoChar(out, '{');
+		while (NextPair(&it, &k, &pv))
+		{
+			PutKey(out, &first, k.val.string.val, k.val.string.len);
+			PutDetailValue(out, &k, &pv, payout_keys, NULL);
+		}
+		appendStringInfoChar(out, '}');
+	}
+	else
+		PutValue(out, v);
+}
+
+/* FieldText is a text column of the event row as a JSON string, or null. */
+static char *
+FieldText(HeapTuple tuple, TupleDesc desc, AttrNumber att)
+{
+	bool		isnull;
+	Datum		d = heap_getattr(tuple, att, desc, &isnull);
+	text	   *t;
+	StringInfoData buf;
+
+	if (isnull)
+		return "null";
+	t = DatumGetTextPP(d);
+	initStringInfo(&buf);
+	PutString(&buf, VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t));
+	return buf.data;
+}
+
+/* FieldInt is an integer as JSON (as jsonb writes a number: its digits). */
+static char *
+FieldInt(int64 value)
+{
+	char	   *buf = palloc(MAXINT8LEN + 1);
+
+	(void) pg_lltoa(value, buf);
+	return buf;
+}
+
+/*
+ * EventPayload writes an event's notification payload exactly as
+ * _payloads() does: the object jsonb_build_object makes of the event's
+ * fields, the order's parties and currency and the time, joined (||) with
+ * the detail, money as strings, as jsonb writes it.  Both objects' keys
+ * are in jsonb's order (the fields by construction, the detail as jsonb
+ * stores it), so one merge gives jsonb's order, a detail key winning over
+ * a field of the same name as with ||.  NULL when the detail is not a JSON
+ * object (the SQL functions then decide).
+ */
+static char *
+EventPayload(HeapTuple tuple, TupleDesc desc, const EventsColumns *col, const OrderParties *order)
+{
+	char	   *field[PF_COUNT];
+	Jsonb	   *detail = NULL;
+	JsonbIterator *it = NULL;
+	JsonbValue	key;
+	JsonbValue	v;
+	bool		have_pair = false;
+	bool		isnull;
+	bool		first = true;
+	Datum		d;
+	int			f = 0;
+	StringInfoData out;
+
+	d = heap_getattr(tuple, col->detail, desc, &isnull);
+	if (!isnull)
+	{
+		detail = DatumGetJsonbP(d);
+		if (!JB_ROOT_IS_OBJECT(detail))
+			return NULL;
+	}
+
+	field[PF_EVENT_ID] = FieldInt(DatumGetInt64(heap_getattr(tuple, col->event_id, desc, &isnull)));
+	field[PF_ORDER_ID] = FieldInt(order->order_id);
+	field[PF_EVENT] = FieldText(tuple, desc, col->event);
+	field[PF_ORDER_STATE] = FieldText(tuple, desc, col->order_state);
+	d = heap_getattr(tuple, col->position, desc, &isnull);
+	field[PF_MILESTONE] = isnull ? "null" : FieldInt(DatumGetInt16(d));
+	field[PF_MILESTONE_STATE] = FieldText(tuple, desc, col->milestone_state);
+	field[PF_ACTOR_ROLE] = FieldText(tuple, desc, col->actor_role);
+	d = heap_getattr(tuple, col->actor_id, desc, &isnull);
+	field[PF_ACTOR_ID] = isnull ? "null" : FieldInt(DatumGetInt64(d));
+	field[PF_SELLER_ID] = FieldInt(order->seller_id);
+	field[PF_BUYER_ID] = FieldInt(order->buyer_id);
+	field[PF_CURRENCY] = "null";
+	if (order->currency != NULL)
+	{
+		StringInfoData buf;
+
+		initStringInfo(&buf);
+		PutString(&buf, order->currency, strlen(order->currency));
+		field[PF_CURRENCY] = buf.data;
+	}
+	d = heap_getattr(tuple, col->created_at, desc, &isnull);
+	field[PF_AT] = "null";
+	if (!isnull)
+	{
+		StringInfoData buf;
+
+		char		at[MAXDATELEN + 1];
+
+		initStringInfo(&buf);
+		(void) JsonEncodeDateTime(at, d, TIMESTAMPTZOID, NULL);
+		PutString(&buf, at, strlen(at));
+		field[PF_AT] = buf.data;
+	}
+
+	/* The merge: the next detail pair, or none. */
+	if (detail != NULL)
+		it = JsonbIteratorInit(&detail->root);
+	have_pair = NextPair(&it, &key, &v);
+
+	initStringInfo(&out);
+	appendStringInfoChar(&out, '{');
+	while (f < PF_COUNT || have_pair)
+	{
+		int			cmp;
+
+		if (f >= PF_COUNT)
+			cmp = 1;
+		else if (!have_pair)
+			cmp = -1;
+		else
+			cmp = KeyCompare(payload_keys[f], strlen(payload_keys[f]),
+							 key.val.string.val, key.val.string.len);
+		if (cmp < 0)
+		{
+			PutKey(&out, &first, payload_keys[f], strlen(payload_keys[f]));
+			appendStringInfoString(&out, field[f]);
+			f++;
+			continue;
+		}
+		if (cmp == 0)
+			f++;				/* the detail's value wins, as with || */
+		PutKey(&out, &first, key.val.string.val, key.val.string.len);
+		PutDetailValue(&out, &key, &v, detail_money_keys, payout_money_keys);
+		have_pair = NextPair(&it, &key, &v);
+	}
+	appendStringInfoChar(&out, '}');
+	return out.data;
+}
+
+/*
+ * BuildPayloads builds the payloads of the first n events (NULL for an
+ * event whose order is gone: _payloads() joins the orders); false when an
+ * event's payload cannot be built here.
+ */
+static bool
+BuildPayloads(Oid nsp, Snapshot snap, Relation rel, const EventsColumns *col,
+			  const RangeEvent *events, int n, char **payloads)
+{
+	OrderParties *orders;
+	int			norders;
+	int			i;
+
+	if (!ReadOrders(nsp, snap, rel, col, events, n, &orders, &norders))
+		return false;
+
+	for (i = 0; i < n; i++)
+	{
+		bool		isnull;
+		OrderParties key;
+		OrderParties *order;
+
+		key.order_id = DatumGetInt64(heap_getattr(events[i].tuple, col->order_id,
+												  RelationGetDescr(rel), &isnull));
+		order = bsearch(&key, orders, norders, sizeof(OrderParties), CompareOrders);
+		payloads[i] = NULL;
+		if (order == NULL)
+			continue;
+		payloads[i] = EventPayload(events[i].tuple, RelationGetDescr(rel), col, order);
+		if (payloads[i] == NULL)
+			return false;
+	}
+	return true;
+}
+
+/* SetPosition runs the consumer's position update (NULL for a 0 id). */
+static void
+SetPosition(const char *schema, int64 consumer_id, int64 tick_id, int64 upper_tick_id,
+			int64 after_event_id, int64 batches, int64 events)
+{
+	Datum		values[6];
+	char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
+
+	values[0] = Int64GetDatum(consumer_id);
+	values[1] = Int64GetDatum(tick_id);
+	values[2] = Int64GetDatum(upper_tick_id);
+	nulls[2] = upper_tick_id == 0 ? 'n' : ' ';
+	values[3] = Int64GetDatum(after_event_id);
+	nulls[3] = after_event_id == 0 ? 'n' : ' ';
+	values[4] = Int64GetDatum(batches);
+	values[5] = Int64GetDatum(events);
+	RunBatchStmt(BSTMT_POSITION, schema, values, nulls);
+	if (SPI_processed != 1)
+		elog(ERROR, "milestones relay: the consumer's position was not updated");
+}
+
+/* PruneTick deletes a tick no consumer and no open batch stands on. */
+static void
+PruneTick(const char *schema, int64 tick_id)
+{
+	Datum		value = Int64GetDatum(tick_id);
+
+	RunBatchStmt(BSTMT_PRUNE, schema, &value, NULL);
+}
+
+/*
+ * RelayBatchCommitted says the unit's transaction committed: the position
+ * its batch left the consumer at is known.
+ */
+void
+RelayBatchCommitted(void)
+{
+	known = known_pending;
+	known_pending.valid = false;
+}
+
+/* RelayBatchForget forgets the consumer's position (an error, the SQL path). */
+void
+RelayBatchForget(void)
+{
+	known.valid = false;
+	known_pending.valid = false;
+}
+
+/*
+ * RelayBatchSend sends, in the caller's transaction, the notifications of
+ * the consumer's next batch and moves the consumer past it, as
+ * _has_pending() then _relay_batch() would.  Unless woken (a commit that
+ * wrote events set the relay's latch), it first looks, read-only, for
+ * anything new, so that an idle database costs no transaction id.
+ * Returns the events of the batch, or -1 when there is nothing new;
+ * *fallback is set (and nothing written) when the case is not the common
+ * one and the SQL functions must do it.
+ */
+int
+RelayBatchSend(Oid nsp, const char *schema, const char *consumer, bool woken,
+			   int max_events, bool *fallback)
+{
+	Relation	rel = NULL;
+	Relation	idx = NULL;
+	EventsColumns col;
+	Datum		arg;
+	int64		consumer_id;
+	int64		tick_id;
+	int64		new_tick_id;
+	int64		here = (int64) GetSystemIdentifier();
+	TickSnap	lo;
+	TickSnap	hi;
+	char	   *lo_text;
+	char	   *hi_text;
+	Snapshot	snap;
+	RangeEvent *events;
+	char	  **payloads = NULL;
+	int			total;
+	int			n;
+	bool		ends_range;
+	bool		notify_on = true;
+	bool		moved;
+	bool		use_known;
+	bool		isnull;
+	Datum		values[7];
+	int			i;
+
+	*fallback = false;
+	known_pending.valid = false;
+	if (!OpenEvents(nsp, &rel, &idx, &col))
+		goto sql;
+	arg = CStringGetTextDatum(consumer);
+	use_known = known.valid && known.events_relid == RelationGetRelid(rel);
+	if (use_known)
+	{
+		consumer_id = known.consumer_id;
+		tick_id = known.tick_id;
+		lo_text = known.tick_text;
+		if (!ParseTick(lo_text, &lo))
+			goto sql;
+	}
+
+	/* Not woken: anything new?  A read-only look at the consumer's tick. */
+	if (!woken)
+	{
+		if (!use_known)
+		{
+			RunBatchStmt(BSTMT_CONSUMER, schema, &arg, NULL);
+			if (SPI_processed != 1)
+				goto nothing;	/* as _has_pending(): no such consumer */
+			if (GetBool(0, 3) || GetInt64(0, 5) != here)
+				goto sql;
+			if (!ParseTick(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4), &lo))
+				goto sql;
+		}
+		if (!AnyPending(rel, idx, &col, &lo, here))
+			goto nothing;
+	}
+
+	/* The consumer, locked, and its tick (unless known). */
+	if (!use_known)
+	{
+		RunBatchStmt(BSTMT_LOCK, schema, &arg, NULL);
+		if (SPI_processed != 1)
+			goto nothing;
+		consumer_id = GetInt64(0, 1);
+		tick_id = GetInt64(0, 2);
+		lo_text = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4);
+		if (GetBool(0, 3) || GetInt64(0, 5) != here || !ParseTick(lo_text, &lo))
+			goto sql;
+		notify_on = GetBool(0, 6);
+	}
+
+	/*
+	 * The new tick: this transaction's id first, then a snapshot; the range
+	 * and the orders are read with that very snapshot, so every event the
+	 * tick sees, and its order, are there.
+	 */
+	(void) GetTopFullTransactionId();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	snap = GetActiveSnapshot();
+	TakeTick(snap, &hi, &hi_text);
+	total = ReadRange(rel, idx, &col, snap, &lo, &hi, here, &events);
+	n = Min(total, max_events);
+	ends_range = total <= max_events;
+	if (use_known && !ends_range)
+	{
+		/* A long range: read and lock the consumer, then drain it. */
+		PopActiveSnapshot();
+		known.valid = false;
+		index_close(idx, NoLock);
+		table_close(rel, NoLock);
+		return RelayBatchSend(nsp, schema, consumer, true, max_events, fallback);
+	}
+
+	/* The payloads, before anything is written (unless notify is off). */
+	if (n > 0 && notify_on)
+	{
+		payloads = palloc(n * sizeof(char *));
+		if (!BuildPayloads(nsp, snap, rel, &col, events, n, payloads))
+		{
+			PopActiveSnapshot();
+			goto sql;
+		}
+	}
+	PopActiveSnapshot();
+
+	/*
+	 * The tick and the consumer's new position.  A range that fits: the
+	 * consumer stands at the new tick and its old one is pruned (in one
+	 * update of the tick when possible).  A longer one: the new tick
+	 * bounds the range being drained, and the SQL functions drain the rest.
+	 */
+	values[0] = Int64GetDatum(tick_id);
+	values[1] = DirectFunctionCall1(pg_snapshot_in, CStringGetDatum(hi_text));
+	values[2] = Int64GetDatum(consumer_id);
+	values[3] = Int64GetDatum(here);
+	values[4] = Int64GetDatum(n);
+	moved = false;
+	if (use_known)
+	{
+		values[5] = CStringGetTextDatum(lo_text);
+		values[6] = Int64GetDatum(n > 0 ? 1 : 0);
+		RunBatchStmt(BSTMT_MOVE_KNOWN, schema, values, NULL);
+		if (SPI_processed != 1)
+		{
+			known.valid = false;
+			ereport(ERROR,
+					(errmsg("milestones relay: its consumer \"%s\" was moved by another session", consumer),
+					 errdetail("The relay reads and locks the consumer again at its next batch.")));
+		}
+		notify_on = GetBool(0, 1);
+		moved = true;
+	}
+	else if (ends_range)
+	{
+		/* n == 0: nothing visible yet (an open transaction's events). */
+		RunBatchStmt(n > 0 ? BSTMT_MOVE_FINISH : BSTMT_TICK_MOVE, schema, values, NULL);
+		moved = SPI_processed == 1;
+	}
+	if (!moved)
+	{
+		Datum		tick_values[2] = {values[1], Int64GetDatum(here)};
+
+		RunBatchStmt(BSTMT_TICK, schema, tick_values, NULL);
+		if (SPI_processed != 1)
+			elog(ERROR, "milestones relay: no tick was stored");
+		new_tick_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+		if (ends_range)
+		{
+			SetPosition(schema, consumer_id, new_tick_id, 0, 0, n > 0 ? 1 : 0, n);
+			PruneTick(schema, tick_id);
+		}
+		else
+			SetPosition(schema, consumer_id, tick_id, new_tick_id, events[n - 1].event_id, 1, n);
+	}
+
+	/* Where the consumer stands once this commits: known to the next batch. */
+	if (moved && strlen(hi_text) < sizeof(known_pending.tick_text))
+	{
+		known_pending.valid = true;
+		known_pending.events_relid = RelationGetRelid(rel);
+		known_pending.consumer_id = consumer_id;
+		known_pending.tick_id = tick_id;
+		strlcpy(known_pending.tick_text, hi_text, sizeof(known_pending.tick_text));
+	}
+	else
+		known.valid = false;
+
+	/* The notifications: delivered when this transaction commits. */
+	if (payloads != NULL && notify_on)
+		for (i = 0; i < n; i++)
+			if (payloads[i] != NULL)
+				Async_Notify(EVENTS_CHANNEL, payloads[i]);
+
+	index_close(idx, NoLock);
+	table_close(rel, NoLock);
+	if (n == 0)
+		return -1;
+	if (!notify_on)
+		return n;
+	/* As _relay_batch(): one row per event with an order. */
+	total = 0;
+	for (i = 0; i < n; i++)
+		total += payloads[i] != NULL;
+	return total > 0 ? total : -1;
+
+nothing:
+	index_close(idx, NoLock);
+	table_close(rel, NoLock);
+	return -1;
+
+sql:
+	if (RelationIsValid(rel))
+	{
+		index_close(idx, NoLock);
+		table_close(rel, NoLock);
+	}
+	known.valid = false;
+	*fallback = true;
+	return -1;
+}

@@ -32,13 +32,18 @@
 
 #include "engine.h"
 
-/* EnginePlanGet prepares a statement on first use and keeps the plan. */
+/*
+ * EnginePlanGet prepares a statement on first use and keeps the plan;
+ * cursor_options (CURSOR_OPT_FAST_PLAN) asks the planner for the plan that
+ * returns its first rows soonest.
+ */
 static SPIPlanPtr
 EnginePlanGet(EnginePlan *p)
 {
 	if (p->plan == NULL)
 	{
-		SPIPlanPtr	plan = SPI_prepare(p->sql, p->nargs, p->argtypes);
+		SPIPlanPtr	plan = SPI_prepare_cursor(p->sql, p->nargs, p->argtypes,
+											  p->cursor_options);
 
 		if (plan == NULL)
 			elog(ERROR, "milestones engine: SPI_prepare failed: %s",
@@ -376,11 +381,11 @@ EngineIdemStore(text *key, Datum result)
 
 static EnginePlan lock_read_plan = {
 	ORDER_COLUMNS ", NULL::pg_catalog.bool," MILESTONE_COLUMNS ORDER_MILESTONES_FROM,
-	1, {INT8OID}
+	1, {INT8OID}, NULL, CURSOR_OPT_FAST_PLAN
 };
 static EnginePlan lock_read_eligible_plan = {
 	ORDER_COLUMNS ELIGIBLE_COLUMN "," MILESTONE_COLUMNS ORDER_MILESTONES_FROM,
-	1, {INT8OID}
+	1, {INT8OID}, NULL, CURSOR_OPT_FAST_PLAN
 };
 static EnginePlan lock_plan = {
 	ORDER_COLUMNS ", NULL::pg_catalog.bool"
@@ -395,7 +400,7 @@ static EnginePlan lock_eligible_plan = {
 static EnginePlan milestones_plan = {
 	"SELECT" MILESTONE_COLUMNS " FROM milestones.order_milestones m"
 	" WHERE m.order_id OPERATOR(pg_catalog.=) $1 ORDER BY m.position",
-	1, {INT8OID}
+	1, {INT8OID}, NULL, CURSOR_OPT_FAST_PLAN
 };
 static void LockOrder(EngineOrder *o, int64 order_id, int64 actor_id, const char *role,
 					  bool eligible);

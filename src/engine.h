@@ -28,6 +28,7 @@ typedef struct EnginePlan
 	int			nargs;
 	Oid			argtypes[ENGINE_MAX_ARGS];
 	SPIPlanPtr	plan;
+	int			cursor_options; /* planner flags, as SPI_prepare_cursor */
 } EnginePlan;
 
 /* One milestone as the engine read it under the order's lock. */

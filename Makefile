@@ -135,3 +135,9 @@ fuzz: all
 deb:
 	rm -rf $(DEB_DIR)
 	$(srcdir)/test/tools/build-deb $(CURDIR)/$(DEB_DIR)
+
+# Every object depends on the headers of src/ (engine.h's structs are
+# shared): PGXS tracks no header dependencies unless the server was
+# configured with --enable-depend, and a stale object reads a changed
+# struct with its old layout.
+$(OBJS): $(wildcard $(srcdir)/src/*.h)

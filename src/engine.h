@@ -18,7 +18,7 @@
 
 #include "milestones.h"
 
-#define ENGINE_MAX_ARGS 25
+#define ENGINE_MAX_ARGS 26
 #define ENGINE_MAX_MILESTONES 20
 
 /* One SQL statement of the engine, prepared once per backend and kept. */
@@ -76,15 +76,16 @@ typedef struct EngineOrder
 /*
  * The parameters of an action's combined write statement: the event row
  * ($1-$10), one ledger transaction ($11-$19) and the action's own values
- * ($20-$25).  An action writes its rows, its ledger legs and its event in
+ * ($20-$26).  An action writes its rows, its ledger legs and its event in
  * one statement of data-modifying CTEs (one executor start), built from
  * the fragments below.
  */
-#define ENGINE_WRITE_ARGS 25
+#define ENGINE_WRITE_ARGS 26
 #define ENGINE_WRITE_ARGTYPES \
 	{INT8OID, INT2OID, TEXTOID, TEXTOID, INT8OID, TEXTOID, TEXTOID, TEXTOID, JSONBOID, \
 	TIMESTAMPTZOID, INT2OID, TEXTOID, TEXTOID, TEXTOID, NUMERICOID, TEXTOID, NUMERICOID, \
-	TEXTOID, NUMERICOID, INT2OID, INT2OID, TEXTOID, TIMESTAMPTZOID, BOOLOID, TEXTOID}
+	TEXTOID, NUMERICOID, INT2OID, INT2OID, TEXTOID, TIMESTAMPTZOID, BOOLOID, TEXTOID, \
+	INT2ARRAYOID}
 #define WP_ORDER 1				/* order_id */
 #define WP_NOW 10				/* the action's time (the event's created_at) */
 #define WP_POS_A 20				/* a milestone position */
@@ -93,6 +94,7 @@ typedef struct EngineOrder
 #define WP_AT 23				/* a time */
 #define WP_BOOL 24				/* a flag */
 #define WP_TEXT2 25				/* another text */
+#define WP_POSITIONS 26			/* milestone positions, int2[] */
 
 #define EVENT_COLUMNS \
 	"milestones.events (order_id, position, event, actor_role, actor_id, agent," \

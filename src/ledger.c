@@ -14,6 +14,7 @@
 #include "postgres.h"
 
 #include "catalog/pg_type.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/numeric.h"
 
@@ -222,6 +223,13 @@ LedgerSettle(EngineOrder *o, StringInfo detail)
 	appendStringInfoChar(detail, '}');
 }
 
+/*
+ * complete_plan: $26 lists the positions the order's picture (read under
+ * its lock) says the UPDATE of the milestones touches, m and the pending
+ * ones; the statement still tests each row.  As an index condition on the
+ * primary key it makes the generic plan one index scan even without
+ * statistics (on order_id alone it was a bitmap scan).
+ */
 static EnginePlan complete_plan = {
 	"WITH " WRITE_EVENT_CTE ","
 	" o AS (UPDATE milestones.orders SET state = 'completed', end_reason = $22, completed_at = $23"
@@ -229,7 +237,7 @@ static EnginePlan complete_plan = {
 	" s AS (UPDATE milestones.order_milestones"
 	" SET state = CASE WHEN position OPERATOR(pg_catalog.=) $20 THEN 'completed' ELSE 'skipped' END,"
 	" completed_at = CASE WHEN position OPERATOR(pg_catalog.=) $20 THEN $23 ELSE completed_at END"
-	" WHERE order_id OPERATOR(pg_catalog.=) $1"
+	" WHERE order_id OPERATOR(pg_catalog.=) $1 AND position OPERATOR(pg_catalog.=) ANY ($26)"
 	" AND (position OPERATOR(pg_catalog.=) $20 OR state OPERATOR(pg_catalog.=) 'pending')"
 	" RETURNING position), "
 	WRITE_POST_CTE
@@ -289,7 +297,16 @@ LedgerCompleteWrite(EngineOrder *o, EngineMilestone *m, const char *reason, Time
 					EngineWrite *w, LedgerPayout *p)
 {
 	int			i;
+	int			n = 0;
+	Datum	   *positions = palloc(sizeof(Datum) * (o->nmilestones + 1));
 
+	positions[n++] = Int16GetDatum((int16) m->position);
+	for (i = 0; i < o->nmilestones; i++)
+		if (o->ms[i].state == MS_PENDING)
+			positions[n++] = Int16GetDatum((int16) o->ms[i].position);
+	EngineWriteSet(w, WP_POSITIONS,
+				   PointerGetDatum(construct_array(positions, n, INT2OID, sizeof(int16), true,
+												   TYPALIGN_SHORT)), false);
 	EngineWriteSet(w, WP_POS_A, Int16GetDatum((int16) m->position), false);
 	EngineWriteSet(w, WP_TEXT, CStringGetTextDatum(reason), false);
 	EngineWriteSet(w, WP_AT, TimestampTzGetDatum(at), false);

@@ -30,6 +30,7 @@
 #include "access/htup_details.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_collation.h"
+#include "catalog/pg_type.h"
 #include "fmgr.h"
 #include "lib/stringinfo.h"
 #include "mb/pg_wchar.h"
@@ -188,10 +189,12 @@ IsoCurrency(const RowArgs *r, int col)
 }
 
 /*
- * NotBlank is "col ~ '[^[:space:]]'".  A plain ASCII character that is not
- * white space decides it at once; anything else (only white space, or
- * characters beyond ASCII, whose class depends on the locale) asks the
- * regular expression itself, with the column's collation.
+ * NotBlank is "col ~ '[^[:space:]]'".  A printable ASCII character (0x21
+ * to 0x7E: never a space in any locale or collation provider) decides it
+ * at once; anything else (white space, control characters, which ICU
+ * counts as spaces from 0x1C to 0x1F, or characters beyond ASCII, whose
+ * class depends on the locale) asks the regular expression itself, with
+ * the column's collation.
  */
 static Truth
 NotBlank(const RowArgs *r, int col)
@@ -207,7 +210,7 @@ NotBlank(const RowArgs *r, int col)
 	s = (const unsigned char *) VARDATA_ANY(t);
 	len = VARSIZE_ANY_EXHDR(t);
 	for (i = 0; i < len; i++)
-		if (s[i] < 0x80 && s[i] != ' ' && (s[i] < '\t' || s[i] > '\r'))
+		if (s[i] >= 0x21 && s[i] <= 0x7E)
 			return T_TRUE;
 	return TOf(DatumGetBool(DirectFunctionCall2Coll(textregexeq,
 													OidIsValid(r->collation[col]) ? r->collation[col] : DEFAULT_COLLATION_OID,
@@ -747,11 +750,18 @@ static RowRule event_rules[] =
  *-------------------------------------------------------------------------
  */
 
+/* A column a table's rules read: its name and the type they read it as. */
+typedef struct RowColumn
+{
+	const char *name;
+	Oid			type;
+} RowColumn;
+
 /* One checked table: its columns (by name, in enum order) and its rules. */
 typedef struct RowTable
 {
 	const char *table;
-	const char *const *columns;	/* NULL-ended */
+	const RowColumn *columns;	/* ends with a NULL name */
 	const RowRule *rules;
 	/* where each column sits in the row type, found on first use */
 	Oid			typid;
@@ -760,50 +770,96 @@ typedef struct RowTable
 	int			attnum[ROW_MAX_COLS];	/* 0-based */
 } RowTable;
 
-static const char *const order_columns[] =
-{"order_id", "seller_id", "buyer_id", "category", "currency", "state", "end_reason",
-	"cancel_reason", "cancelled_by", "cancel_note", "revisions_allowed", "revisions_used",
-"fee_rate", "created_at", "placed_at", "completed_at", NULL};
-static const char *const milestone_columns[] =
-{"order_id", "position", "name", "days", "amount", "final", "state", "started_at",
-	"due_at", "delivered_at", "respond_by", "completed_at", "deliveries", "delivery_note",
-"cancel_reason", "cancelled_by", "cancel_note", NULL};
-static const char *const ledger_columns[] =
-{"entry_id", "txn_id", "order_id", "position", "kind", "account", "amount", "currency",
-"created_at", NULL};
+static const RowColumn order_columns[] =
+{
+	{"order_id", INT8OID}, {"seller_id", INT8OID}, {"buyer_id", INT8OID},
+	{"category", TEXTOID}, {"currency", TEXTOID}, {"state", TEXTOID},
+	{"end_reason", TEXTOID}, {"cancel_reason", TEXTOID}, {"cancelled_by", TEXTOID},
+	{"cancel_note", TEXTOID}, {"revisions_allowed", INT4OID}, {"revisions_used", INT4OID},
+	{"fee_rate", NUMERICOID}, {"created_at", TIMESTAMPTZOID}, {"placed_at", TIMESTAMPTZOID},
+	{"completed_at", TIMESTAMPTZOID}, {NULL, InvalidOid}
+};
+static const RowColumn milestone_columns[] =
+{
+	{"order_id", INT8OID}, {"position", INT2OID}, {"name", TEXTOID}, {"days", INT2OID},
+	{"amount", NUMERICOID}, {"final", BOOLOID}, {"state", TEXTOID},
+	{"started_at", TIMESTAMPTZOID}, {"due_at", TIMESTAMPTZOID},
+	{"delivered_at", TIMESTAMPTZOID}, {"respond_by", TIMESTAMPTZOID},
+	{"completed_at", TIMESTAMPTZOID}, {"deliveries", INT4OID}, {"delivery_note", TEXTOID},
+	{"cancel_reason", TEXTOID}, {"cancelled_by", TEXTOID}, {"cancel_note", TEXTOID},
+	{NULL, InvalidOid}
+};
+static const RowColumn ledger_columns[] =
+{
+	{"entry_id", INT8OID}, {"txn_id", INT8OID}, {"order_id", INT8OID},
+	{"position", INT2OID}, {"kind", TEXTOID}, {"account", TEXTOID},
+	{"amount", NUMERICOID}, {"currency", TEXTOID}, {"created_at", TIMESTAMPTZOID},
+	{NULL, InvalidOid}
+};
+static const RowColumn event_columns[] = {{"actor_role", TEXTOID}, {NULL, InvalidOid}};
 
 static RowTable order_table = {"orders", order_columns, order_rules};
 static RowTable milestone_table = {"order_milestones", milestone_columns, milestone_rules};
 static RowTable ledger_table = {"ledger_entries", ledger_columns, ledger_rules};
-static const char *const event_columns[] = {"actor_role", NULL};
 static RowTable event_table = {"events", event_columns, event_rules};
 
 /*
+ * RowMapValid says whether the cached attribute numbers still hold for
+ * this row type: same type, same number of attributes, and each column
+ * still where it was, with its name and type (a column renamed, dropped or
+ * retyped since is found again, or refused, never read as something else).
+ */
+static bool
+RowMapValid(const RowTable *t, TupleDesc tupdesc, Oid typid, int32 typmod)
+{
+	int			c;
+
+	if (t->typid != typid || t->typmod != typmod || t->natts != tupdesc->natts)
+		return false;
+	for (c = 0; t->columns[c].name != NULL; c++)
+	{
+		Form_pg_attribute att = TupleDescAttr(tupdesc, t->attnum[c]);
+
+		if (att->attisdropped || att->atttypid != t->columns[c].type ||
+			strcmp(NameStr(att->attname), t->columns[c].name) != 0)
+			return false;
+	}
+	return true;
+}
+
+/*
  * RowMap finds the attribute number of each of the table's columns in the
- * row type, once per backend (and again if the row type changes).
+ * row type, by name, once per backend and again whenever the row type
+ * changed; a column that is missing or of another type is an error (the
+ * rules cannot be checked, so the row is not written).
  */
 static void
 RowMap(RowTable *t, TupleDesc tupdesc, Oid typid, int32 typmod)
 {
 	int			c;
 
-	if (t->typid == typid && t->typmod == typmod && t->natts == tupdesc->natts)
+	if (RowMapValid(t, tupdesc, typid, typmod))
 		return;
-	for (c = 0; t->columns[c] != NULL; c++)
+	t->typid = InvalidOid;
+	for (c = 0; t->columns[c].name != NULL; c++)
 	{
 		int			a;
+		Form_pg_attribute att = NULL;
 
 		Assert(c < ROW_MAX_COLS);
 		for (a = 0; a < tupdesc->natts; a++)
 		{
-			Form_pg_attribute att = TupleDescAttr(tupdesc, a);
-
-			if (!att->attisdropped && strcmp(NameStr(att->attname), t->columns[c]) == 0)
+			att = TupleDescAttr(tupdesc, a);
+			if (!att->attisdropped && strcmp(NameStr(att->attname), t->columns[c].name) == 0)
 				break;
 		}
-		if (a == tupdesc->natts)
-			elog(ERROR, "milestones: the row check of %s needs column \"%s\"",
-				 t->table, t->columns[c]);
+		if (a == tupdesc->natts || att->atttypid != t->columns[c].type)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("the row rules of %s need column \"%s\" of type %s",
+							t->table, t->columns[c].name, format_type_be(t->columns[c].type)),
+					 errdetail("The table's columns were changed by hand."),
+					 errhint("Restore the column, or reinstall the extension's objects from a backup.")));
 		t->attnum[c] = a;
 	}
 	t->typid = typid;
@@ -895,7 +951,7 @@ RowCheck(FunctionCallInfo fcinfo, RowTable *t)
 	nulls = palloc(tupdesc->natts * sizeof(bool));
 	heap_deform_tuple(&tuple, tupdesc, values, nulls);
 	RowMap(t, tupdesc, typid, typmod);
-	for (c = 0; t->columns[c] != NULL; c++)
+	for (c = 0; t->columns[c].name != NULL; c++)
 	{
 		int			a = t->attnum[c];
 

@@ -193,7 +193,6 @@ EndOffer(FunctionCallInfo fcinfo, const char *role, const char *idkey,
 	int64		actor_id = ARG_INT64(1, actornull);
 	text	   *key = ARG_TEXT(2);
 	EngineOrder *o = palloc(sizeof(EngineOrder));
-	Datum		prev;
 	Datum		result;
 	int			i;
 	static EnginePlan skip_all_plan = {
@@ -213,12 +212,8 @@ EndOffer(FunctionCallInfo fcinfo, const char *role, const char *idkey,
 	if (actornull || actor_id <= 0)
 		EngineCheckId(actornull, actor_id, idkey);
 	EngineConnect();
-	if (EngineIdemClaim(key == NULL, key, function, OrderArgs(order_id, idkey, actor_id), &prev))
-	{
-		result = EngineStoredStatus(fcinfo, caller, prev);
-		EngineFinish();
+	if (EngineRetried(fcinfo, caller, key, function, OrderArgs(order_id, idkey, actor_id), &result))
 		return result;
-	}
 	EngineLockOrder(o, order_id, actor_id, role);
 	if (o->state != ORDER_OFFERED)
 		EngineStateError(o, function, "an offered order that was not placed");
@@ -270,7 +265,6 @@ milestones_place_order(PG_FUNCTION_ARGS)
 	int64		buyer_id = ARG_INT64(1, buyernull);
 	text	   *key = ARG_TEXT(2);
 	EngineOrder *o = palloc(sizeof(EngineOrder));
-	Datum		prev;
 	Datum		result;
 	EngineWrite w;
 	bool		eligible;
@@ -290,12 +284,8 @@ milestones_place_order(PG_FUNCTION_ARGS)
 	if (buyernull || buyer_id <= 0)
 		EngineCheckId(buyernull, buyer_id, "buyer_id");
 	EngineConnect();
-	if (EngineIdemClaim(key == NULL, key, "place_order", OrderArgs(order_id, "buyer_id", buyer_id), &prev))
-	{
-		result = EngineStoredStatus(fcinfo, caller, prev);
-		EngineFinish();
+	if (EngineRetried(fcinfo, caller, key, "place_order", OrderArgs(order_id, "buyer_id", buyer_id), &result))
 		PG_RETURN_DATUM(result);
-	}
 	eligible = EngineLockOrderEligible(o, order_id, buyer_id, "buyer");
 	if (o->state != ORDER_OFFERED)
 		EngineStateError(o, "place_order", "an offered order");
@@ -342,7 +332,6 @@ milestones_deliver(PG_FUNCTION_ARGS)
 	text	   *key = ARG_TEXT(3);
 	EngineOrder *o = palloc(sizeof(EngineOrder));
 	EngineMilestone *m;
-	Datum		prev;
 	Datum		result;
 	EngineWrite w;
 	bool		isnull;
@@ -380,13 +369,9 @@ milestones_deliver(PG_FUNCTION_ARGS)
 		EngineCheckId(sellernull, seller_id, "seller_id");
 	CheckNote(note);
 	EngineConnect();
-	if (EngineIdemClaim(key == NULL, key, "deliver",
-						OrderNoteArgs(order_id, "seller_id", seller_id, note), &prev))
-	{
-		result = EngineStoredStatus(fcinfo, caller, prev);
-		EngineFinish();
+	if (EngineRetried(fcinfo, caller, key, "deliver",
+					  OrderNoteArgs(order_id, "seller_id", seller_id, note), &result))
 		PG_RETURN_DATUM(result);
-	}
 	EngineLockOrder(o, order_id, seller_id, "seller");
 	if (o->state != ORDER_ACTIVE)
 		EngineStateError(o, "deliver", "an active order with a milestone in progress");
@@ -460,7 +445,6 @@ milestones_accept(PG_FUNCTION_ARGS)
 	EngineOrder *o = palloc(sizeof(EngineOrder));
 	EngineMilestone *m;
 	EngineMilestone *next = NULL;
-	Datum		prev;
 	Datum		result;
 	StringInfoData detail;
 	EngineWrite w;
@@ -496,12 +480,8 @@ milestones_accept(PG_FUNCTION_ARGS)
 	if (buyernull || buyer_id <= 0)
 		EngineCheckId(buyernull, buyer_id, "buyer_id");
 	EngineConnect();
-	if (EngineIdemClaim(key == NULL, key, "accept", OrderArgs(order_id, "buyer_id", buyer_id), &prev))
-	{
-		result = EngineStoredStatus(fcinfo, caller, prev);
-		EngineFinish();
+	if (EngineRetried(fcinfo, caller, key, "accept", OrderArgs(order_id, "buyer_id", buyer_id), &result))
 		PG_RETURN_DATUM(result);
-	}
 	EngineLockOrder(o, order_id, buyer_id, "buyer");
 	m = EngineOpenDelivery(o, "accept");
 	/*
@@ -563,7 +543,6 @@ milestones_request_revision(PG_FUNCTION_ARGS)
 	text	   *key = ARG_TEXT(3);
 	EngineOrder *o = palloc(sizeof(EngineOrder));
 	EngineMilestone *m;
-	Datum		prev;
 	Datum		result;
 	StringInfoData detail;
 	EngineWrite w;
@@ -585,13 +564,9 @@ milestones_request_revision(PG_FUNCTION_ARGS)
 		EngineCheckId(buyernull, buyer_id, "buyer_id");
 	CheckNote(note);
 	EngineConnect();
-	if (EngineIdemClaim(key == NULL, key, "request_revision",
-						OrderNoteArgs(order_id, "buyer_id", buyer_id, note), &prev))
-	{
-		result = EngineStoredStatus(fcinfo, caller, prev);
-		EngineFinish();
+	if (EngineRetried(fcinfo, caller, key, "request_revision",
+					  OrderNoteArgs(order_id, "buyer_id", buyer_id, note), &result))
 		PG_RETURN_DATUM(result);
-	}
 	EngineLockOrder(o, order_id, buyer_id, "buyer");
 	m = EngineOpenDelivery(o, "request_revision");
 	if (!o->revisions_unlimited && o->revisions_used >= o->revisions_allowed)
@@ -636,7 +611,6 @@ milestones_stop(PG_FUNCTION_ARGS)
 	text	   *key = ARG_TEXT(2);
 	EngineOrder *o = palloc(sizeof(EngineOrder));
 	EngineMilestone *m;
-	Datum		prev;
 	Datum		result;
 	StringInfoData detail;
 	LedgerPayout payout;
@@ -647,12 +621,8 @@ milestones_stop(PG_FUNCTION_ARGS)
 	if (buyernull || buyer_id <= 0)
 		EngineCheckId(buyernull, buyer_id, "buyer_id");
 	EngineConnect();
-	if (EngineIdemClaim(key == NULL, key, "stop", OrderArgs(order_id, "buyer_id", buyer_id), &prev))
-	{
-		result = EngineStoredStatus(fcinfo, caller, prev);
-		EngineFinish();
+	if (EngineRetried(fcinfo, caller, key, "stop", OrderArgs(order_id, "buyer_id", buyer_id), &result))
 		PG_RETURN_DATUM(result);
-	}
 	EngineLockOrder(o, order_id, buyer_id, "buyer");
 	m = EngineOpenDelivery(o, "stop");
 	initStringInfo(&detail);
@@ -682,7 +652,6 @@ milestones_cancel(PG_FUNCTION_ARGS)
 	text	   *key = ARG_TEXT(4);
 	EngineOrder *o = palloc(sizeof(EngineOrder));
 	EngineMilestone *m;
-	Datum		prev;
 	Datum		result;
 	Datum		values[5];
 	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
@@ -716,12 +685,8 @@ milestones_cancel(PG_FUNCTION_ARGS)
 	JsonAddText(&args, "agent", agent_s);
 	JsonAddText(&args, "reason", reason_s);
 	JsonAddText(&args, "note", note ? text_to_cstring(note) : NULL);
-	if (EngineIdemClaim(key == NULL, key, "cancel", JsonClose(&args), &prev))
-	{
-		result = EngineStoredStatus(fcinfo, caller, prev);
-		EngineFinish();
+	if (EngineRetried(fcinfo, caller, key, "cancel", JsonClose(&args), &result))
 		PG_RETURN_DATUM(result);
-	}
 	/* After the key: a retry succeeds even if the reason was retired since. */
 	CheckReason(reason, reason_s);
 	EngineLockOrder(o, order_id, 0, "support");
@@ -1360,7 +1325,6 @@ milestones_cancel_milestone(PG_FUNCTION_ARGS)
 	EngineMilestone *m = NULL;
 	EngineMilestone *cur;
 	EngineMilestone *next = NULL;
-	Datum		prev;
 	Datum		result;
 	Datum		values[6];
 	char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
@@ -1405,12 +1369,8 @@ milestones_cancel_milestone(PG_FUNCTION_ARGS)
 	JsonAddText(&args, "agent", agent_s);
 	JsonAddText(&args, "reason", reason_s);
 	JsonAddText(&args, "note", note ? text_to_cstring(note) : NULL);
-	if (EngineIdemClaim(key == NULL, key, "cancel_milestone", JsonClose(&args), &prev))
-	{
-		result = EngineStoredStatus(fcinfo, caller, prev);
-		EngineFinish();
+	if (EngineRetried(fcinfo, caller, key, "cancel_milestone", JsonClose(&args), &result))
 		PG_RETURN_DATUM(result);
-	}
 	/* After the key: a retry succeeds even if the reason was retired since. */
 	CheckReason(reason, reason_s);
 	EngineLockOrder(o, order_id, 0, "support");

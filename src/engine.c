@@ -338,6 +338,25 @@ EngineIdemClaim(bool keynull, text *key, const char *function,
 	return !isnull;
 }
 
+/*
+ * EngineRetried claims an order action's idempotency key (EngineIdemClaim)
+ * and, when the key already holds a result, ends the action there: *result
+ * is the stored order_status row and the SPI connection is closed.  Returns
+ * whether the caller is a retry that returns *result at once.
+ */
+bool
+EngineRetried(FunctionCallInfo fcinfo, MemoryContext caller, text *key,
+			  const char *function, const char *arguments, Datum *result)
+{
+	Datum		prev;
+
+	if (!EngineIdemClaim(key == NULL, key, function, arguments, &prev))
+		return false;
+	*result = EngineStoredStatus(fcinfo, caller, prev);
+	EngineFinish();
+	return true;
+}
+
 /* EngineIdemStore records the result of the call that reserved the key. */
 void
 EngineIdemStore(text *key, Datum result)

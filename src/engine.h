@@ -159,6 +159,8 @@ extern Datum EngineJsonb(const char *json);
 extern bool EngineIdemClaim(bool keynull, text *key, const char *function,
 							const char *arguments, Datum *result);
 extern void EngineIdemStore(text *key, Datum result);
+extern bool EngineRetried(FunctionCallInfo fcinfo, MemoryContext caller, text *key,
+						  const char *function, const char *arguments, Datum *result);
 extern void EngineLockOrder(EngineOrder *o, int64 order_id, int64 actor_id,
 							const char *role);
 extern bool EngineLockOrderEligible(EngineOrder *o, int64 order_id, int64 actor_id,

@@ -76,9 +76,10 @@ SELECT line FROM (
       JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
       LEFT JOIN pg_catalog.pg_attrdef ad ON ad.adrelid = c.oid AND ad.adnum = a.attnum
     UNION ALL
-    SELECT pg_catalog.format('relation %s | constraint %s | %s | deferrable %s, deferred %s, validated %s',
+    SELECT pg_catalog.format('relation %s | constraint %s | %s | deferrable %s, deferred %s, validated %s | comment %s',
                              c.oid::regclass, k.conname, pg_catalog.pg_get_constraintdef(k.oid),
-                             k.condeferrable, k.condeferred, k.convalidated)
+                             k.condeferrable, k.condeferred, k.convalidated,
+                             pg_catalog.obj_description(k.oid, 'pg_constraint'))
       FROM pg_catalog.pg_class c JOIN members m ON m.classid = 'pg_catalog.pg_class'::regclass AND m.objid = c.oid
       JOIN pg_catalog.pg_constraint k ON k.conrelid = c.oid
     UNION ALL

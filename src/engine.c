@@ -421,8 +421,16 @@ static EnginePlan milestones_plan = {
 	" WHERE m.order_id OPERATOR(pg_catalog.=) $1 ORDER BY m.position",
 	1, {INT8OID}, NULL, CURSOR_OPT_FAST_PLAN
 };
-static void LockOrder(EngineOrder *o, int64 order_id, int64 actor_id, const char *role,
+static EnginePlan eligible_plan = {
+	"SELECT EXISTS (SELECT FROM milestones.eligible_sellers es"
+	" WHERE es.seller_id OPERATOR(pg_catalog.=) $1 AND es.eligible)"
+	" AND EXISTS (SELECT FROM milestones.eligible_categories ec"
+	" WHERE ec.category OPERATOR(pg_catalog.=) $2 AND ec.eligible)",
+	2, {INT8OID, TEXTOID}
+};
+static bool LockOrder(EngineOrder *o, int64 order_id, int64 actor_id, const char *role,
 					  bool eligible);
+static void CheckActor(EngineOrder *o, int64 actor_id, const char *role);
 static void ReadMilestoneRows(EngineOrder *o, int first);
 
 /*
@@ -445,26 +453,55 @@ EngineLockOrder(EngineOrder *o, int64 order_id, int64 actor_id, const char *role
 bool
 EngineLockOrderEligible(EngineOrder *o, int64 order_id, int64 actor_id, const char *role)
 {
-	bool		isnull;
+	return LockOrder(o, order_id, actor_id, role, true);
+}
 
-	LockOrder(o, order_id, actor_id, role, true);
-	return DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 15, &isnull));
+/* NoSuchOrder raises the P0002 of an order id that names no order. */
+static void
+NoSuchOrder(int64 order_id)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_NO_DATA_FOUND),
+			 errmsg("order " INT64_FORMAT " does not exist", order_id),
+			 errdetail("No milestone order has id " INT64_FORMAT ".", order_id)));
 }
 
 /*
- * LockOrder is the body of EngineLockOrder: the locking read, or (no row:
- * no such order, or one without milestones) the lock alone and then the
- * milestones.  Leaves the order's row first in SPI_tuptable.
+ * LockOrder is the body of EngineLockOrder: the lock and read by direct
+ * access (orderlock.c), or, when the tables are not as the extension made
+ * them, the locking statement.  Returns the order's eligibility when asked
+ * (eligible), else false.
  */
-static void
+static bool
 LockOrder(EngineOrder *o, int64 order_id, int64 actor_id, const char *role, bool eligible)
 {
-	Datum		values[1];
+	Datum		values[2];
 	HeapTuple	tup;
 	TupleDesc	desc;
 	bool		isnull;
 	char	   *state;
 	bool		joined = true;
+	bool		result = false;
+
+	switch (EngineLockOrderDirect(o, order_id))
+	{
+		case 0:
+			NoSuchOrder(order_id);
+			break;
+		case 1:
+			CheckActor(o, actor_id, role);
+			EngineReadMilestones(o);
+			if (!eligible)
+				return false;
+			values[0] = Int64GetDatum(o->seller_id);
+			values[1] = CStringGetTextDatum(o->category);
+			EngineExec(&eligible_plan, values, NULL, SPI_OK_SELECT, 1);
+			result = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+			SPI_freetuptable(SPI_tuptable);
+			return result && !isnull;
+		default:
+			break;
+	}
 
 	values[0] = Int64GetDatum(order_id);
 	EngineExec(eligible ? &lock_read_eligible_plan : &lock_read_plan, values, NULL, SPI_OK_SELECT, 0);
@@ -474,10 +511,7 @@ LockOrder(EngineOrder *o, int64 order_id, int64 actor_id, const char *role, bool
 		EngineExec(eligible ? &lock_eligible_plan : &lock_plan, values, NULL, SPI_OK_SELECT, 0);
 	}
 	if (SPI_processed == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_NO_DATA_FOUND),
-				 errmsg("order " INT64_FORMAT " does not exist", order_id),
-				 errdetail("No milestone order has id " INT64_FORMAT ".", order_id)));
+		NoSuchOrder(order_id);
 	tup = SPI_tuptable->vals[0];
 	desc = SPI_tuptable->tupdesc;
 	memset(o, 0, offsetof(EngineOrder, ms));
@@ -501,23 +535,14 @@ LockOrder(EngineOrder *o, int64 order_id, int64 actor_id, const char *role, bool
 	o->completed_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 14, &o->completed_at_null));
 	o->nmilestones = -1;
 	o->current = -1;
-
-	if ((strcmp(role, "seller") == 0 && o->seller_id != actor_id) ||
-		(strcmp(role, "buyer") == 0 && o->buyer_id != actor_id))
-		ereport(ERROR,
-				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("user " INT64_FORMAT " is not the %s of order " INT64_FORMAT,
-						actor_id, role, order_id),
-				 errdetail("Only the order's %s may do this; user " INT64_FORMAT " is %s.",
-						   role, actor_id,
-						   actor_id == o->buyer_id ? "its buyer" :
-						   actor_id == o->seller_id ? "its seller" : "not a party to it")));
+	if (eligible)
+		result = DatumGetBool(SPI_getbinval(tup, desc, 15, &isnull)) && !isnull;
+	CheckActor(o, actor_id, role);
 
 	if (joined)
 		ReadMilestoneRows(o, ORDER_COLUMN_MILESTONES);
 	else
 	{
-		/* Keep the order's row (and eligibility) for the caller. */
 		SPITupleTable *order_row = SPI_tuptable;
 
 		SPI_tuptable = NULL;
@@ -526,6 +551,26 @@ LockOrder(EngineOrder *o, int64 order_id, int64 actor_id, const char *role, bool
 		SPI_freetuptable(SPI_tuptable);
 		SPI_tuptable = order_row;
 	}
+	return result;
+}
+
+/*
+ * CheckActor refuses (42501) an actor who is not the order's party in the
+ * given role ("seller" or "buyer"; "support" and "system" act on any order).
+ */
+static void
+CheckActor(EngineOrder *o, int64 actor_id, const char *role)
+{
+	if ((strcmp(role, "seller") == 0 && o->seller_id != actor_id) ||
+		(strcmp(role, "buyer") == 0 && o->buyer_id != actor_id))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("user " INT64_FORMAT " is not the %s of order " INT64_FORMAT,
+						actor_id, role, o->order_id),
+				 errdetail("Only the order's %s may do this; user " INT64_FORMAT " is %s.",
+						   role, actor_id,
+						   actor_id == o->buyer_id ? "its buyer" :
+						   actor_id == o->seller_id ? "its seller" : "not a party to it")));
 }
 
 /*

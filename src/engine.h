@@ -166,6 +166,7 @@ extern void EngineLockOrder(EngineOrder *o, int64 order_id, int64 actor_id,
 extern bool EngineLockOrderEligible(EngineOrder *o, int64 order_id, int64 actor_id,
 									const char *role);
 extern void EngineReadMilestones(EngineOrder *o);
+extern int	EngineLockOrderDirect(EngineOrder *o, int64 order_id);
 extern void EngineStateError(EngineOrder *o, const char *action, const char *needs) pg_attribute_noreturn();
 extern EngineMilestone *EngineOpenDelivery(EngineOrder *o, const char *action);
 extern void EngineEvent(EngineOrder *o, int position, const char *event,

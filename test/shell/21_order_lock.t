@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# test/shell/21_order_lock.t - the order lock every action takes first
+# (src/orderlock.c: direct index and heap access under READ COMMITTED, the
+# locking statement otherwise), seen from two sessions.
+#
+# Session A runs an action and holds its transaction open for a moment;
+# session B acts on the same order meanwhile.  B must wait for A, then see
+# what A committed: the order's row (its newest version) and the milestones
+# A changed (read after the lock, not from before it).  A rolled back
+# leaves B the order as it was.  Under REPEATABLE READ a change committed
+# after B's snapshot is a serialization failure (40001).  With row-level
+# security switched on, the engine takes the statement instead and gives
+# the same results.
+set -uo pipefail
+. "$(dirname "$0")/lib.sh"
+
+db=ms_order_lock_$$
+tmp=$(mktemp -d)
+trap 'dropdbs $db; rm -rf "$tmp"' EXIT
+plan 15
+newdb $db
+
+# placed [delivered]: a new 3-milestone order, placed, milestone 1 delivered
+# when asked; prints its id.
+placed() {
+  local o
+  o=$(offer3 $db) && q $db "SELECT milestones.place_order($o, 20)" >/dev/null || bail "cannot place an order"
+  [ "${1:-}" = delivered ] && { q $db "SELECT milestones.deliver($o, 10)" >/dev/null || bail "cannot deliver"; }
+  echo "$o"
+}
+
+# hold SQL END: session A runs SQL in a transaction, sleeps 1.5 s, then
+# ENDs it (COMMIT or ROLLBACK); returns once A holds its locks.
+hold() {
+  psql -X -q -A -t -v ON_ERROR_STOP=1 -d $db > "$tmp/a" 2>&1 <<SQL &
+BEGIN;
+$1;
+SELECT pg_sleep(1.5) \\g /dev/null
+$2;
+SQL
+  apid=$!
+  sleep 0.5
+}
+
+# b SQL: session B's call; its output (errors as SQLSTATE: message) in
+# $tmp/b, how long it took in $tmp/b.ms.
+b() {
+  local t0
+  t0=$(date +%s%N)
+  psql -X -q -A -t -v VERBOSITY=sqlstate -d $db -c "$1" > "$tmp/b" 2>&1
+  echo $(( ($(date +%s%N) - t0) / 1000000 )) > "$tmp/b.ms"
+}
+
+# --- the lock is taken: B cannot get it while A holds it --------------------
+o=$(placed)
+hold "SELECT milestones.deliver($o, 10)" COMMIT
+b "SET lock_timeout = '200ms'; SELECT milestones.accept($o, 20)"
+wait $apid
+is "$(cat "$tmp/b")" "ERROR:  55P03" "accept waits for the order's lock a deliver holds (lock_timeout: 55P03)"
+is "$(q $db "SELECT milestone_state FROM milestones.order_status WHERE order_id = $o")" "delivered" \
+   "the deliver committed, the timed-out accept changed nothing"
+
+# --- B waits, then reads the milestones A changed ---------------------------
+o=$(placed)
+hold "SELECT milestones.deliver($o, 10)" COMMIT
+b "SELECT current_milestone, milestone_state, charged FROM milestones.accept($o, 20)"
+wait $apid
+ok $([ "$(cat "$tmp/b.ms")" -ge 700 ]; echo $?) "accept waited for the deliver ($(cat "$tmp/b.ms") ms)"
+is "$(cat "$tmp/b")" "2|in_progress|250.00" "accept saw milestone 1 delivered by the session it waited for, and started milestone 2"
+is "$(q $db "SELECT count(*) FROM milestones.check_invariants()")" "0" "check_invariants() is empty"
+
+# --- B waits, then reads the order's newest row -----------------------------
+o=$(placed delivered)
+hold "SELECT milestones.stop($o, 20)" COMMIT
+b "SELECT state FROM milestones.accept($o, 20)"
+wait $apid
+ok $([ "$(cat "$tmp/b.ms")" -ge 700 ]; echo $?) "accept waited for the stop ($(cat "$tmp/b.ms") ms)"
+is "$(cat "$tmp/b")" "ERROR:  55000" "accept refused: the order it waited for was completed by the stop"
+is "$(q $db "SELECT state || ' ' || end_reason || ' ' || (SELECT count(*) FROM milestones.events e WHERE e.order_id = o.order_id AND event = 'accepted')
+             FROM milestones.orders o WHERE order_id = $o")" "completed stopped 0" "the order is stopped, not accepted"
+
+# --- A rolls back: B acts on the order as it was ----------------------------
+o=$(placed delivered)
+hold "SELECT milestones.accept($o, 20)" ROLLBACK
+b "SELECT state, reason FROM milestones.stop($o, 20)"
+wait $apid
+ok $([ "$(cat "$tmp/b.ms")" -ge 700 ]; echo $?) "stop waited for the accept ($(cat "$tmp/b.ms") ms)"
+is "$(cat "$tmp/b")" "completed|stopped" "the accept rolled back: stop ended the order from milestone 1 delivered"
+is "$(q $db "SELECT paid_out || ' ' || refunded FROM milestones.order_status WHERE order_id = $o")" "100.00 0.00" \
+   "the seller is paid for milestone 1 only"
+
+# --- REPEATABLE READ: a change after B's snapshot is 40001 ------------------
+o=$(placed delivered)
+psql -X -q -A -t -v VERBOSITY=sqlstate -d $db > "$tmp/rr" 2>&1 <<SQL &
+BEGIN ISOLATION LEVEL REPEATABLE READ;
+SELECT count(*) FROM milestones.orders \\g /dev/null
+SELECT pg_sleep(1) \\g /dev/null
+SELECT state FROM milestones.accept($o, 20);
+COMMIT;
+SQL
+rpid=$!
+sleep 0.3
+q $db "SELECT milestones.request_revision($o, 20, 'more blue')" >/dev/null
+wait $rpid
+is "$(head -1 "$tmp/rr")" "ERROR:  40001" "REPEATABLE READ: accept after a committed request_revision fails with 40001"
+is "$(q $db "SELECT milestone_state || ' ' || revisions_used FROM milestones.order_status WHERE order_id = $o")" "in_progress 1" \
+   "the revision stands, nothing was accepted"
+
+# --- row-level security on: the statement, with the same results -------------
+lifecycle() {   # the same calls on a new order; no ids or times printed
+  cat <<SQL
+\\set VERBOSITY sqlstate
+SELECT milestones.create_offer(10, 20, 'design', '$OFFER3_MS', 1) AS o \\gset
+SELECT state, milestone_state, current_milestone, charged, paid_out, refunded FROM milestones.place_order(:o, 20);
+SELECT milestones.accept(:o, 20);
+SELECT milestones.deliver(:o, 11);
+SELECT state, milestone_state, respond_by IS NOT NULL FROM milestones.deliver(:o, 10);
+SELECT state, milestone_state, current_milestone, charged FROM milestones.accept(:o, 20);
+SELECT state, milestone_state, revisions_used FROM milestones.deliver(:o, 10);
+SELECT state, milestone_state, revisions_used FROM milestones.request_revision(:o, 20, 'again');
+SELECT state, reason, charged, paid_out, refunded FROM milestones.cancel(:o, 'agent-7', 'mutual_agreement');
+SELECT milestones.stop(:o, 20);
+SELECT milestones.deliver(-5, 10);
+SELECT milestones.deliver(987654321, 10);
+SQL
+}
+lifecycle | psql -X -q -A -t -d $db 2>&1 | sed 's/^psql:[^ ]* //' > "$tmp/plain"
+{ echo "BEGIN;"; echo "ALTER TABLE milestones.orders ENABLE ROW LEVEL SECURITY;"
+  echo "ALTER TABLE milestones.order_milestones ENABLE ROW LEVEL SECURITY;"
+  lifecycle; echo "ROLLBACK;"; } |
+  psql -X -q -A -t -d $db -v ON_ERROR_ROLLBACK=on 2>&1 | sed 's/^psql:[^ ]* //' > "$tmp/rls"
+grep -c ERROR "$tmp/plain" > "$tmp/nerr"
+is "$(cat "$tmp/nerr")" "5" "the lifecycle script meets its five refusals (two in the wrong state, wrong seller, bad id, no such order)"
+is "$(grep -v '^$' "$tmp/rls")" "$(grep -v '^$' "$tmp/plain")" \
+   "with row-level security on (the locking statement) every call returns and refuses the same"
+diag "$(cat "$tmp/plain")"

@@ -39,10 +39,14 @@ so_run() {
   fi
 }
 
-# so_free_port: a TCP port nobody listens on.
+# so_free_port: a TCP port nobody listens on, below the kernel's range of
+# ephemeral ports (a client connection's local port there made a server's
+# bind fail now and then).
 so_free_port() {
-  local p
-  for p in $(shuf -i 20000-40000 -n 200); do
+  local p lo=32768 hi
+  read -r lo _ < /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || lo=32768
+  hi=$(( lo - 1 )); [ "$hi" -gt 30000 ] || hi=30000
+  for p in $(shuf -i 20000-$hi -n 200); do
     if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && [ ! -e "$SO_DIR/sock/.s.PGSQL.$p" ]; then
       case " ${SO_PORT[*]} " in *" $p "*) continue ;; esac
       echo "$p"

@@ -984,6 +984,7 @@ milestones_create_offer(PG_FUNCTION_ARGS)
 	WriteFact	f;
 	bool		seller_eligible;
 	bool		category_eligible;
+	EngineSettings settings;
 	EngineOrder *o = palloc0(sizeof(EngineOrder));
 
 	/* The settings and the seller's and category's eligibility, read at once. */
@@ -1070,16 +1071,26 @@ milestones_create_offer(PG_FUNCTION_ARGS)
 		PG_RETURN_INT64(order_id);
 	}
 
-	values[0] = Int64GetDatum(seller_id);
-	values[1] = PointerGetDatum(category);
-	EngineExec(&settings_plan, values, NULL, SPI_OK_SELECT, 0);
-	if (SPI_processed != 1)
-		elog(ERROR, "milestones engine: settings must have one row");
-	min_total = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-	max_milestones = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
-	fee_rate = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull);
-	seller_eligible = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4, &isnull));
-	category_eligible = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 5, &isnull));
+	/* By primary key without the executor (direct.c), or the statement. */
+	if (EngineEligibleDirect(seller_id, category_s, &seller_eligible, &category_eligible, &settings))
+	{
+		min_total = settings.min_total;
+		max_milestones = settings.max_milestones;
+		fee_rate = settings.fee_rate;
+	}
+	else
+	{
+		values[0] = Int64GetDatum(seller_id);
+		values[1] = PointerGetDatum(category);
+		EngineExec(&settings_plan, values, NULL, SPI_OK_SELECT, 0);
+		if (SPI_processed != 1)
+			elog(ERROR, "milestones engine: settings must have one row");
+		min_total = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+		max_milestones = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+		fee_rate = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull);
+		seller_eligible = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4, &isnull));
+		category_eligible = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 5, &isnull));
+	}
 
 	if (JB_ROOT_IS_SCALAR(milestones) || !JB_ROOT_IS_ARRAY(milestones))
 	{

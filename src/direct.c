@@ -1,10 +1,16 @@
 /*-------------------------------------------------------------------------
  *
- * src/orderlock.c
- *		The order lock by direct index and heap access: every order
- *		action's first step, without an executor start.
+ * src/direct.c
+ *		Reads by key without the executor: the order lock (every order
+ *		action's first step), the eligibility of a seller and a category,
+ *		and the settings row.
  *
- * Every action begins by locking its order's row (so that concurrent calls
+ * An executor start-up costs more than the few index probes most of the
+ * engine's reads are; each read here does the probes itself, and steps
+ * aside (the caller runs its statement) whenever the table is not as the
+ * extension made it.
+ *
+ * The order lock.  Every action begins by locking its order's row (so that concurrent calls
  * on one order serialize) and reading the order with its milestones.  As a
  * statement that was a join with row locks, and its executor start-up alone
  * (ExecInitLockRows, two index scans, a nested loop) was a sixth of an API
@@ -28,13 +34,27 @@
  * themselves.  Nothing here bypasses a rule: the lock writes nothing, and
  * every write still goes through SQL (triggers, constraints, indexes).
  *
- * The direct path is taken only under READ COMMITTED (the isolation level
- * of every API call made as documented) and when the tables look as the
- * extension made them: both primary keys on the expected columns, every
- * column read found by name with its type, the privileges a statement
- * would need, and no row-level security (whose policies only a statement
- * applies).  Otherwise the caller runs the locking statement, which also
- * gives REPEATABLE READ and SERIALIZABLE their serialization failures.
+ * The milestone rows are read, not locked: every engine writer locks the
+ * order's row first, so the lock serializes the actions; a DBA's own
+ * UPDATE of a milestone that does not take the order's lock meets the
+ * guard triggers and the commit check, as it did in 1.0 (whose lock was
+ * the order's row alone).
+ *
+ * The direct path is taken only in a read-write transaction under READ
+ * COMMITTED (the isolation level of every API call made as documented),
+ * and when the tables look as the extension made them: both primary keys
+ * exactly on the expected columns, every column read found by name with
+ * its type (and NOT NULL where the engine relies on it), the privileges a
+ * statement would need, no row-level security (whose policies only a
+ * statement applies) and no inheritance children.  Otherwise the caller
+ * runs the locking statement, which also gives REPEATABLE READ and
+ * SERIALIZABLE their serialization failures (40001) and a read-only
+ * transaction or a standby its 25006.
+ *
+ * The reads of eligibility and settings are probes by primary key under
+ * one snapshot taken after their tables are locked, as one statement's
+ * would be; they step aside for the statement under the same conditions
+ * of the tables (any isolation level: they lock nothing).
  *
  *-------------------------------------------------------------------------
  */
@@ -63,11 +83,16 @@
 
 #include "engine.h"
 
-/* A column the lock reads, by name and type. */
+/*
+ * A column a direct read reads, by name and type, and whether it must be
+ * NOT NULL (the engine reads those without a null test, as the table
+ * guarantees).
+ */
 typedef struct LockColumn
 {
 	const char *name;
 	Oid			type;
+	bool		notnull;
 } LockColumn;
 
 /* The columns of orders the engine reads, in EngineOrder order. */
@@ -79,12 +104,12 @@ enum
 };
 static const LockColumn order_columns[OC_COUNT] =
 {
-	{"order_id", INT8OID}, {"seller_id", INT8OID}, {"buyer_id", INT8OID},
-	{"category", TEXTOID}, {"currency", TEXTOID}, {"state", TEXTOID},
-	{"end_reason", TEXTOID}, {"cancel_reason", TEXTOID},
-	{"revisions_allowed", INT4OID}, {"revisions_used", INT4OID},
-	{"fee_rate", NUMERICOID}, {"created_at", TIMESTAMPTZOID},
-	{"placed_at", TIMESTAMPTZOID}, {"completed_at", TIMESTAMPTZOID}
+	{"order_id", INT8OID, true}, {"seller_id", INT8OID, true}, {"buyer_id", INT8OID, true},
+	{"category", TEXTOID, true}, {"currency", TEXTOID, true}, {"state", TEXTOID, true},
+	{"end_reason", TEXTOID, false}, {"cancel_reason", TEXTOID, false},
+	{"revisions_allowed", INT4OID, false}, {"revisions_used", INT4OID, true},
+	{"fee_rate", NUMERICOID, true}, {"created_at", TIMESTAMPTZOID, true},
+	{"placed_at", TIMESTAMPTZOID, false}, {"completed_at", TIMESTAMPTZOID, false}
 };
 
 /* The columns of order_milestones the engine reads. */
@@ -95,9 +120,10 @@ enum
 };
 static const LockColumn milestone_columns[MC_COUNT] =
 {
-	{"order_id", INT8OID}, {"position", INT2OID}, {"state", TEXTOID}, {"name", TEXTOID},
-	{"final", BOOLOID}, {"amount", NUMERICOID}, {"respond_by", TIMESTAMPTZOID},
-	{"delivered_at", TIMESTAMPTZOID}, {"deliveries", INT4OID}, {"due_at", TIMESTAMPTZOID}
+	{"order_id", INT8OID, true}, {"position", INT2OID, true}, {"state", TEXTOID, true},
+	{"name", TEXTOID, true}, {"final", BOOLOID, true}, {"amount", NUMERICOID, true},
+	{"respond_by", TIMESTAMPTZOID, false}, {"delivered_at", TIMESTAMPTZOID, false},
+	{"deliveries", INT4OID, true}, {"due_at", TIMESTAMPTZOID, false}
 };
 
 /*
@@ -117,7 +143,7 @@ static LockMap milestone_map;
 
 /*
  * MapColumns fills map for rel's current columns; false when a column is
- * missing or of another type.
+ * missing, of another type, or no longer NOT NULL where it must be.
  */
 static bool
 MapColumns(LockMap *map, Relation rel, const LockColumn *columns, int ncolumns)
@@ -132,6 +158,7 @@ MapColumns(LockMap *map, Relation rel, const LockColumn *columns, int ncolumns)
 			Form_pg_attribute att = TupleDescAttr(desc, map->attnum[c]);
 
 			if (att->attisdropped || att->atttypid != columns[c].type ||
+				(columns[c].notnull && !att->attnotnull) ||
 				strcmp(NameStr(att->attname), columns[c].name) != 0)
 				break;
 		}
@@ -150,7 +177,8 @@ MapColumns(LockMap *map, Relation rel, const LockColumn *columns, int ncolumns)
 			if (!att->attisdropped && strcmp(NameStr(att->attname), columns[c].name) == 0)
 				break;
 		}
-		if (a == desc->natts || TupleDescAttr(desc, a)->atttypid != columns[c].type)
+		if (a == desc->natts || TupleDescAttr(desc, a)->atttypid != columns[c].type ||
+			(columns[c].notnull && !TupleDescAttr(desc, a)->attnotnull))
 			return false;
 		map->attnum[c] = a;
 	}
@@ -160,11 +188,12 @@ MapColumns(LockMap *map, Relation rel, const LockColumn *columns, int ncolumns)
 }
 
 /*
- * KeyIndex opens rel's primary key when its leading columns are the given
- * attributes (0-based) and it is a btree over int8 first; NULL otherwise.
+ * KeyIndex opens rel's primary key when its key columns are exactly the
+ * given attributes (0-based) and it is a btree whose first column has type
+ * keytype; NULL otherwise.
  */
 static Relation
-KeyIndex(Relation rel, int nkeys, const int *attnums)
+KeyIndex(Relation rel, int nkeys, const int *attnums, Oid keytype)
 {
 	Oid			indexoid = RelationGetPrimaryKeyIndex(rel);
 	Relation	index;
@@ -174,8 +203,8 @@ KeyIndex(Relation rel, int nkeys, const int *attnums)
 		return NULL;
 	index = index_open(indexoid, AccessShareLock);
 	if (index->rd_rel->relam != BTREE_AM_OID ||
-		index->rd_index->indnkeyatts < nkeys ||
-		TupleDescAttr(RelationGetDescr(index), 0)->atttypid != INT8OID)
+		index->rd_index->indnkeyatts != nkeys ||
+		TupleDescAttr(RelationGetDescr(index), 0)->atttypid != keytype)
 	{
 		index_close(index, AccessShareLock);
 		return NULL;
@@ -187,6 +216,18 @@ KeyIndex(Relation rel, int nkeys, const int *attnums)
 			return NULL;
 		}
 	return index;
+}
+
+/*
+ * Plain says whether a statement would read just this table's rows, as the
+ * direct read does: an ordinary table without row-level security and
+ * without inheritance children.
+ */
+static bool
+Plain(Relation rel)
+{
+	return rel->rd_rel->relkind == RELKIND_RELATION && !rel->rd_rel->relrowsecurity &&
+		!rel->rd_rel->relhassubclass;
 }
 
 /* TextOrNull is the column's text as a C string in the current context. */
@@ -291,8 +332,7 @@ LockTheRow(Relation rel, ItemPointer tid, Snapshot snapshot, TupleTableSlot *slo
 		case TM_Ok:
 			return true;
 		case TM_SelfModified:
-			/* not possible after CommandCounterIncrement: never lock a stale row */
-			elog(ERROR, "milestones engine: the order's row was changed by this command");
+			/* not possible after CommandCounterIncrement; as ExecLockRows: gone */
 			return false;
 		case TM_Deleted:
 			/* the newest version is deleted: the order is gone */
@@ -331,7 +371,11 @@ EngineLockOrderDirect(EngineOrder *o, int64 order_id)
 	bool		found;
 	int			keycols[2];
 
-	if (IsolationUsesXactSnapshot())
+	/*
+	 * A read-only transaction (also on a standby) gets the statement's
+	 * 25006; REPEATABLE READ and SERIALIZABLE its 40001.
+	 */
+	if (IsolationUsesXactSnapshot() || XactReadOnly)
 		return -1;
 	nsp = get_namespace_oid("milestones", false);
 	relid = get_relname_relid("orders", nsp);
@@ -342,14 +386,14 @@ EngineLockOrderDirect(EngineOrder *o, int64 order_id)
 		pg_class_aclcheck(relid, GetUserId(), ACL_UPDATE) != ACLCHECK_OK)
 		return -1;
 	orders = table_open(relid, RowShareLock);
-	if (orders->rd_rel->relkind != RELKIND_RELATION || orders->rd_rel->relrowsecurity ||
+	if (!Plain(orders) ||
 		!MapColumns(&order_map, orders, order_columns, OC_COUNT))
 	{
 		table_close(orders, NoLock);
 		return -1;
 	}
 	keycols[0] = order_map.attnum[OC_ORDER_ID];
-	index = KeyIndex(orders, 1, keycols);
+	index = KeyIndex(orders, 1, keycols, INT8OID);
 	if (index == NULL)
 	{
 		table_close(orders, NoLock);
@@ -369,7 +413,7 @@ EngineLockOrderDirect(EngineOrder *o, int64 order_id)
 		return -1;
 	}
 	milestones = table_open(relid, AccessShareLock);
-	if (milestones->rd_rel->relkind != RELKIND_RELATION || milestones->rd_rel->relrowsecurity ||
+	if (!Plain(milestones) ||
 		!MapColumns(&milestone_map, milestones, milestone_columns, MC_COUNT))
 	{
 		table_close(milestones, NoLock);
@@ -406,7 +450,7 @@ EngineLockOrderDirect(EngineOrder *o, int64 order_id)
 	/* 4-5: the milestones, as the last holder of the lock left them */
 	keycols[0] = milestone_map.attnum[MC_ORDER_ID];
 	keycols[1] = milestone_map.attnum[MC_POSITION];
-	index = KeyIndex(milestones, 2, keycols);
+	index = KeyIndex(milestones, 2, keycols, INT8OID);
 	if (index == NULL)
 	{
 		/* the statement reads them (o->nmilestones is -1) */
@@ -433,4 +477,198 @@ EngineLockOrderDirect(EngineOrder *o, int64 order_id)
 	index_close(index, NoLock);
 	table_close(milestones, NoLock);
 	return 1;
+}
+
+/*
+ * Eligibility and settings.  create_offer reads the settings row and the
+ * eligibility of its seller and category, place_order the eligibility
+ * again; each is one or two probes by primary key.  Like a statement, the
+ * reads see a new snapshot taken after a new command, so that they see
+ * what this transaction wrote before.
+ */
+static const LockColumn seller_columns[2] =
+{
+	{"seller_id", INT8OID, true}, {"eligible", BOOLOID, false}
+};
+static const LockColumn category_columns[2] =
+{
+	{"category", TEXTOID, true}, {"eligible", BOOLOID, false}
+};
+static const LockColumn settings_columns[3] =
+{
+	{"min_order_total", NUMERICOID, true}, {"max_milestones", INT4OID, true},
+	{"seller_fee_rate", NUMERICOID, true}
+};
+static LockMap seller_map;
+static LockMap category_map;
+static LockMap settings_map;
+
+/*
+ * OpenReadable opens milestones.name for a direct read: a plain table the
+ * current user may read, without row-level security, whose columns are
+ * found; NULL otherwise.
+ */
+static Relation
+OpenReadable(const char *name, LockMap *map, const LockColumn *columns, int ncolumns)
+{
+	Oid			relid = get_relname_relid(name, get_namespace_oid("milestones", false));
+	Relation	rel;
+
+	if (!OidIsValid(relid) || pg_class_aclcheck(relid, GetUserId(), ACL_SELECT) != ACLCHECK_OK)
+		return NULL;
+	rel = table_open(relid, AccessShareLock);
+	if (!Plain(rel) ||
+		!MapColumns(map, rel, columns, ncolumns))
+	{
+		table_close(rel, NoLock);
+		return NULL;
+	}
+	return rel;
+}
+
+/*
+ * A primary-key probe opened for a direct read: the table, its key index
+ * and the key.
+ */
+typedef struct KeyProbe
+{
+	Relation	rel;
+	Relation	index;
+	LockMap    *map;
+	ScanKeyData key;
+} KeyProbe;
+
+/*
+ * OpenProbe opens milestones.table and its primary key (a single column of
+ * keytype) for a probe by key with eqproc; false when the statement must
+ * read it.
+ */
+static bool
+OpenProbe(KeyProbe *p, const char *table, LockMap *map, const LockColumn *columns,
+		  Datum key, Oid keytype, RegProcedure eqproc)
+{
+	int			keycol[1];
+
+	p->rel = OpenReadable(table, map, columns, 2);
+	p->map = map;
+	if (p->rel == NULL)
+		return false;
+	keycol[0] = map->attnum[0];
+	p->index = KeyIndex(p->rel, 1, keycol, keytype);
+	if (p->index == NULL)
+	{
+		table_close(p->rel, NoLock);
+		p->rel = NULL;
+		return false;
+	}
+	ScanKeyEntryInitialize(&p->key, 0, 1, BTEqualStrategyNumber, InvalidOid,
+						   p->index->rd_indcollation[0], eqproc, key);
+	return true;
+}
+
+/* CloseProbe closes what OpenProbe opened (the locks stay until commit). */
+static void
+CloseProbe(KeyProbe *p)
+{
+	if (p->rel == NULL)
+		return;
+	index_close(p->index, NoLock);
+	table_close(p->rel, NoLock);
+	p->rel = NULL;
+}
+
+/*
+ * Probe reads the eligible column of the probed row under the active
+ * snapshot: true when the row exists and is eligible.
+ */
+static bool
+Probe(KeyProbe *p)
+{
+	IndexScanDesc scan;
+	TupleTableSlot *slot = table_slot_create(p->rel, NULL);
+	bool		result = false;
+
+	scan = index_beginscan(p->rel, p->index, GetActiveSnapshot(), 1, 0);
+	index_rescan(scan, &p->key, 1, NULL, 0);
+	if (index_getnext_slot(scan, ForwardScanDirection, slot))
+	{
+		bool		isnull;
+		Datum		eligible = slot_getattr(slot, p->map->attnum[1] + 1, &isnull);
+
+		result = !isnull && DatumGetBool(eligible);
+	}
+	index_endscan(scan);
+	ExecDropSingleTupleTableSlot(slot);
+	return result;
+}
+
+/*
+ * ReadSettings reads the settings row under the active snapshot.  The
+ * table has exactly one row; any other count is an error, as it is for
+ * the statement.
+ */
+static void
+ReadSettings(Relation rel, EngineSettings *settings)
+{
+	TableScanDesc scan;
+	TupleTableSlot *slot = table_slot_create(rel, NULL);
+	const int  *a = settings_map.attnum;
+	int			rows = 0;
+
+	scan = table_beginscan(rel, GetActiveSnapshot(), 0, NULL);
+	while (table_scan_getnextslot(scan, ForwardScanDirection, slot))
+	{
+		if (rows++ > 0)
+			continue;
+		slot_getallattrs(slot);
+		settings->min_total = datumCopy(slot->tts_values[a[0]], false, -1);
+		settings->max_milestones = DatumGetInt32(slot->tts_values[a[1]]);
+		settings->fee_rate = datumCopy(slot->tts_values[a[2]], false, -1);
+	}
+	table_endscan(scan);
+	ExecDropSingleTupleTableSlot(slot);
+	if (rows != 1)
+		elog(ERROR, "milestones engine: settings must have one row");
+}
+
+/*
+ * EngineEligibleDirect reads whether the seller and the category are
+ * eligible for milestones (a row with eligible = true in
+ * eligible_sellers, eligible_categories) and, when settings is not NULL,
+ * the settings row, all under one snapshot taken after the tables are
+ * locked, as one statement would.  false when the statement must read
+ * them instead (nothing is set then).
+ */
+bool
+EngineEligibleDirect(int64 seller_id, const char *category, bool *seller_ok,
+					 bool *category_ok, EngineSettings *settings)
+{
+	KeyProbe	sellers;
+	KeyProbe	categories;
+	Relation	settings_rel = NULL;
+
+	categories.rel = NULL;
+	if (!OpenProbe(&sellers, "eligible_sellers", &seller_map, seller_columns,
+				   Int64GetDatum(seller_id), INT8OID, F_INT8EQ) ||
+		!OpenProbe(&categories, "eligible_categories", &category_map, category_columns,
+				   CStringGetTextDatum(category), TEXTOID, F_TEXTEQ) ||
+		(settings != NULL &&
+		 (settings_rel = OpenReadable("settings", &settings_map, settings_columns, 3)) == NULL))
+	{
+		CloseProbe(&sellers);
+		CloseProbe(&categories);
+		return false;
+	}
+	CommandCounterIncrement();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	*seller_ok = Probe(&sellers);
+	*category_ok = Probe(&categories);
+	if (settings != NULL)
+		ReadSettings(settings_rel, settings);
+	PopActiveSnapshot();
+	CloseProbe(&sellers);
+	CloseProbe(&categories);
+	if (settings_rel != NULL)
+		table_close(settings_rel, NoLock);
+	return true;
 }

@@ -468,7 +468,7 @@ NoSuchOrder(int64 order_id)
 
 /*
  * LockOrder is the body of EngineLockOrder: the lock and read by direct
- * access (orderlock.c), or, when the tables are not as the extension made
+ * access (direct.c), or, when the tables are not as the extension made
  * them, the locking statement.  Returns the order's eligibility when asked
  * (eligible), else false.
  */
@@ -493,6 +493,13 @@ LockOrder(EngineOrder *o, int64 order_id, int64 actor_id, const char *role, bool
 			EngineReadMilestones(o);
 			if (!eligible)
 				return false;
+			{
+				bool		seller_ok;
+				bool		category_ok;
+
+				if (EngineEligibleDirect(o->seller_id, o->category, &seller_ok, &category_ok, NULL))
+					return seller_ok && category_ok;
+			}
 			values[0] = Int64GetDatum(o->seller_id);
 			values[1] = CStringGetTextDatum(o->category);
 			EngineExec(&eligible_plan, values, NULL, SPI_OK_SELECT, 1);

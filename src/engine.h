@@ -2,7 +2,7 @@
  *
  * src/engine.h
  *		Declarations shared by the order engine's C files (engine.c,
- *		ledger.c, actions.c): the plan cache, the order as the engine reads
+ *		direct.c, ledger.c, actions.c): the plan cache, the order as the engine reads
  *		it, and the helpers every action uses.
  *
  *-------------------------------------------------------------------------
@@ -30,6 +30,14 @@ typedef struct EnginePlan
 	SPIPlanPtr	plan;
 	int			cursor_options; /* planner flags, as SPI_prepare_cursor */
 } EnginePlan;
+
+/* The settings create_offer reads. */
+typedef struct EngineSettings
+{
+	Datum		min_total;		/* numeric */
+	int32		max_milestones;
+	Datum		fee_rate;		/* numeric */
+} EngineSettings;
 
 /* One milestone as the engine read it under the order's lock. */
 typedef struct EngineMilestone
@@ -167,6 +175,8 @@ extern bool EngineLockOrderEligible(EngineOrder *o, int64 order_id, int64 actor_
 									const char *role);
 extern void EngineReadMilestones(EngineOrder *o);
 extern int	EngineLockOrderDirect(EngineOrder *o, int64 order_id);
+extern bool EngineEligibleDirect(int64 seller_id, const char *category, bool *seller_ok,
+								 bool *category_ok, EngineSettings *settings);
 extern void EngineStateError(EngineOrder *o, const char *action, const char *needs) pg_attribute_noreturn();
 extern EngineMilestone *EngineOpenDelivery(EngineOrder *o, const char *action);
 extern void EngineEvent(EngineOrder *o, int position, const char *event,

@@ -1005,18 +1005,21 @@ milestones_create_offer(PG_FUNCTION_ARGS)
 	 * builds its payload from the order row, which a trigger fired by the
 	 * same statement would not see.
 	 */
-	static EnginePlan offer_plan = {
-		"WITH o AS (INSERT INTO milestones.orders (seller_id, buyer_id, category, currency,"
-		" revisions_allowed, fee_rate, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)"
-		" RETURNING order_id),"
-		" m AS (INSERT INTO milestones.order_milestones (order_id, position, name, days, amount, final)"
-		" SELECT o.order_id, x.ord, x.name, x.days, x.amount, x.ord OPERATOR(pg_catalog.=) $11"
-		" FROM o, ROWS FROM (pg_catalog.unnest($8), pg_catalog.unnest($9), pg_catalog.unnest($10))"
-		" WITH ORDINALITY AS x(name, days, amount, ord)"
+#define OFFER_CTES \
+		"WITH o AS (INSERT INTO milestones.orders (seller_id, buyer_id, category, currency," \
+		" revisions_allowed, fee_rate, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)" \
+		" RETURNING order_id)," \
+		" m AS (INSERT INTO milestones.order_milestones (order_id, position, name, days, amount, final)" \
+		" SELECT o.order_id, x.ord, x.name, x.days, x.amount, x.ord OPERATOR(pg_catalog.=) $11" \
+		" FROM o, ROWS FROM (pg_catalog.unnest($8), pg_catalog.unnest($9), pg_catalog.unnest($10))" \
+		" WITH ORDINALITY AS x(name, days, amount, ord)" \
 		" RETURNING position)"
-		" SELECT o.order_id, m.position FROM o, m",
-		11, {INT8OID, INT8OID, TEXTOID, TEXTOID, INT4OID, NUMERICOID, TIMESTAMPTZOID,
-		TEXTARRAYOID, INT2ARRAYOID, NUMERICARRAYOID, INT4OID}
+#define OFFER_ARGTYPES \
+		INT8OID, INT8OID, TEXTOID, TEXTOID, INT4OID, NUMERICOID, TIMESTAMPTZOID, \
+		TEXTARRAYOID, INT2ARRAYOID, NUMERICARRAYOID, INT4OID
+	static EnginePlan offer_plan = {
+		OFFER_CTES " SELECT o.order_id, m.position FROM o, m",
+		11, {OFFER_ARGTYPES}
 	};
 
 	/*
@@ -1026,20 +1029,12 @@ milestones_create_offer(PG_FUNCTION_ARGS)
 	 * serving only when its database, this one, is dropped.)
 	 */
 	static EnginePlan offer_event_plan = {
-		"WITH o AS (INSERT INTO milestones.orders (seller_id, buyer_id, category, currency,"
-		" revisions_allowed, fee_rate, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)"
-		" RETURNING order_id),"
-		" m AS (INSERT INTO milestones.order_milestones (order_id, position, name, days, amount, final)"
-		" SELECT o.order_id, x.ord, x.name, x.days, x.amount, x.ord OPERATOR(pg_catalog.=) $11"
-		" FROM o, ROWS FROM (pg_catalog.unnest($8), pg_catalog.unnest($9), pg_catalog.unnest($10))"
-		" WITH ORDINALITY AS x(name, days, amount, ord)"
-		" RETURNING position),"
+		OFFER_CTES ","
 		" e AS (INSERT INTO " EVENT_COLUMNS
 		" SELECT o.order_id, NULL::pg_catalog.int2, 'offered', 'seller', $1, NULL::pg_catalog.text,"
 		" 'offered', NULL::pg_catalog.text, $12, $13 FROM o RETURNING 1)"
 		" SELECT o.order_id, m.position FROM o, m, e",
-		13, {INT8OID, INT8OID, TEXTOID, TEXTOID, INT4OID, NUMERICOID, TIMESTAMPTZOID,
-		TEXTARRAYOID, INT2ARRAYOID, NUMERICARRAYOID, INT4OID, JSONBOID, TIMESTAMPTZOID}
+		13, {OFFER_ARGTYPES, JSONBOID, TIMESTAMPTZOID}
 	};
 	bool		with_event;
 

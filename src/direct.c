@@ -67,7 +67,6 @@
 #include "access/tableam.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
-#include "catalog/pg_am.h"
 #include "catalog/pg_type.h"
 #include "executor/tuptable.h"
 #include "storage/bufmgr.h"
@@ -84,25 +83,17 @@
 #include "engine.h"
 
 /*
- * A column a direct read reads, by name and type, and whether it must be
- * NOT NULL (the engine reads those without a null test, as the table
- * guarantees).
+ * The columns each direct read reads, by name and type (columns.c), NOT
+ * NULL where the engine reads them without a null test, as the table
+ * guarantees.  Those of orders, in EngineOrder order:
  */
-typedef struct LockColumn
-{
-	const char *name;
-	Oid			type;
-	bool		notnull;
-} LockColumn;
-
-/* The columns of orders the engine reads, in EngineOrder order. */
 enum
 {
 	OC_ORDER_ID, OC_SELLER_ID, OC_BUYER_ID, OC_CATEGORY, OC_CURRENCY, OC_STATE,
 	OC_END_REASON, OC_CANCEL_REASON, OC_REVISIONS_ALLOWED, OC_REVISIONS_USED,
 	OC_FEE_RATE, OC_CREATED_AT, OC_PLACED_AT, OC_COMPLETED_AT, OC_COUNT
 };
-static const LockColumn order_columns[OC_COUNT] =
+static const ColumnSpec order_columns[OC_COUNT] =
 {
 	{"order_id", INT8OID, true}, {"seller_id", INT8OID, true}, {"buyer_id", INT8OID, true},
 	{"category", TEXTOID, true}, {"currency", TEXTOID, true}, {"state", TEXTOID, true},
@@ -118,7 +109,7 @@ enum
 	MC_ORDER_ID, MC_POSITION, MC_STATE, MC_NAME, MC_FINAL, MC_AMOUNT, MC_RESPOND_BY,
 	MC_DELIVERED_AT, MC_DELIVERIES, MC_DUE_AT, MC_COUNT
 };
-static const LockColumn milestone_columns[MC_COUNT] =
+static const ColumnSpec milestone_columns[MC_COUNT] =
 {
 	{"order_id", INT8OID, true}, {"position", INT2OID, true}, {"state", TEXTOID, true},
 	{"name", TEXTOID, true}, {"final", BOOLOID, true}, {"amount", NUMERICOID, true},
@@ -126,96 +117,16 @@ static const LockColumn milestone_columns[MC_COUNT] =
 	{"deliveries", INT4OID, true}, {"due_at", TIMESTAMPTZOID, false}
 };
 
-/*
- * Where each column sits (0-based), per table, found by name; kept per
- * backend and checked again on every use (a column renamed, dropped or
- * retyped since is found again or makes the direct path step aside).
- */
-typedef struct LockMap
-{
-	Oid			relid;
-	int			natts;
-	int			attnum[OC_COUNT];
-} LockMap;
+/* Where each column sits, per table (columns.c). */
+static ColumnMap order_map;
+static ColumnMap milestone_map;
 
-static LockMap order_map;
-static LockMap milestone_map;
-
-/*
- * MapColumns fills map for rel's current columns; false when a column is
- * missing, of another type, or no longer NOT NULL where it must be.
- */
+/* MapColumns says whether every column is found in rel as specified. */
 static bool
-MapColumns(LockMap *map, Relation rel, const LockColumn *columns, int ncolumns)
+MapColumns(ColumnMap *map, Relation rel, const ColumnSpec *columns, int ncolumns)
 {
-	TupleDesc	desc = RelationGetDescr(rel);
-	int			c;
-
-	if (map->relid == RelationGetRelid(rel) && map->natts == desc->natts)
-	{
-		for (c = 0; c < ncolumns; c++)
-		{
-			Form_pg_attribute att = TupleDescAttr(desc, map->attnum[c]);
-
-			if (att->attisdropped || att->atttypid != columns[c].type ||
-				(columns[c].notnull && !att->attnotnull) ||
-				strcmp(NameStr(att->attname), columns[c].name) != 0)
-				break;
-		}
-		if (c == ncolumns)
-			return true;
-	}
-	map->relid = InvalidOid;
-	for (c = 0; c < ncolumns; c++)
-	{
-		int			a;
-
-		for (a = 0; a < desc->natts; a++)
-		{
-			Form_pg_attribute att = TupleDescAttr(desc, a);
-
-			if (!att->attisdropped && strcmp(NameStr(att->attname), columns[c].name) == 0)
-				break;
-		}
-		if (a == desc->natts || TupleDescAttr(desc, a)->atttypid != columns[c].type ||
-			(columns[c].notnull && !TupleDescAttr(desc, a)->attnotnull))
-			return false;
-		map->attnum[c] = a;
-	}
-	map->relid = RelationGetRelid(rel);
-	map->natts = desc->natts;
-	return true;
-}
-
-/*
- * KeyIndex opens rel's primary key when its key columns are exactly the
- * given attributes (0-based) and it is a btree whose first column has type
- * keytype; NULL otherwise.
- */
-static Relation
-KeyIndex(Relation rel, int nkeys, const int *attnums, Oid keytype)
-{
-	Oid			indexoid = RelationGetPrimaryKeyIndex(rel);
-	Relation	index;
-	int			k;
-
-	if (!OidIsValid(indexoid))
-		return NULL;
-	index = index_open(indexoid, AccessShareLock);
-	if (index->rd_rel->relam != BTREE_AM_OID ||
-		index->rd_index->indnkeyatts != nkeys ||
-		TupleDescAttr(RelationGetDescr(index), 0)->atttypid != keytype)
-	{
-		index_close(index, AccessShareLock);
-		return NULL;
-	}
-	for (k = 0; k < nkeys; k++)
-		if (index->rd_index->indkey.values[k] != attnums[k] + 1)
-		{
-			index_close(index, AccessShareLock);
-			return NULL;
-		}
-	return index;
+	return ColumnMapFind(map, RelationGetDescr(rel), RelationGetRelid(rel), 0,
+						 columns, ncolumns) < 0;
 }
 
 /*
@@ -393,7 +304,7 @@ EngineLockOrderDirect(EngineOrder *o, int64 order_id)
 		return -1;
 	}
 	keycols[0] = order_map.attnum[OC_ORDER_ID];
-	index = KeyIndex(orders, 1, keycols, INT8OID);
+	index = KeyIndexOpen(orders, 1, keycols, INT8OID);
 	if (index == NULL)
 	{
 		table_close(orders, NoLock);
@@ -450,7 +361,7 @@ EngineLockOrderDirect(EngineOrder *o, int64 order_id)
 	/* 4-5: the milestones, as the last holder of the lock left them */
 	keycols[0] = milestone_map.attnum[MC_ORDER_ID];
 	keycols[1] = milestone_map.attnum[MC_POSITION];
-	index = KeyIndex(milestones, 2, keycols, INT8OID);
+	index = KeyIndexOpen(milestones, 2, keycols, INT8OID);
 	if (index == NULL)
 	{
 		/* the statement reads them (o->nmilestones is -1) */
@@ -486,22 +397,22 @@ EngineLockOrderDirect(EngineOrder *o, int64 order_id)
  * reads see a new snapshot taken after a new command, so that they see
  * what this transaction wrote before.
  */
-static const LockColumn seller_columns[2] =
+static const ColumnSpec seller_columns[2] =
 {
 	{"seller_id", INT8OID, true}, {"eligible", BOOLOID, false}
 };
-static const LockColumn category_columns[2] =
+static const ColumnSpec category_columns[2] =
 {
 	{"category", TEXTOID, true}, {"eligible", BOOLOID, false}
 };
-static const LockColumn settings_columns[3] =
+static const ColumnSpec settings_columns[3] =
 {
 	{"min_order_total", NUMERICOID, true}, {"max_milestones", INT4OID, true},
 	{"seller_fee_rate", NUMERICOID, true}
 };
-static LockMap seller_map;
-static LockMap category_map;
-static LockMap settings_map;
+static ColumnMap seller_map;
+static ColumnMap category_map;
+static ColumnMap settings_map;
 
 /*
  * OpenReadable opens milestones.name for a direct read: a plain table the
@@ -509,7 +420,7 @@ static LockMap settings_map;
  * found; NULL otherwise.
  */
 static Relation
-OpenReadable(const char *name, LockMap *map, const LockColumn *columns, int ncolumns)
+OpenReadable(const char *name, ColumnMap *map, const ColumnSpec *columns, int ncolumns)
 {
 	Oid			relid = get_relname_relid(name, get_namespace_oid("milestones", false));
 	Relation	rel;
@@ -534,7 +445,7 @@ typedef struct KeyProbe
 {
 	Relation	rel;
 	Relation	index;
-	LockMap    *map;
+	ColumnMap  *map;
 	ScanKeyData key;
 } KeyProbe;
 
@@ -544,7 +455,7 @@ typedef struct KeyProbe
  * read it.
  */
 static bool
-OpenProbe(KeyProbe *p, const char *table, LockMap *map, const LockColumn *columns,
+OpenProbe(KeyProbe *p, const char *table, ColumnMap *map, const ColumnSpec *columns,
 		  Datum key, Oid keytype, RegProcedure eqproc)
 {
 	int			keycol[1];
@@ -554,7 +465,7 @@ OpenProbe(KeyProbe *p, const char *table, LockMap *map, const LockColumn *column
 	if (p->rel == NULL)
 		return false;
 	keycol[0] = map->attnum[0];
-	p->index = KeyIndex(p->rel, 1, keycol, keytype);
+	p->index = KeyIndexOpen(p->rel, 1, keycol, keytype);
 	if (p->index == NULL)
 	{
 		table_close(p->rel, NoLock);

@@ -9,6 +9,9 @@
 #define MILESTONES_H
 
 #include "postgres.h"
+#include "access/tupdesc.h"
+#include "executor/spi.h"
+#include "utils/relcache.h"
 #include "utils/numeric.h"
 #include "utils/timestamp.h"
 
@@ -98,6 +101,28 @@ extern void CheckFireDeferred(FunctionCallInfo fcinfo, int64 order_id, bool is_u
 extern WriteFact StateFact(FactTable table, bool insert, int from, int to, int position);
 extern int64 NumericToCents(Datum amount, bool *exact);
 
+/* columns.c: a table's columns found by name, and its primary key */
+#define COLUMN_MAP_MAX 20
+
+typedef struct ColumnSpec
+{
+	const char *name;
+	Oid			type;
+	bool		notnull;		/* must be NOT NULL (read without a null test) */
+} ColumnSpec;
+
+typedef struct ColumnMap
+{
+	Oid			key;			/* the relation or row type it was found for */
+	int32		keymod;
+	int			natts;
+	int			attnum[COLUMN_MAP_MAX]; /* 0-based, in ColumnSpec order */
+} ColumnMap;
+
+extern int	ColumnMapFind(ColumnMap *map, TupleDesc desc, Oid key, int32 keymod,
+						  const ColumnSpec *columns, int ncolumns);
+extern Relation KeyIndexOpen(Relation rel, int nkeys, const int *attnums, Oid keytype);
+
 /* payout.c */
 extern void PayoutAmounts(Numeric gross_raw, Numeric rate,
 						  Numeric *gross, Numeric *fee, Numeric *net);
@@ -106,6 +131,20 @@ extern void PayoutAmounts(Numeric gross_raw, Numeric rate,
 #define EVENTS_CHANNEL "milestones"
 
 /* relay.c */
+/*
+ * The relay's kept plans (relay.c's statements and relay_batch.c's): the
+ * statements' %1$s is the extension's quoted schema; each is prepared on
+ * first use, and all again when the schema changed.
+ */
+typedef struct RelayPlans
+{
+	int			count;
+	SPIPlanPtr *plans;			/* count entries */
+	char		schema[2 * NAMEDATALEN + 3];
+} RelayPlans;
+
+extern SPIPlanPtr RelayPlan(RelayPlans *cache, int stmt, const char *schema, const char *sql,
+							int nargs, const Oid *argtypes, int cursor_options);
 extern void RelayInit(void);
 extern bool RelayServesThisDatabase(void);
 extern void RelayWakeAtCommit(void);

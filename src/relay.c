@@ -424,47 +424,61 @@ static const RelayStmtDef relay_stmts[STMT_COUNT] = {
 };
 
 /* The prepared and kept plans, and the schema they were prepared for. */
-static SPIPlanPtr relay_plans[STMT_COUNT];
-static char relay_plans_schema[2 * NAMEDATALEN + 3] = "";
+static SPIPlanPtr relay_plan_slots[STMT_COUNT];
+static RelayPlans relay_plans = {STMT_COUNT, relay_plan_slots, ""};
 
 /*
- * RunStmt runs one of the relay's statements from its saved plan (prepared
- * on first use, again if the extension's schema changed) and checks that
- * it returned rows.
+ * RelayPlan returns the kept plan of statement stmt of cache (sql with
+ * %1$s for schema), preparing it on first use, and every plan of the cache
+ * again when the extension's schema changed.
+ */
+SPIPlanPtr
+RelayPlan(RelayPlans *cache, int stmt, const char *schema, const char *sql,
+		  int nargs, const Oid *argtypes, int cursor_options)
+{
+	int			i;
+
+	if (strcmp(schema, cache->schema) != 0)
+	{
+		for (i = 0; i < cache->count; i++)
+			if (cache->plans[i] != NULL)
+			{
+				SPI_freeplan(cache->plans[i]);
+				cache->plans[i] = NULL;
+			}
+		strlcpy(cache->schema, schema, sizeof(cache->schema));
+	}
+	if (cache->plans[stmt] == NULL)
+	{
+		StringInfoData text;
+		SPIPlanPtr	plan;
+
+		initStringInfo(&text);
+		appendStringInfo(&text, sql, cache->schema);
+		plan = SPI_prepare_cursor(text.data, nargs, (Oid *) argtypes, cursor_options);
+		if (plan == NULL)
+			elog(ERROR, "milestones relay: SPI_prepare failed for \"%s\": %s",
+				 text.data, SPI_result_code_string(SPI_result));
+		if (SPI_keepplan(plan) != 0)
+			elog(ERROR, "milestones relay: SPI_keepplan failed");
+		cache->plans[stmt] = plan;
+		pfree(text.data);
+	}
+	return cache->plans[stmt];
+}
+
+/*
+ * RunStmt runs one of the relay's statements from its kept plan and checks
+ * that it returned rows.
  */
 static void
 RunStmt(RelayStmt stmt, const char *schema, Datum *values)
 {
 	int			ret;
-	int			i;
 
-	if (strcmp(schema, relay_plans_schema) != 0)
-	{
-		for (i = 0; i < STMT_COUNT; i++)
-			if (relay_plans[i] != NULL)
-			{
-				SPI_freeplan(relay_plans[i]);
-				relay_plans[i] = NULL;
-			}
-		strlcpy(relay_plans_schema, schema, sizeof(relay_plans_schema));
-	}
-	if (relay_plans[stmt] == NULL)
-	{
-		StringInfoData sql;
-		SPIPlanPtr	plan;
-
-		initStringInfo(&sql);
-		appendStringInfo(&sql, relay_stmts[stmt].sql, relay_plans_schema);
-		plan = SPI_prepare(sql.data, relay_stmts[stmt].nargs, (Oid *) relay_stmts[stmt].argtypes);
-		if (plan == NULL)
-			elog(ERROR, "milestones relay: SPI_prepare failed for \"%s\": %s",
-				 sql.data, SPI_result_code_string(SPI_result));
-		if (SPI_keepplan(plan) != 0)
-			elog(ERROR, "milestones relay: SPI_keepplan failed");
-		relay_plans[stmt] = plan;
-		pfree(sql.data);
-	}
-	ret = SPI_execute_plan(relay_plans[stmt], values, NULL, false, 0);
+	ret = SPI_execute_plan(RelayPlan(&relay_plans, stmt, schema, relay_stmts[stmt].sql,
+									 relay_stmts[stmt].nargs, relay_stmts[stmt].argtypes, 0),
+						   values, NULL, false, 0);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "milestones relay: statement %d failed: %s", (int) stmt, SPI_result_code_string(ret));
 }

@@ -228,8 +228,8 @@ static const BatchStmtDef batch_stmts[BSTMT_COUNT] = {
 };
 
 /* The saved plans, and the schema they were prepared for. */
-static SPIPlanPtr batch_plans[BSTMT_COUNT];
-static char batch_plans_schema[2 * NAMEDATALEN + 3] = "";
+static SPIPlanPtr batch_plan_slots[BSTMT_COUNT];
+static RelayPlans batch_plans = {BSTMT_COUNT, batch_plan_slots, ""};
 
 /*
  * Where this worker's last batch left the consumer: its id and tick (the
@@ -257,44 +257,19 @@ static const char *const detail_money_keys[] = {"total", "charged", "refunded", 
 static const char *const payout_money_keys[] = {"gross", "fee", "net", NULL};
 
 /*
- * RunBatchStmt runs one of the batch's statements from its saved plan
- * (prepared on first use, again when the extension's schema changed) and
- * checks its result code.
+ * RunBatchStmt runs one of the batch's statements from its kept plan
+ * (RelayPlan; generic plans, the batch's arguments vary) and checks its
+ * result code.
  */
 static void
 RunBatchStmt(BatchStmt stmt, const char *schema, Datum *values, const char *nulls)
 {
 	int			ret;
-	int			i;
 
-	if (strcmp(schema, batch_plans_schema) != 0)
-	{
-		for (i = 0; i < BSTMT_COUNT; i++)
-			if (batch_plans[i] != NULL)
-			{
-				SPI_freeplan(batch_plans[i]);
-				batch_plans[i] = NULL;
-			}
-		strlcpy(batch_plans_schema, schema, sizeof(batch_plans_schema));
-	}
-	if (batch_plans[stmt] == NULL)
-	{
-		StringInfoData sql;
-		SPIPlanPtr	plan;
-
-		initStringInfo(&sql);
-		appendStringInfo(&sql, batch_stmts[stmt].sql, batch_plans_schema);
-		plan = SPI_prepare_cursor(sql.data, batch_stmts[stmt].nargs, (Oid *) batch_stmts[stmt].argtypes,
-								  CURSOR_OPT_GENERIC_PLAN);
-		if (plan == NULL)
-			elog(ERROR, "milestones relay: SPI_prepare failed for \"%s\": %s",
-				 sql.data, SPI_result_code_string(SPI_result));
-		if (SPI_keepplan(plan) != 0)
-			elog(ERROR, "milestones relay: SPI_keepplan failed");
-		batch_plans[stmt] = plan;
-		pfree(sql.data);
-	}
-	ret = SPI_execute_plan(batch_plans[stmt], values, nulls, false, 0);
+	ret = SPI_execute_plan(RelayPlan(&batch_plans, stmt, schema, batch_stmts[stmt].sql,
+									 batch_stmts[stmt].nargs, batch_stmts[stmt].argtypes,
+									 CURSOR_OPT_GENERIC_PLAN),
+						   values, nulls, false, 0);
 	if (ret != batch_stmts[stmt].expect)
 		elog(ERROR, "milestones relay: batch statement %d failed: %s",
 			 (int) stmt, SPI_result_code_string(ret));
@@ -612,7 +587,7 @@ ReadOrders(Oid nsp, Snapshot snap, Relation rel, const EventsColumns *col,
 	Oid			relid = get_relname_relid("orders", nsp);
 	Relation	orel;
 	Relation	oidx;
-	Oid			pkey;
+	int			keycol[1];
 	AttrNumber	att_order_id;
 	AttrNumber	att_seller_id;
 	AttrNumber	att_buyer_id;
@@ -635,18 +610,10 @@ ReadOrders(Oid nsp, Snapshot snap, Relation rel, const EventsColumns *col,
 		att_buyer_id == InvalidAttrNumber || att_currency == InvalidAttrNumber)
 		return false;
 	orel = table_open(relid, AccessShareLock);
-	pkey = RelationGetPrimaryKeyIndex(orel);
-	if (!OidIsValid(pkey))
+	keycol[0] = att_order_id - 1;
+	oidx = KeyIndexOpen(orel, 1, keycol, INT8OID);
+	if (oidx == NULL)
 	{
-		table_close(orel, AccessShareLock);
-		return false;
-	}
-	oidx = index_open(pkey, AccessShareLock);
-	if (oidx->rd_rel->relam != BTREE_AM_OID || oidx->rd_index->indnkeyatts != 1 ||
-		oidx->rd_index->indkey.values[0] != att_order_id ||
-		TupleDescAttr(RelationGetDescr(orel), att_order_id - 1)->atttypid != INT8OID)
-	{
-		index_close(oidx, AccessShareLock);
 		table_close(orel, AccessShareLock);
 		return false;
 	}

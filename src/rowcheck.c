@@ -57,7 +57,7 @@ typedef enum Truth
 	T_NULL
 } Truth;
 
-#define ROW_MAX_COLS 20
+#define ROW_MAX_COLS COLUMN_MAP_MAX
 
 /*
  * The row being checked, column by column in the order of the table's
@@ -750,121 +750,69 @@ static RowRule event_rules[] =
  *-------------------------------------------------------------------------
  */
 
-/* A column a table's rules read: its name and the type they read it as. */
-typedef struct RowColumn
-{
-	const char *name;
-	Oid			type;
-} RowColumn;
-
-/* One checked table: its columns (by name, in enum order) and its rules. */
+/*
+ * One checked table: the columns its rules read (by name, with the type
+ * they read them as; in enum order) and its rules.
+ */
 typedef struct RowTable
 {
 	const char *table;
-	const RowColumn *columns;	/* ends with a NULL name */
+	const ColumnSpec *columns;
+	int			ncolumns;
 	const RowRule *rules;
-	/* where each column sits in the row type, found on first use */
-	Oid			typid;
-	int32		typmod;
-	int			natts;
-	int			attnum[ROW_MAX_COLS];	/* 0-based */
+	ColumnMap	map;			/* where each column sits in the row type */
 } RowTable;
 
-static const RowColumn order_columns[] =
+static const ColumnSpec order_columns[] =
 {
 	{"order_id", INT8OID}, {"seller_id", INT8OID}, {"buyer_id", INT8OID},
 	{"category", TEXTOID}, {"currency", TEXTOID}, {"state", TEXTOID},
 	{"end_reason", TEXTOID}, {"cancel_reason", TEXTOID}, {"cancelled_by", TEXTOID},
 	{"cancel_note", TEXTOID}, {"revisions_allowed", INT4OID}, {"revisions_used", INT4OID},
 	{"fee_rate", NUMERICOID}, {"created_at", TIMESTAMPTZOID}, {"placed_at", TIMESTAMPTZOID},
-	{"completed_at", TIMESTAMPTZOID}, {NULL, InvalidOid}
+	{"completed_at", TIMESTAMPTZOID}
 };
-static const RowColumn milestone_columns[] =
+static const ColumnSpec milestone_columns[] =
 {
 	{"order_id", INT8OID}, {"position", INT2OID}, {"name", TEXTOID}, {"days", INT2OID},
 	{"amount", NUMERICOID}, {"final", BOOLOID}, {"state", TEXTOID},
 	{"started_at", TIMESTAMPTZOID}, {"due_at", TIMESTAMPTZOID},
 	{"delivered_at", TIMESTAMPTZOID}, {"respond_by", TIMESTAMPTZOID},
 	{"completed_at", TIMESTAMPTZOID}, {"deliveries", INT4OID}, {"delivery_note", TEXTOID},
-	{"cancel_reason", TEXTOID}, {"cancelled_by", TEXTOID}, {"cancel_note", TEXTOID},
-	{NULL, InvalidOid}
+	{"cancel_reason", TEXTOID}, {"cancelled_by", TEXTOID}, {"cancel_note", TEXTOID}
 };
-static const RowColumn ledger_columns[] =
+static const ColumnSpec ledger_columns[] =
 {
 	{"entry_id", INT8OID}, {"txn_id", INT8OID}, {"order_id", INT8OID},
 	{"position", INT2OID}, {"kind", TEXTOID}, {"account", TEXTOID},
-	{"amount", NUMERICOID}, {"currency", TEXTOID}, {"created_at", TIMESTAMPTZOID},
-	{NULL, InvalidOid}
+	{"amount", NUMERICOID}, {"currency", TEXTOID}, {"created_at", TIMESTAMPTZOID}
 };
-static const RowColumn event_columns[] = {{"actor_role", TEXTOID}, {NULL, InvalidOid}};
+static const ColumnSpec event_columns[] = {{"actor_role", TEXTOID}};
 
-static RowTable order_table = {"orders", order_columns, order_rules};
-static RowTable milestone_table = {"order_milestones", milestone_columns, milestone_rules};
-static RowTable ledger_table = {"ledger_entries", ledger_columns, ledger_rules};
-static RowTable event_table = {"events", event_columns, event_rules};
-
-/*
- * RowMapValid says whether the cached attribute numbers still hold for
- * this row type: same type, same number of attributes, and each column
- * still where it was, with its name and type (a column renamed, dropped or
- * retyped since is found again, or refused, never read as something else).
- */
-static bool
-RowMapValid(const RowTable *t, TupleDesc tupdesc, Oid typid, int32 typmod)
-{
-	int			c;
-
-	if (t->typid != typid || t->typmod != typmod || t->natts != tupdesc->natts)
-		return false;
-	for (c = 0; t->columns[c].name != NULL; c++)
-	{
-		Form_pg_attribute att = TupleDescAttr(tupdesc, t->attnum[c]);
-
-		if (att->attisdropped || att->atttypid != t->columns[c].type ||
-			strcmp(NameStr(att->attname), t->columns[c].name) != 0)
-			return false;
-	}
-	return true;
-}
+static RowTable order_table = {"orders", order_columns, lengthof(order_columns), order_rules};
+static RowTable milestone_table =
+{"order_milestones", milestone_columns, lengthof(milestone_columns), milestone_rules};
+static RowTable ledger_table = {"ledger_entries", ledger_columns, lengthof(ledger_columns), ledger_rules};
+static RowTable event_table = {"events", event_columns, lengthof(event_columns), event_rules};
 
 /*
  * RowMap finds the attribute number of each of the table's columns in the
- * row type, by name, once per backend and again whenever the row type
- * changed; a column that is missing or of another type is an error (the
- * rules cannot be checked, so the row is not written).
+ * row type (ColumnMapFind: by name, once per backend and again whenever
+ * the row type changed); a column that is missing or of another type is an
+ * error (the rules cannot be checked, so the row is not written).
  */
 static void
 RowMap(RowTable *t, TupleDesc tupdesc, Oid typid, int32 typmod)
 {
-	int			c;
+	int			c = ColumnMapFind(&t->map, tupdesc, typid, typmod, t->columns, t->ncolumns);
 
-	if (RowMapValid(t, tupdesc, typid, typmod))
-		return;
-	t->typid = InvalidOid;
-	for (c = 0; t->columns[c].name != NULL; c++)
-	{
-		int			a;
-		Form_pg_attribute att = NULL;
-
-		Assert(c < ROW_MAX_COLS);
-		for (a = 0; a < tupdesc->natts; a++)
-		{
-			att = TupleDescAttr(tupdesc, a);
-			if (!att->attisdropped && strcmp(NameStr(att->attname), t->columns[c].name) == 0)
-				break;
-		}
-		if (a == tupdesc->natts || att->atttypid != t->columns[c].type)
-			ereport(ERROR,
-					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-					 errmsg("the row rules of %s need column \"%s\" of type %s",
-							t->table, t->columns[c].name, format_type_be(t->columns[c].type)),
-					 errdetail("The table's columns were changed by hand."),
-					 errhint("Restore the column, or reinstall the extension's objects from a backup.")));
-		t->attnum[c] = a;
-	}
-	t->typid = typid;
-	t->typmod = typmod;
-	t->natts = tupdesc->natts;
+	if (c >= 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the row rules of %s need column \"%s\" of type %s",
+						t->table, t->columns[c].name, format_type_be(t->columns[c].type)),
+				 errdetail("The table's columns were changed by hand."),
+				 errhint("Restore the column, or reinstall the extension's objects from a backup.")));
 }
 
 /*
@@ -951,9 +899,9 @@ RowCheck(FunctionCallInfo fcinfo, RowTable *t)
 	nulls = palloc(tupdesc->natts * sizeof(bool));
 	heap_deform_tuple(&tuple, tupdesc, values, nulls);
 	RowMap(t, tupdesc, typid, typmod);
-	for (c = 0; t->columns[c].name != NULL; c++)
+	for (c = 0; c < t->ncolumns; c++)
 	{
-		int			a = t->attnum[c];
+		int			a = t->map.attnum[c];
 
 		r.values[c] = values[a];
 		r.isnull[c] = nulls[a];

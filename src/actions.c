@@ -990,10 +990,7 @@ milestones_create_offer(PG_FUNCTION_ARGS)
 	/* The settings and the seller's and category's eligibility, read at once. */
 	static EnginePlan settings_plan = {
 		"SELECT s.min_order_total, s.max_milestones, s.seller_fee_rate,"
-		" EXISTS (SELECT FROM milestones.eligible_sellers es"
-		" WHERE es.seller_id OPERATOR(pg_catalog.=) $1 AND es.eligible),"
-		" EXISTS (SELECT FROM milestones.eligible_categories ec"
-		" WHERE ec.category OPERATOR(pg_catalog.=) $2 AND ec.eligible)"
+		SELLER_ELIGIBLE_SQL("$1") "," CATEGORY_ELIGIBLE_SQL("$2")
 		" FROM milestones.settings s",
 		2, {INT8OID, TEXTOID}
 	};

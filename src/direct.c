@@ -121,14 +121,6 @@ static const ColumnSpec milestone_columns[MC_COUNT] =
 static ColumnMap order_map;
 static ColumnMap milestone_map;
 
-/* MapColumns says whether every column is found in rel as specified. */
-static bool
-MapColumns(ColumnMap *map, Relation rel, const ColumnSpec *columns, int ncolumns)
-{
-	return ColumnMapFind(map, RelationGetDescr(rel), RelationGetRelid(rel), 0,
-						 columns, ncolumns) < 0;
-}
-
 /*
  * Plain says whether a statement would read just this table's rows, as the
  * direct read does: an ordinary table without row-level security and
@@ -139,6 +131,34 @@ Plain(Relation rel)
 {
 	return rel->rd_rel->relkind == RELKIND_RELATION && !rel->rd_rel->relrowsecurity &&
 		!rel->rd_rel->relhassubclass;
+}
+
+/*
+ * OpenDirect opens milestones.name with lockmode for a direct read: a
+ * plain table the current user may read (and update, for_update: what
+ * FOR UPDATE needs), whose columns are found as specified; NULL otherwise,
+ * nothing left open.
+ */
+static Relation
+OpenDirect(const char *name, LOCKMODE lockmode, bool for_update, ColumnMap *map,
+		   const ColumnSpec *columns, int ncolumns)
+{
+	Oid			relid = get_relname_relid(name, get_namespace_oid("milestones", false));
+	Relation	rel;
+
+	/* a statement would check these privileges (the owner has them) */
+	if (!OidIsValid(relid) ||
+		pg_class_aclcheck(relid, GetUserId(), ACL_SELECT) != ACLCHECK_OK ||
+		(for_update && pg_class_aclcheck(relid, GetUserId(), ACL_UPDATE) != ACLCHECK_OK))
+		return NULL;
+	rel = table_open(relid, lockmode);
+	if (!Plain(rel) ||
+		ColumnMapFind(map, RelationGetDescr(rel), relid, 0, columns, ncolumns) >= 0)
+	{
+		table_close(rel, NoLock);
+		return NULL;
+	}
+	return rel;
 }
 
 /* TextOrNull is the column's text as a C string in the current context. */
@@ -277,8 +297,6 @@ EngineLockOrderDirect(EngineOrder *o, int64 order_id)
 	ScanKeyData key;
 	TupleTableSlot *slot;
 	ItemPointerData tid;
-	Oid			nsp;
-	Oid			relid;
 	bool		found;
 	int			keycols[2];
 
@@ -288,47 +306,18 @@ EngineLockOrderDirect(EngineOrder *o, int64 order_id)
 	 */
 	if (IsolationUsesXactSnapshot() || XactReadOnly)
 		return -1;
-	nsp = get_namespace_oid("milestones", false);
-	relid = get_relname_relid("orders", nsp);
-	if (!OidIsValid(relid))
+	orders = OpenDirect("orders", RowShareLock, true, &order_map, order_columns, OC_COUNT);
+	if (orders == NULL)
 		return -1;
-	/* a statement would check these privileges (the owner has them) */
-	if (pg_class_aclcheck(relid, GetUserId(), ACL_SELECT) != ACLCHECK_OK ||
-		pg_class_aclcheck(relid, GetUserId(), ACL_UPDATE) != ACLCHECK_OK)
-		return -1;
-	orders = table_open(relid, RowShareLock);
-	if (!Plain(orders) ||
-		!MapColumns(&order_map, orders, order_columns, OC_COUNT))
-	{
-		table_close(orders, NoLock);
-		return -1;
-	}
 	keycols[0] = order_map.attnum[OC_ORDER_ID];
 	index = KeyIndexOpen(orders, 1, keycols, INT8OID);
-	if (index == NULL)
+	milestones = index == NULL ? NULL :
+		OpenDirect("order_milestones", AccessShareLock, false, &milestone_map,
+				   milestone_columns, MC_COUNT);
+	if (milestones == NULL)
 	{
-		table_close(orders, NoLock);
-		return -1;
-	}
-	relid = get_relname_relid("order_milestones", nsp);
-	if (!OidIsValid(relid))
-	{
-		index_close(index, NoLock);
-		table_close(orders, NoLock);
-		return -1;
-	}
-	if (pg_class_aclcheck(relid, GetUserId(), ACL_SELECT) != ACLCHECK_OK)
-	{
-		index_close(index, NoLock);
-		table_close(orders, NoLock);
-		return -1;
-	}
-	milestones = table_open(relid, AccessShareLock);
-	if (!Plain(milestones) ||
-		!MapColumns(&milestone_map, milestones, milestone_columns, MC_COUNT))
-	{
-		table_close(milestones, NoLock);
-		index_close(index, NoLock);
+		if (index != NULL)
+			index_close(index, NoLock);
 		table_close(orders, NoLock);
 		return -1;
 	}
@@ -415,29 +404,6 @@ static ColumnMap category_map;
 static ColumnMap settings_map;
 
 /*
- * OpenReadable opens milestones.name for a direct read: a plain table the
- * current user may read, without row-level security, whose columns are
- * found; NULL otherwise.
- */
-static Relation
-OpenReadable(const char *name, ColumnMap *map, const ColumnSpec *columns, int ncolumns)
-{
-	Oid			relid = get_relname_relid(name, get_namespace_oid("milestones", false));
-	Relation	rel;
-
-	if (!OidIsValid(relid) || pg_class_aclcheck(relid, GetUserId(), ACL_SELECT) != ACLCHECK_OK)
-		return NULL;
-	rel = table_open(relid, AccessShareLock);
-	if (!Plain(rel) ||
-		!MapColumns(map, rel, columns, ncolumns))
-	{
-		table_close(rel, NoLock);
-		return NULL;
-	}
-	return rel;
-}
-
-/*
  * A primary-key probe opened for a direct read: the table, its key index
  * and the key.
  */
@@ -460,7 +426,7 @@ OpenProbe(KeyProbe *p, const char *table, ColumnMap *map, const ColumnSpec *colu
 {
 	int			keycol[1];
 
-	p->rel = OpenReadable(table, map, columns, 2);
+	p->rel = OpenDirect(table, AccessShareLock, false, map, columns, 2);
 	p->map = map;
 	if (p->rel == NULL)
 		return false;
@@ -564,7 +530,8 @@ EngineEligibleDirect(int64 seller_id, const char *category, bool *seller_ok,
 		!OpenProbe(&categories, "eligible_categories", &category_map, category_columns,
 				   CStringGetTextDatum(category), TEXTOID, F_TEXTEQ) ||
 		(settings != NULL &&
-		 (settings_rel = OpenReadable("settings", &settings_map, settings_columns, 3)) == NULL))
+		 (settings_rel = OpenDirect("settings", AccessShareLock, false, &settings_map,
+									settings_columns, 3)) == NULL))
 	{
 		CloseProbe(&sellers);
 		CloseProbe(&categories);

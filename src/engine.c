@@ -384,10 +384,7 @@ EngineIdemStore(text *key, Datum result)
 	" COALESCE(o.end_reason, o.cancel_reason), o.revisions_allowed, o.revisions_used, o.fee_rate," \
 	" o.end_reason, o.created_at, o.placed_at, o.completed_at"
 #define ELIGIBLE_COLUMN \
-	", EXISTS (SELECT FROM milestones.eligible_sellers es" \
-	" WHERE es.seller_id OPERATOR(pg_catalog.=) o.seller_id AND es.eligible)" \
-	" AND EXISTS (SELECT FROM milestones.eligible_categories ec" \
-	" WHERE ec.category OPERATOR(pg_catalog.=) o.category AND ec.eligible)"
+	"," SELLER_ELIGIBLE_SQL("o.seller_id") " AND" CATEGORY_ELIGIBLE_SQL("o.category")
 #define MILESTONE_COLUMNS \
 	" m.position, m.state, m.name, m.final, m.amount, m.respond_by, m.delivered_at," \
 	" m.deliveries, m.due_at"
@@ -422,10 +419,7 @@ static EnginePlan milestones_plan = {
 	1, {INT8OID}, NULL, CURSOR_OPT_FAST_PLAN
 };
 static EnginePlan eligible_plan = {
-	"SELECT EXISTS (SELECT FROM milestones.eligible_sellers es"
-	" WHERE es.seller_id OPERATOR(pg_catalog.=) $1 AND es.eligible)"
-	" AND EXISTS (SELECT FROM milestones.eligible_categories ec"
-	" WHERE ec.category OPERATOR(pg_catalog.=) $2 AND ec.eligible)",
+	"SELECT" SELLER_ELIGIBLE_SQL("$1") " AND" CATEGORY_ELIGIBLE_SQL("$2"),
 	2, {INT8OID, TEXTOID}
 };
 static bool LockOrder(EngineOrder *o, int64 order_id, int64 actor_id, const char *role,
@@ -549,15 +543,7 @@ LockOrder(EngineOrder *o, int64 order_id, int64 actor_id, const char *role, bool
 	if (joined)
 		ReadMilestoneRows(o, ORDER_COLUMN_MILESTONES);
 	else
-	{
-		SPITupleTable *order_row = SPI_tuptable;
-
-		SPI_tuptable = NULL;
-		EngineExec(&milestones_plan, values, NULL, SPI_OK_SELECT, 0);
-		ReadMilestoneRows(o, 1);
-		SPI_freetuptable(SPI_tuptable);
-		SPI_tuptable = order_row;
-	}
+		EngineReadMilestones(o);	/* the order's row stays until SPI_finish */
 	return result;
 }
 

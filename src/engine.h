@@ -21,6 +21,18 @@
 #define ENGINE_MAX_ARGS 26
 #define ENGINE_MAX_MILESTONES 20
 
+/*
+ * Whether a seller and a category are eligible for milestones, as SQL
+ * (the statements that read it when the direct read of direct.c steps
+ * aside): a row with eligible = true in each table.
+ */
+#define SELLER_ELIGIBLE_SQL(seller) \
+	" EXISTS (SELECT FROM milestones.eligible_sellers es" \
+	" WHERE es.seller_id OPERATOR(pg_catalog.=) " seller " AND es.eligible)"
+#define CATEGORY_ELIGIBLE_SQL(category) \
+	" EXISTS (SELECT FROM milestones.eligible_categories ec" \
+	" WHERE ec.category OPERATOR(pg_catalog.=) " category " AND ec.eligible)"
+
 /* One SQL statement of the engine, prepared once per backend and kept. */
 typedef struct EnginePlan
 {

@@ -17,7 +17,7 @@ out=$(mktemp)
 err=$(mktemp)
 trap 'rm -f "$out" "$err"' EXIT
 
-plan 17
+plan 18
 num='[0-9]+(\.[0-9]+)?'
 
 BENCH_QUICK=1 BENCH_CLIENTS="1 8" "$top/test/bench/run" >"$out" 2>"$err"
@@ -36,6 +36,9 @@ is "$rows" 4 "API and floor lifecycles/s and their ratio at 1 and 8 clients (and
 
 lat=$(grep -cE "^  (create_offer|place_order|deliver_1|accept_1|deliver_2|accept_final)( +$num / $num){4}$" "$out")
 is "$lat" 6 "p50 / p99 latency of each of the 6 calls, per client count and for the floor"
+
+chk=$(grep -cE "^  (API, every check|without the foreign keys' checks|without the commit check|without the events trigger \(relay wake-up\)|without the row rules|without all of these and the guard) +$num +$num +[-+][0-9]+%$" "$out")
+is "$chk" 6 "what each check costs: API/floor with every check and with each kind of check switched off"
 
 # notifications: the listener got every event the API runs wrote, once
 read -r written received <<<"$(sed -nE 's/^notifications: ([0-9]+) events written, ([0-9]+) notifications received.*/\1 \2/p' "$out")"

@@ -402,6 +402,11 @@ static const ColumnSpec settings_columns[3] =
 static ColumnMap seller_map;
 static ColumnMap category_map;
 static ColumnMap settings_map;
+static const ColumnSpec notify_columns[1] =
+{
+	{"notify", BOOLOID, false}
+};
+static ColumnMap notify_map;
 
 /*
  * A primary-key probe opened for a direct read: the table, its key index
@@ -548,5 +553,43 @@ EngineEligibleDirect(int64 seller_id, const char *category, bool *seller_ok,
 	CloseProbe(&categories);
 	if (settings_rel != NULL)
 		table_close(settings_rel, NoLock);
+	return true;
+}
+
+/*
+ * EngineNotifyDirect reads settings.notify under the active snapshot, for
+ * the events trigger's fallback NOTIFY (events.c), as its statement did:
+ * *notify is true when the settings row says notify.  false when the
+ * statement must read it (privileges, row-level security, a changed
+ * table, or not exactly one row).
+ */
+bool
+EngineNotifyDirect(bool *notify)
+{
+	Relation	rel;
+	TableScanDesc scan;
+	TupleTableSlot *slot;
+	int			rows = 0;
+	bool		on = false;
+
+	if (!ActiveSnapshotSet() ||
+		(rel = OpenDirect("settings", AccessShareLock, false, &notify_map, notify_columns, 1)) == NULL)
+		return false;
+	slot = table_slot_create(rel, NULL);
+	scan = table_beginscan(rel, GetActiveSnapshot(), 0, NULL);
+	while (table_scan_getnextslot(scan, ForwardScanDirection, slot))
+	{
+		bool		isnull;
+		Datum		d = slot_getattr(slot, notify_map.attnum[0] + 1, &isnull);
+
+		rows++;
+		on = !isnull && DatumGetBool(d);
+	}
+	table_endscan(scan);
+	ExecDropSingleTupleTableSlot(slot);
+	table_close(rel, NoLock);
+	if (rows != 1)
+		return false;
+	*notify = on;
 	return true;
 }

@@ -37,6 +37,7 @@
 #include "utils/rel.h"
 #include "utils/xid8.h"
 
+#include "engine.h"
 #include "milestones.h"
 
 PG_FUNCTION_INFO_V1(milestones_cluster_id);
@@ -119,6 +120,21 @@ NotifyFallback(Relation rel, HeapTuple tuple)
 {
 	Datum		arg;
 	int			ret;
+	bool		notify;
+	char	   *payload;
+
+	/*
+	 * In C where it can be (settings.notify by a direct read, the payload
+	 * by the relay's builder: a PL/pgSQL call and a plan less per event);
+	 * otherwise the statement through _payloads().
+	 */
+	if (EngineNotifyDirect(&notify) &&
+		(!notify || RelayEventPayload(rel, tuple, &payload)))
+	{
+		if (notify && payload != NULL)
+			Async_Notify(EVENTS_CHANNEL, payload);
+		return;
+	}
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");

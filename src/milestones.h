@@ -154,5 +154,6 @@ extern int	RelayBatchSend(Oid nsp, const char *schema, const char *consumer,
 						   bool woken, int max_events, bool *fallback);
 extern void RelayBatchCommitted(void);
 extern void RelayBatchForget(void);
+extern bool RelayEventPayload(Relation rel, HeapTuple tuple, char **payload);
 
 #endif							/* MILESTONES_H */

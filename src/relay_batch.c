@@ -43,11 +43,14 @@
 #include "access/xact.h"
 #include "access/xlog.h"
 #include "catalog/pg_am.h"
+#include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
 #include "commands/async.h"
 #include "executor/spi.h"
 #include "executor/tuptable.h"
 #include "lib/stringinfo.h"
+#include "miscadmin.h"
+#include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/datetime.h"
 #include "utils/fmgroids.h"
@@ -58,6 +61,7 @@
 #include "utils/numeric.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
+#include "utils/syscache.h"
 #include "utils/xid8.h"
 
 #include "milestones.h"
@@ -427,6 +431,30 @@ TakeTick(Snapshot snap, TickSnap *tick, char **text)
 }
 
 /*
+ * EventsColumnsFind finds the columns of the events table (relid) that the
+ * relay and the payloads read; false when any is missing.
+ */
+static bool
+EventsColumnsFind(Oid relid, EventsColumns *col)
+{
+	AttrNumber *const atts[] = {&col->event_id, &col->order_id, &col->position, &col->event,
+		&col->actor_role, &col->actor_id, &col->order_state, &col->milestone_state,
+	&col->detail, &col->created_at, &col->txid, &col->txid_cluster};
+	const char *const names[] = {"event_id", "order_id", "position", "event",
+		"actor_role", "actor_id", "order_state", "milestone_state",
+	"detail", "created_at", "txid", "txid_cluster"};
+	int			i;
+
+	for (i = 0; i < (int) lengthof(names); i++)
+	{
+		*atts[i] = get_attnum(relid, names[i]);
+		if (*atts[i] == InvalidAttrNumber)
+			return false;
+	}
+	return true;
+}
+
+/*
  * OpenEvents opens milestones.events and its transaction id index, and
  * finds the columns the relay reads; false (nothing opened) when the
  * schema lacks any of them, so that the SQL functions take over.
@@ -436,22 +464,9 @@ OpenEvents(Oid nsp, Relation *rel, Relation *idx, EventsColumns *col)
 {
 	Oid			relid = get_relname_relid("events", nsp);
 	Oid			idxid = get_relname_relid("events_txid_idx", nsp);
-	AttrNumber *const atts[] = {&col->event_id, &col->order_id, &col->position, &col->event,
-		&col->actor_role, &col->actor_id, &col->order_state, &col->milestone_state,
-	&col->detail, &col->created_at, &col->txid, &col->txid_cluster};
-	const char *const names[] = {"event_id", "order_id", "position", "event",
-		"actor_role", "actor_id", "order_state", "milestone_state",
-	"detail", "created_at", "txid", "txid_cluster"};
-	int			i;
 
-	if (!OidIsValid(relid) || !OidIsValid(idxid))
+	if (!OidIsValid(relid) || !OidIsValid(idxid) || !EventsColumnsFind(relid, col))
 		return false;
-	for (i = 0; i < (int) lengthof(names); i++)
-	{
-		*atts[i] = get_attnum(relid, names[i]);
-		if (*atts[i] == InvalidAttrNumber)
-			return false;
-	}
 	*rel = table_open(relid, AccessShareLock);
 	*idx = index_open(idxid, AccessShareLock);
 	if ((*idx)->rd_index->indrelid != relid ||
@@ -1008,6 +1023,49 @@ BuildPayloads(Oid nsp, Snapshot snap, Relation rel, const EventsColumns *col,
 			return false;
 	}
 	return true;
+}
+
+/*
+ * RelayEventPayload builds the payload of one new row of the events table
+ * (rel) for the events trigger's fallback NOTIFY (events.c), as
+ * BuildPayloads does for the relay's batches, with the order read under
+ * the active snapshot, as _payloads() reads it in the trigger's statement.
+ * false when it cannot be built here and _payloads() must: another user
+ * than the tables' owner (the statement would check that user's
+ * privileges), orders with row-level security or inheritance children, a
+ * column missing, or a detail that is not a JSON object.  *payload is NULL
+ * when the order is not visible: no notification, as _payloads()'s join.
+ */
+bool
+RelayEventPayload(Relation rel, HeapTuple tuple, char **payload)
+{
+	Oid			nsp = RelationGetNamespace(rel);
+	Oid			orders_relid = get_relname_relid("orders", nsp);
+	EventsColumns col;
+	RangeEvent	event;
+	HeapTuple	classtup;
+	bool		plain;
+	bool		isnull;
+
+	if (!ActiveSnapshotSet() || !OidIsValid(orders_relid) ||
+		!pg_class_ownercheck(RelationGetRelid(rel), GetUserId()) ||
+		!pg_class_ownercheck(orders_relid, GetUserId()) ||
+		!EventsColumnsFind(RelationGetRelid(rel), &col))
+		return false;
+	classtup = SearchSysCache1(RELOID, ObjectIdGetDatum(orders_relid));
+	if (!HeapTupleIsValid(classtup))
+		return false;
+	{
+		Form_pg_class c = (Form_pg_class) GETSTRUCT(classtup);
+
+		plain = c->relkind == RELKIND_RELATION && !c->relrowsecurity && !c->relhassubclass;
+	}
+	ReleaseSysCache(classtup);
+	if (!plain)
+		return false;
+	event.event_id = DatumGetInt64(heap_getattr(tuple, col.event_id, RelationGetDescr(rel), &isnull));
+	event.tuple = tuple;
+	return BuildPayloads(nsp, GetActiveSnapshot(), rel, &col, &event, 1, payload);
 }
 
 /* SetPosition runs the consumer's position update (NULL for a 0 id). */

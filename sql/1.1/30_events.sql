@@ -39,9 +39,11 @@ CREATE INDEX events_txid_idx ON @extschema@.events (txid);
 -------------------------------------------------------------------------------
 -- The notification payload.
 -------------------------------------------------------------------------------
--- _payloads is THE builder of notification payloads (used by the fallback
--- trigger for one event and by the relay for a batch, set-based: one query
--- per batch): the 1.0 payload (event, states, actor, the order's parties and
+-- _payloads is THE definition of notification payloads: the relay's batches
+-- and the fallback trigger build the same bytes in C (src/relay_batch.c,
+-- held to it byte for byte by test/shell/20_notify.t in both modes) and run
+-- this function where C cannot (see src/events.c, src/relay_batch.c).  The
+-- payload is the 1.0 payload (event, states, actor, the order's parties and
 -- currency, the time, then the detail) with the money of the detail as
 -- strings with cents ("100.00": total, charged, refunded, amount, and gross,
 -- fee, net inside payout), so that JSON readers that parse numbers as
@@ -93,8 +95,9 @@ COMMENT ON FUNCTION @extschema@._payloads(@extschema@.events[]) IS
 -------------------------------------------------------------------------------
 -- In C (src/events.c): in a database the relay serves it only wakes the
 -- relay at commit; otherwise (fallback) it sends NOTIFY milestones with
--- the payload _payloads() builds for NEW when settings.notify is on.  Rows a restore re-inserts (they
--- carry another transaction's id) are not notified again.
+-- the payload _payloads() defines for NEW when settings.notify is on (built
+-- in C where it can be).  Rows a restore re-inserts (they carry another
+-- transaction's id) are not notified again.
 CREATE FUNCTION @extschema@._events_notify() RETURNS trigger
     AS 'MODULE_PATHNAME', 'milestones_events_notify' LANGUAGE C;
 COMMENT ON FUNCTION @extschema@._events_notify() IS

@@ -558,13 +558,14 @@ EngineEligibleDirect(int64 seller_id, const char *category, bool *seller_ok,
 
 /*
  * EngineNotifyDirect reads settings.notify under the active snapshot, for
- * the events trigger's fallback NOTIFY (events.c), as its statement did:
- * *notify is true when the settings row says notify.  false when the
- * statement must read it (privileges, row-level security, a changed
- * table, or not exactly one row).
+ * the events trigger's fallback NOTIFY (events.c) on a table of schema
+ * events_nsp, as its statement did: *notify is true when the settings row
+ * says notify.  false when the statement must read it (another schema
+ * than the engine's, privileges, row-level security, a changed table, or
+ * not exactly one row).
  */
 bool
-EngineNotifyDirect(bool *notify)
+EngineNotifyDirect(Oid events_nsp, bool *notify)
 {
 	Relation	rel;
 	TableScanDesc scan;
@@ -572,7 +573,7 @@ EngineNotifyDirect(bool *notify)
 	int			rows = 0;
 	bool		on = false;
 
-	if (!ActiveSnapshotSet() ||
+	if (!ActiveSnapshotSet() || get_namespace_oid("milestones", true) != events_nsp ||
 		(rel = OpenDirect("settings", AccessShareLock, false, &notify_map, notify_columns, 1)) == NULL)
 		return false;
 	slot = table_slot_create(rel, NULL);

@@ -189,7 +189,7 @@ extern void EngineReadMilestones(EngineOrder *o);
 extern int	EngineLockOrderDirect(EngineOrder *o, int64 order_id);
 extern bool EngineEligibleDirect(int64 seller_id, const char *category, bool *seller_ok,
 								 bool *category_ok, EngineSettings *settings);
-extern bool EngineNotifyDirect(bool *notify);
+extern bool EngineNotifyDirect(Oid events_nsp, bool *notify);
 extern void EngineStateError(EngineOrder *o, const char *action, const char *needs) pg_attribute_noreturn();
 extern EngineMilestone *EngineOpenDelivery(EngineOrder *o, const char *action);
 extern void EngineEvent(EngineOrder *o, int position, const char *event,

@@ -126,10 +126,12 @@ NotifyFallback(Relation rel, HeapTuple tuple)
 	/*
 	 * In C where it can be (settings.notify by a direct read, the payload
 	 * by the relay's builder: a PL/pgSQL call and a plan less per event);
-	 * otherwise the statement through _payloads().
+	 * otherwise the statement through _payloads().  The payload is built
+	 * even when notify is off, as the statement ran _payloads() then too:
+	 * where that would fail, the statement runs and fails the same way.
 	 */
-	if (EngineNotifyDirect(&notify) &&
-		(!notify || RelayEventPayload(rel, tuple, &payload)))
+	if (EngineNotifyDirect(RelationGetNamespace(rel), &notify) &&
+		RelayEventPayload(rel, tuple, &payload))
 	{
 		if (notify && payload != NULL)
 			Async_Notify(EVENTS_CHANNEL, payload);

@@ -50,6 +50,8 @@
 #include "executor/tuptable.h"
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
+#include "nodes/value.h"
+#include "parser/parse_func.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/datetime.h"
@@ -431,26 +433,45 @@ TakeTick(Snapshot snap, TickSnap *tick, char **text)
 }
 
 /*
- * EventsColumnsFind finds the columns of the events table (relid) that the
- * relay and the payloads read; false when any is missing.
+ * The columns of the events table the relay and the payloads read, with
+ * the types they are read as (columns.c checks them on every use), and
+ * those of orders that the payloads read.
+ */
+static const ColumnSpec events_columns[12] =
+{
+	{"event_id", INT8OID, false}, {"order_id", INT8OID, false}, {"position", INT2OID, false},
+	{"event", TEXTOID, false}, {"actor_role", TEXTOID, false}, {"actor_id", INT8OID, false},
+	{"order_state", TEXTOID, false}, {"milestone_state", TEXTOID, false},
+	{"detail", JSONBOID, false}, {"created_at", TIMESTAMPTZOID, false},
+	{"txid", XID8OID, false}, {"txid_cluster", INT8OID, false}
+};
+static ColumnMap events_map;
+static const ColumnSpec orders_columns[4] =
+{
+	{"order_id", INT8OID, false}, {"seller_id", INT8OID, false}, {"buyer_id", INT8OID, false},
+	{"currency", TEXTOID, false}
+};
+static ColumnMap orders_map;
+
+/*
+ * EventsColumnsFind finds, in the open events table rel, the columns the
+ * relay and the payloads read (1-based attribute numbers); false when any
+ * is missing or of another type.
  */
 static bool
-EventsColumnsFind(Oid relid, EventsColumns *col)
+EventsColumnsFind(Relation rel, EventsColumns *col)
 {
 	AttrNumber *const atts[] = {&col->event_id, &col->order_id, &col->position, &col->event,
 		&col->actor_role, &col->actor_id, &col->order_state, &col->milestone_state,
 	&col->detail, &col->created_at, &col->txid, &col->txid_cluster};
-	const char *const names[] = {"event_id", "order_id", "position", "event",
-		"actor_role", "actor_id", "order_state", "milestone_state",
-	"detail", "created_at", "txid", "txid_cluster"};
 	int			i;
 
-	for (i = 0; i < (int) lengthof(names); i++)
-	{
-		*atts[i] = get_attnum(relid, names[i]);
-		if (*atts[i] == InvalidAttrNumber)
-			return false;
-	}
+	StaticAssertStmt(lengthof(atts) == lengthof(events_columns), "one spec per events column");
+	if (ColumnMapFind(&events_map, RelationGetDescr(rel), RelationGetRelid(rel), 0,
+					  events_columns, lengthof(events_columns)) >= 0)
+		return false;
+	for (i = 0; i < (int) lengthof(atts); i++)
+		*atts[i] = events_map.attnum[i] + 1;
 	return true;
 }
 
@@ -465,14 +486,18 @@ OpenEvents(Oid nsp, Relation *rel, Relation *idx, EventsColumns *col)
 	Oid			relid = get_relname_relid("events", nsp);
 	Oid			idxid = get_relname_relid("events_txid_idx", nsp);
 
-	if (!OidIsValid(relid) || !OidIsValid(idxid) || !EventsColumnsFind(relid, col))
+	if (!OidIsValid(relid) || !OidIsValid(idxid))
 		return false;
 	*rel = table_open(relid, AccessShareLock);
+	if (!EventsColumnsFind(*rel, col))
+	{
+		table_close(*rel, AccessShareLock);
+		return false;
+	}
 	*idx = index_open(idxid, AccessShareLock);
 	if ((*idx)->rd_index->indrelid != relid ||
 		(*idx)->rd_rel->relam != BTREE_AM_OID ||
-		(*idx)->rd_index->indkey.values[0] != col->txid ||
-		TupleDescAttr(RelationGetDescr(*rel), col->txid - 1)->atttypid != XID8OID)
+		(*idx)->rd_index->indkey.values[0] != col->txid)
 	{
 		index_close(*idx, AccessShareLock);
 		table_close(*rel, AccessShareLock);
@@ -603,11 +628,10 @@ ReadOrders(Oid nsp, Snapshot snap, Relation rel, const EventsColumns *col,
 	Relation	orel;
 	Relation	oidx;
 	int			keycol[1];
-	AttrNumber	att_order_id;
 	AttrNumber	att_seller_id;
 	AttrNumber	att_buyer_id;
 	AttrNumber	att_currency;
-	int64	   *ids = palloc(Max(n, 1) * sizeof(int64));
+	int64	   *ids;
 	int			nids = 0;
 	OrderParties *orders;
 	int			norders = 0;
@@ -617,21 +641,24 @@ ReadOrders(Oid nsp, Snapshot snap, Relation rel, const EventsColumns *col,
 
 	if (!OidIsValid(relid))
 		return false;
-	att_order_id = get_attnum(relid, "order_id");
-	att_seller_id = get_attnum(relid, "seller_id");
-	att_buyer_id = get_attnum(relid, "buyer_id");
-	att_currency = get_attnum(relid, "currency");
-	if (att_order_id == InvalidAttrNumber || att_seller_id == InvalidAttrNumber ||
-		att_buyer_id == InvalidAttrNumber || att_currency == InvalidAttrNumber)
-		return false;
 	orel = table_open(relid, AccessShareLock);
-	keycol[0] = att_order_id - 1;
+	if (ColumnMapFind(&orders_map, RelationGetDescr(orel), relid, 0,
+					  orders_columns, lengthof(orders_columns)) >= 0)
+	{
+		table_close(orel, AccessShareLock);
+		return false;
+	}
+	keycol[0] = orders_map.attnum[0];
+	att_seller_id = orders_map.attnum[1] + 1;
+	att_buyer_id = orders_map.attnum[2] + 1;
+	att_currency = orders_map.attnum[3] + 1;
 	oidx = KeyIndexOpen(orel, 1, keycol, INT8OID);
 	if (oidx == NULL)
 	{
 		table_close(orel, AccessShareLock);
 		return false;
 	}
+	ids = palloc(Max(n, 1) * sizeof(int64));
 
 	/* The distinct order ids. */
 	for (i = 0; i < n; i++)
@@ -1030,27 +1057,36 @@ BuildPayloads(Oid nsp, Snapshot snap, Relation rel, const EventsColumns *col,
  * (rel) for the events trigger's fallback NOTIFY (events.c), as
  * BuildPayloads does for the relay's batches, with the order read under
  * the active snapshot, as _payloads() reads it in the trigger's statement.
- * false when it cannot be built here and _payloads() must: another user
- * than the tables' owner (the statement would check that user's
- * privileges), orders with row-level security or inheritance children, a
- * column missing, or a detail that is not a JSON object.  *payload is NULL
- * when the order is not visible: no notification, as _payloads()'s join.
+ * false when it cannot be built here and _payloads() must, because only
+ * the statement gives the same answer: the current user may not execute
+ * _payloads() or read orders (the statement's 42501), orders has
+ * row-level security or inheritance children, a column is missing or
+ * retyped, or the detail is not a JSON object (the statement's error).
+ * *payload is NULL when the order is not visible: no notification, as
+ * _payloads()'s join.
  */
 bool
 RelayEventPayload(Relation rel, HeapTuple tuple, char **payload)
 {
 	Oid			nsp = RelationGetNamespace(rel);
 	Oid			orders_relid = get_relname_relid("orders", nsp);
+	Oid			argtype = get_array_type(rel->rd_rel->reltype);
+	Oid			payloads_fn;
 	EventsColumns col;
 	RangeEvent	event;
 	HeapTuple	classtup;
 	bool		plain;
 	bool		isnull;
 
-	if (!ActiveSnapshotSet() || !OidIsValid(orders_relid) ||
-		!pg_class_ownercheck(RelationGetRelid(rel), GetUserId()) ||
-		!pg_class_ownercheck(orders_relid, GetUserId()) ||
-		!EventsColumnsFind(RelationGetRelid(rel), &col))
+	if (!ActiveSnapshotSet() || !OidIsValid(orders_relid) || !OidIsValid(argtype) ||
+		pg_class_aclcheck(orders_relid, GetUserId(), ACL_SELECT) != ACLCHECK_OK)
+		return false;
+	payloads_fn = LookupFuncName(list_make2(makeString(get_namespace_name(nsp)),
+											makeString("_payloads")),
+								 1, &argtype, true);
+	if (!OidIsValid(payloads_fn) ||
+		pg_proc_aclcheck(payloads_fn, GetUserId(), ACL_EXECUTE) != ACLCHECK_OK ||
+		!EventsColumnsFind(rel, &col))
 		return false;
 	classtup = SearchSysCache1(RELOID, ObjectIdGetDatum(orders_relid));
 	if (!HeapTupleIsValid(classtup))

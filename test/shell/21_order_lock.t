@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # test/shell/21_order_lock.t - the order lock every action takes first
-# (src/orderlock.c: direct index and heap access under READ COMMITTED, the
+# (src/direct.c: direct index and heap access under READ COMMITTED, the
 # locking statement otherwise), seen from two sessions.
 #
 # Session A runs an action and holds its transaction open for a moment;
@@ -51,6 +51,15 @@ b() {
   echo $(( ($(date +%s%N) - t0) / 1000000 )) > "$tmp/b.ms"
 }
 
+# race A_SQL END B_SQL B_NAME A_NAME: session A runs A_SQL and holds its
+# transaction (hold), B runs B_SQL meanwhile (b); checks that B waited.
+race() {
+  hold "$1" "$2"
+  b "$3"
+  wait $apid
+  ok $([ "$(cat "$tmp/b.ms")" -ge 700 ]; echo $?) "$4 waited for the $5 ($(cat "$tmp/b.ms") ms)"
+}
+
 # --- the lock is taken: B cannot get it while A holds it --------------------
 o=$(placed)
 hold "SELECT milestones.deliver($o, 10)" COMMIT
@@ -62,29 +71,20 @@ is "$(q $db "SELECT milestone_state FROM milestones.order_status WHERE order_id 
 
 # --- B waits, then reads the milestones A changed ---------------------------
 o=$(placed)
-hold "SELECT milestones.deliver($o, 10)" COMMIT
-b "SELECT current_milestone, milestone_state, charged FROM milestones.accept($o, 20)"
-wait $apid
-ok $([ "$(cat "$tmp/b.ms")" -ge 700 ]; echo $?) "accept waited for the deliver ($(cat "$tmp/b.ms") ms)"
+race "SELECT milestones.deliver($o, 10)" COMMIT "SELECT current_milestone, milestone_state, charged FROM milestones.accept($o, 20)" accept deliver
 is "$(cat "$tmp/b")" "2|in_progress|250.00" "accept saw milestone 1 delivered by the session it waited for, and started milestone 2"
 is "$(q $db "SELECT count(*) FROM milestones.check_invariants()")" "0" "check_invariants() is empty"
 
 # --- B waits, then reads the order's newest row -----------------------------
 o=$(placed delivered)
-hold "SELECT milestones.stop($o, 20)" COMMIT
-b "SELECT state FROM milestones.accept($o, 20)"
-wait $apid
-ok $([ "$(cat "$tmp/b.ms")" -ge 700 ]; echo $?) "accept waited for the stop ($(cat "$tmp/b.ms") ms)"
+race "SELECT milestones.stop($o, 20)" COMMIT "SELECT state FROM milestones.accept($o, 20)" accept stop
 is "$(cat "$tmp/b")" "ERROR:  55000" "accept refused: the order it waited for was completed by the stop"
 is "$(q $db "SELECT state || ' ' || end_reason || ' ' || (SELECT count(*) FROM milestones.events e WHERE e.order_id = o.order_id AND event = 'accepted')
              FROM milestones.orders o WHERE order_id = $o")" "completed stopped 0" "the order is stopped, not accepted"
 
 # --- A rolls back: B acts on the order as it was ----------------------------
 o=$(placed delivered)
-hold "SELECT milestones.accept($o, 20)" ROLLBACK
-b "SELECT state, reason FROM milestones.stop($o, 20)"
-wait $apid
-ok $([ "$(cat "$tmp/b.ms")" -ge 700 ]; echo $?) "stop waited for the accept ($(cat "$tmp/b.ms") ms)"
+race "SELECT milestones.accept($o, 20)" ROLLBACK "SELECT state, reason FROM milestones.stop($o, 20)" stop accept
 is "$(cat "$tmp/b")" "completed|stopped" "the accept rolled back: stop ended the order from milestone 1 delivered"
 is "$(q $db "SELECT paid_out || ' ' || refunded FROM milestones.order_status WHERE order_id = $o")" "100.00 0.00" \
    "the seller is paid for milestone 1 only"

@@ -107,3 +107,14 @@ KeyIndexOpen(Relation rel, int nkeys, const int *attnums, Oid keytype)
 		}
 	return index;
 }
+
+/*
+ * TableIsPlain says whether a statement would read just this table's rows,
+ * as a direct read does: an ordinary table without row-level security and
+ * without inheritance children.
+ */
+bool
+TableIsPlain(Form_pg_class c)
+{
+	return c->relkind == RELKIND_RELATION && !c->relrowsecurity && !c->relhassubclass;
+}

@@ -122,18 +122,6 @@ static ColumnMap order_map;
 static ColumnMap milestone_map;
 
 /*
- * Plain says whether a statement would read just this table's rows, as the
- * direct read does: an ordinary table without row-level security and
- * without inheritance children.
- */
-static bool
-Plain(Relation rel)
-{
-	return rel->rd_rel->relkind == RELKIND_RELATION && !rel->rd_rel->relrowsecurity &&
-		!rel->rd_rel->relhassubclass;
-}
-
-/*
  * OpenDirect opens milestones.name with lockmode for a direct read: a
  * plain table the current user may read (and update, for_update: what
  * FOR UPDATE needs), whose columns are found as specified; NULL otherwise,
@@ -152,7 +140,7 @@ OpenDirect(const char *name, LOCKMODE lockmode, bool for_update, ColumnMap *map,
 		(for_update && pg_class_aclcheck(relid, GetUserId(), ACL_UPDATE) != ACLCHECK_OK))
 		return NULL;
 	rel = table_open(relid, lockmode);
-	if (!Plain(rel) ||
+	if (!TableIsPlain(rel->rd_rel) ||
 		ColumnMapFind(map, RelationGetDescr(rel), relid, 0, columns, ncolumns) >= 0)
 	{
 		table_close(rel, NoLock);
@@ -394,19 +382,14 @@ static const ColumnSpec category_columns[2] =
 {
 	{"category", TEXTOID, true}, {"eligible", BOOLOID, false}
 };
-static const ColumnSpec settings_columns[3] =
+static const ColumnSpec settings_columns[4] =
 {
 	{"min_order_total", NUMERICOID, true}, {"max_milestones", INT4OID, true},
-	{"seller_fee_rate", NUMERICOID, true}
+	{"seller_fee_rate", NUMERICOID, true}, {"notify", BOOLOID, false}
 };
 static ColumnMap seller_map;
 static ColumnMap category_map;
 static ColumnMap settings_map;
-static const ColumnSpec notify_columns[1] =
-{
-	{"notify", BOOLOID, false}
-};
-static ColumnMap notify_map;
 
 /*
  * A primary-key probe opened for a direct read: the table, its key index
@@ -485,11 +468,11 @@ Probe(KeyProbe *p)
 }
 
 /*
- * ReadSettings reads the settings row under the active snapshot.  The
- * table has exactly one row; any other count is an error, as it is for
- * the statement.
+ * ReadSettings reads the settings row under the active snapshot into
+ * settings; returns how many rows the table has (exactly one, unless a
+ * DBA broke it: each caller says what any other count means).
  */
-static void
+static int
 ReadSettings(Relation rel, EngineSettings *settings)
 {
 	TableScanDesc scan;
@@ -506,11 +489,11 @@ ReadSettings(Relation rel, EngineSettings *settings)
 		settings->min_total = datumCopy(slot->tts_values[a[0]], false, -1);
 		settings->max_milestones = DatumGetInt32(slot->tts_values[a[1]]);
 		settings->fee_rate = datumCopy(slot->tts_values[a[2]], false, -1);
+		settings->notify = !slot->tts_isnull[a[3]] && DatumGetBool(slot->tts_values[a[3]]);
 	}
 	table_endscan(scan);
 	ExecDropSingleTupleTableSlot(slot);
-	if (rows != 1)
-		elog(ERROR, "milestones engine: settings must have one row");
+	return rows;
 }
 
 /*
@@ -536,7 +519,7 @@ EngineEligibleDirect(int64 seller_id, const char *category, bool *seller_ok,
 				   CStringGetTextDatum(category), TEXTOID, F_TEXTEQ) ||
 		(settings != NULL &&
 		 (settings_rel = OpenDirect("settings", AccessShareLock, false, &settings_map,
-									settings_columns, 3)) == NULL))
+									settings_columns, lengthof(settings_columns))) == NULL))
 	{
 		CloseProbe(&sellers);
 		CloseProbe(&categories);
@@ -546,8 +529,8 @@ EngineEligibleDirect(int64 seller_id, const char *category, bool *seller_ok,
 	PushActiveSnapshot(GetTransactionSnapshot());
 	*seller_ok = Probe(&sellers);
 	*category_ok = Probe(&categories);
-	if (settings != NULL)
-		ReadSettings(settings_rel, settings);
+	if (settings != NULL && ReadSettings(settings_rel, settings) != 1)
+		elog(ERROR, "milestones engine: settings must have one row");
 	PopActiveSnapshot();
 	CloseProbe(&sellers);
 	CloseProbe(&categories);
@@ -568,29 +551,17 @@ bool
 EngineNotifyDirect(Oid events_nsp, bool *notify)
 {
 	Relation	rel;
-	TableScanDesc scan;
-	TupleTableSlot *slot;
-	int			rows = 0;
-	bool		on = false;
+	EngineSettings settings;
+	int			rows;
 
 	if (!ActiveSnapshotSet() || get_namespace_oid("milestones", true) != events_nsp ||
-		(rel = OpenDirect("settings", AccessShareLock, false, &notify_map, notify_columns, 1)) == NULL)
+		(rel = OpenDirect("settings", AccessShareLock, false, &settings_map, settings_columns,
+						  lengthof(settings_columns))) == NULL)
 		return false;
-	slot = table_slot_create(rel, NULL);
-	scan = table_beginscan(rel, GetActiveSnapshot(), 0, NULL);
-	while (table_scan_getnextslot(scan, ForwardScanDirection, slot))
-	{
-		bool		isnull;
-		Datum		d = slot_getattr(slot, notify_map.attnum[0] + 1, &isnull);
-
-		rows++;
-		on = !isnull && DatumGetBool(d);
-	}
-	table_endscan(scan);
-	ExecDropSingleTupleTableSlot(slot);
+	rows = ReadSettings(rel, &settings);
 	table_close(rel, NoLock);
 	if (rows != 1)
 		return false;
-	*notify = on;
+	*notify = settings.notify;
 	return true;
 }

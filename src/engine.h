@@ -43,12 +43,13 @@ typedef struct EnginePlan
 	int			cursor_options; /* planner flags, as SPI_prepare_cursor */
 } EnginePlan;
 
-/* The settings create_offer reads. */
+/* The settings create_offer and the fallback NOTIFY read. */
 typedef struct EngineSettings
 {
 	Datum		min_total;		/* numeric */
 	int32		max_milestones;
 	Datum		fee_rate;		/* numeric */
+	bool		notify;			/* settings.notify (NULL reads as off) */
 } EngineSettings;
 
 /* One milestone as the engine read it under the order's lock. */

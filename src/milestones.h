@@ -10,6 +10,7 @@
 
 #include "postgres.h"
 #include "access/tupdesc.h"
+#include "catalog/pg_class.h"
 #include "executor/spi.h"
 #include "utils/relcache.h"
 #include "utils/numeric.h"
@@ -122,6 +123,7 @@ typedef struct ColumnMap
 extern int	ColumnMapFind(ColumnMap *map, TupleDesc desc, Oid key, int32 keymod,
 						  const ColumnSpec *columns, int ncolumns);
 extern Relation KeyIndexOpen(Relation rel, int nkeys, const int *attnums, Oid keytype);
+extern bool TableIsPlain(Form_pg_class c);
 
 /* payout.c */
 extern void PayoutAmounts(Numeric gross_raw, Numeric rate,

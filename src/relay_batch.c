@@ -1091,11 +1091,7 @@ RelayEventPayload(Relation rel, HeapTuple tuple, char **payload)
 	classtup = SearchSysCache1(RELOID, ObjectIdGetDatum(orders_relid));
 	if (!HeapTupleIsValid(classtup))
 		return false;
-	{
-		Form_pg_class c = (Form_pg_class) GETSTRUCT(classtup);
-
-		plain = c->relkind == RELKIND_RELATION && !c->relrowsecurity && !c->relhassubclass;
-	}
+	plain = TableIsPlain((Form_pg_class) GETSTRUCT(classtup));
 	ReleaseSysCache(classtup);
 	if (!plain)
 		return false;

@@ -22,14 +22,21 @@ EXTENSION  = milestones
 MODULE_big = milestones
 OBJS       = $(patsubst $(srcdir)/%.c,%.o,$(wildcard $(srcdir)/src/*.c))
 # Versions.  sql/milestones--1.0.sql is the released 1.0 script and never
-# changes.  Everything after it lives in sql/1.1/*.sql; both the 1.1 install
+# changes.  What 1.1 added lives in sql/1.1/*.sql: both the 1.1 install
 # script and the 1.0 -> 1.1 upgrade script are built from those files (see
-# sql/1.1/00_header.sql), so the two cannot drift apart.  Every version's
-# scripts are installed: a database at 1.0 keeps working and can be updated.
-EXTVERSION    = 1.1
-UPGRADE_PARTS = $(sort $(wildcard $(srcdir)/sql/1.1/*.sql))
-DATA          = sql/milestones--1.0.sql $(COMPANION_DATA)
-DATA_built    = sql/milestones--1.1.sql sql/milestones--1.0--1.1.sql
+# sql/1.1/00_header.sql), so the two cannot drift apart; 1.1 is released
+# too, and those two built scripts never change again.  What 1.2 adds lives
+# in sql/1.2/*.sql the same way: the 1.2 install script is 1.0 + sql/1.1/ +
+# sql/1.2/, the 1.1 -> 1.2 upgrade script is sql/1.2/ (see
+# sql/1.2/00_header.sql), and a 1.0 database follows 1.0 -> 1.1 -> 1.2 by
+# itself.  Every version's scripts are installed: a database at 1.0 or 1.1
+# keeps working with this library and can be updated.
+EXTVERSION       = 1.2
+UPGRADE_PARTS    = $(sort $(wildcard $(srcdir)/sql/1.1/*.sql))
+UPGRADE_PARTS_12 = $(sort $(wildcard $(srcdir)/sql/1.2/*.sql))
+DATA             = sql/milestones--1.0.sql $(COMPANION_DATA)
+DATA_built       = sql/milestones--1.1.sql sql/milestones--1.0--1.1.sql \
+                   sql/milestones--1.2.sql sql/milestones--1.1--1.2.sql
 PGFILEDESC = "milestones - milestone orders for a freelance marketplace"
 
 # Companion extensions shipped with milestones (issue 13): milestones_proxy
@@ -51,6 +58,9 @@ EXTRA_CLEAN = $(DEB_DIR)
 
 PG_CONFIG ?= pg_config
 PG_CPPFLAGS += -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers
+# Only the symbols PostgreSQL looks up are exported (src/milestones.h says
+# which and why); test/shell/54_symbols.t holds the list.
+PG_CPPFLAGS += -fvisibility=hidden
 
 # The convenience targets install missing packages BEFORE pg_config is
 # asked for PGXS: on a bare machine that is what brings the server headers.
@@ -89,6 +99,17 @@ sql/milestones--1.0--1.1.sql: $(UPGRADE_PARTS) $(srcdir)/sql/1.1
 	  printf '%s\n' '$(SCRIPT_GUARD)'; \
 	  cat $(UPGRADE_PARTS); } > $@
 
+sql/milestones--1.2.sql: sql/milestones--1.0.sql $(UPGRADE_PARTS) $(UPGRADE_PARTS_12) $(srcdir)/sql/1.1 $(srcdir)/sql/1.2
+	{ echo '/* sql/milestones--1.2.sql - install script of milestones 1.2, built by make from sql/milestones--1.0.sql, sql/1.1/ and sql/1.2/ */'; \
+	  printf '%s\n' '$(SCRIPT_GUARD)'; \
+	  grep -v '^\\echo ' $<; \
+	  cat $(UPGRADE_PARTS) $(UPGRADE_PARTS_12); } > $@
+
+sql/milestones--1.1--1.2.sql: $(UPGRADE_PARTS_12) $(srcdir)/sql/1.2
+	{ echo '/* sql/milestones--1.1--1.2.sql - upgrade script 1.1 -> 1.2, built by make from sql/1.2/ */'; \
+	  printf '%s\n' '$(SCRIPT_GUARD)'; \
+	  cat $(UPGRADE_PARTS_12); } > $@
+
 # deps: install every package the targets below need (as root).
 deps:
 	$(srcdir)/test/tools/ensure-deps
@@ -107,8 +128,13 @@ scaleout-demo: all
 	test/tools/scaleout-demo
 
 # test: every suite in one throwaway cluster, ending with "N passed, N failed".
+# MILESTONES_DESTDIR=/some/dir installs into that folder instead of the
+# server's own (make install DESTDIR=...) and runs the cluster with
+# extension_destdir pointing there (Debian's PostgreSQL): two builds can
+# then be tested side by side on one machine.
+export MILESTONES_DESTDIR
 test: all
-	$(MAKE) install
+	$(MAKE) install $(if $(MILESTONES_DESTDIR),DESTDIR=$(MILESTONES_DESTDIR))
 	test/tools/run-tests
 
 # bench: the performance benchmark (issue 6) in a throwaway cluster, about
@@ -129,7 +155,7 @@ fuzz: all
 
 # deb: the Debian package postgresql-15-milestones (debian/, pg_buildext),
 # built from a copy of the tree (test/tools/build-deb says why and how):
-#   build-deb/postgresql-15-milestones_1.1-1_amd64.deb  (+ -dbgsym, .buildinfo, .changes)
+#   build-deb/postgresql-15-milestones_1.2-1_amd64.deb  (+ -dbgsym, .buildinfo, .changes)
 # Its build runs make installcheck against the built files in a throwaway
 # cluster; DEB_BUILD_OPTIONS=nocheck skips that.
 deb:

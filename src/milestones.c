@@ -25,7 +25,7 @@
 
 PG_MODULE_MAGIC;
 
-void		_PG_init(void);
+PGDLLEXPORT void _PG_init(void);
 
 PG_FUNCTION_INFO_V1(milestones_now);
 

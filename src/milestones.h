@@ -16,6 +16,35 @@
 #include "utils/numeric.h"
 #include "utils/timestamp.h"
 
+/*
+ * Symbol visibility.  The library is built with -fvisibility=hidden (see
+ * the Makefile): PostgreSQL loads it with RTLD_GLOBAL, so every global
+ * symbol of ours could interpose on, or be interposed by, a symbol of the
+ * same name in another library (CheckInit, ColumnMapFind ...).  Only what
+ * PostgreSQL looks up by name is exported: the SQL-callable functions and
+ * their pg_finfo_ records, _PG_init, Pg_magic_func and the relay's entry
+ * point.  PostgreSQL 16 does this itself with PGDLLEXPORT; on 15,
+ * PGDLLEXPORT is empty outside Windows, so it is given the default
+ * visibility here, and PG_FUNCTION_INFO_V1 is redefined as 16 defines it
+ * (the function's own declaration carries PGDLLEXPORT too).  Every C file
+ * includes this header before its PG_FUNCTION_INFO_V1 lines.
+ */
+#ifndef WIN32
+#undef PGDLLEXPORT
+#define PGDLLEXPORT __attribute__((visibility("default")))
+#endif
+#undef PG_FUNCTION_INFO_V1
+#define PG_FUNCTION_INFO_V1(funcname) \
+extern PGDLLEXPORT Datum funcname(PG_FUNCTION_ARGS); \
+extern PGDLLEXPORT const Pg_finfo_record * CppConcat(pg_finfo_,funcname)(void); \
+const Pg_finfo_record * \
+CppConcat(pg_finfo_,funcname) (void) \
+{ \
+	static const Pg_finfo_record my_finfo = { 1 }; \
+	return &my_finfo; \
+} \
+extern int no_such_variable
+
 /* milestones.c */
 extern TimestampTz MilestonesNow(void);
 

@@ -11,11 +11,12 @@
 #     make installcheck against the built files in a plain throwaway
 #     cluster (no pg_cron);
 #   - its contents: the library, the control file and the scripts of every
-#     version (1.0 byte for byte the released one, 1.1, 1.0--1.1), and
-#     every extension file make install had placed;
+#     version (1.0 byte for byte the released one, 1.1 and 1.0--1.1 byte
+#     for byte the released ones, 1.2, 1.1--1.2), and every extension file
+#     make install had placed;
 #   - apt-get install ./postgresql-15-milestones_*.deb, after which the
-#     running test cluster creates the extension at 1.1, and at 1.0 then
-#     updates it to 1.1;
+#     running test cluster creates the extension at 1.2, and at 1.0 then
+#     updates it to 1.2;
 #   - apt-get purge leaves none of the package's files and dpkg forgets it;
 #   - what make install had placed is put back and is byte for byte what
 #     it was.
@@ -65,7 +66,7 @@ put_back() {
 }
 trap 'put_back; rm -rf "$tmp"' EXIT
 
-plan 17
+plan 18
 
 (cd / && xargs rm -f < "$tmp/installed")
 ls "$ext"/milestones*.control "$lib/milestones.so" >/dev/null 2>&1
@@ -91,16 +92,20 @@ dpkg-deb -c "$deb" | awk '{print $NF}' | grep -v '/$' | sed 's|^\./|/|' > "$tmp/
 missing=""
 for f in "$lib/milestones.so" "$ext/milestones.control" "$ext/milestones--1.0.sql" \
          "$ext/milestones--1.1.sql" "$ext/milestones--1.0--1.1.sql" \
+         "$ext/milestones--1.2.sql" "$ext/milestones--1.1--1.2.sql" \
          "$ext/milestones_proxy.control" "$ext/milestones_proxy--1.1.sql"; do
   grep -qxF "$f" "$tmp/listing" || missing="$missing $f"
 done
-is "$missing" "" "the package holds the library, the control file and the scripts of 1.0, 1.1 and 1.0--1.1, and milestones_proxy's control file and script"
+is "$missing" "" "the package holds the library, the control file and the scripts of 1.0, 1.1, 1.2, 1.0--1.1 and 1.1--1.2, and milestones_proxy's control file and script"
 mkdir -p "$tmp/unpacked" && dpkg-deb -x "$deb" "$tmp/unpacked"
 is "$(sha256sum "$tmp/unpacked$ext/milestones--1.0.sql" | cut -c1-64)" \
    "930aafd9850c5d12ea35fa484bdc5922dae9507a18260c775b95c111ac449665" \
    "its 1.0 script is the released one, byte for byte"
-is "$(grep -h default_version "$tmp/unpacked$ext/milestones.control")" "default_version = '1.1'" \
-   "its control file installs 1.1 by default"
+is "$(sha256sum "$tmp/unpacked$ext/milestones--1.1.sql" "$tmp/unpacked$ext/milestones--1.0--1.1.sql" | cut -c1-64 | tr '\n' ' ')" \
+   "e58c6fe590e5c212e1a9516412f023f46bb7c462967746dc252d38077a0d2550 fdf1ae175f7514f8a7ee250def8d09782a720c1e9ea57c4f88a0387d5dbb0a3c " \
+   "its 1.1 scripts are the released ones, byte for byte"
+is "$(grep -h default_version "$tmp/unpacked$ext/milestones.control")" "default_version = '1.2'" \
+   "its control file installs 1.2 by default"
 # Every file make install placed (milestones and its companions, e.g.
 # milestones_proxy) is in the package too.
 is "$(sed 's|^|/|' "$tmp/installed" | grep -vxF -f "$tmp/listing" | tr '\n' ' ')" "" \
@@ -111,12 +116,12 @@ diag "package contents:" "$(cat "$tmp/listing")"
 t0=$(date +%s)
 apt install --no-install-recommends "$deb" > "$tmp/install.log" 2>&1
 rc=$?; ok $rc "apt-get install ./$(basename "$deb")"; [ $rc -eq 0 ] || diag "$(tail -20 "$tmp/install.log")"
-is "$(dpkg-query -W -f='${Status} ${Version}' $pkg 2>/dev/null)" "install ok installed 1.1-1" "$pkg 1.1-1 is installed"
+is "$(dpkg-query -W -f='${Status} ${Version}' $pkg 2>/dev/null)" "install ok installed 1.2-1" "$pkg 1.2-1 is installed"
 
 # The running test cluster uses it.
 dropdb --if-exists $db >/dev/null 2>&1; createdb $db
-is "$(q $db "CREATE EXTENSION milestones; SELECT extversion FROM pg_extension WHERE extname = 'milestones'" 2>&1)" "1.1" \
-   "CREATE EXTENSION milestones installs 1.1"
+is "$(q $db "CREATE EXTENSION milestones; SELECT extversion FROM pg_extension WHERE extname = 'milestones'" 2>&1)" "1.2" \
+   "CREATE EXTENSION milestones installs 1.2"
 dropdb --if-exists $db10 >/dev/null 2>&1; createdb $db10
 out=$(q $db10 "CREATE EXTENSION milestones VERSION '1.0';
                SELECT milestones.set_seller_eligibility(10, true);
@@ -127,8 +132,8 @@ out=$(q $db10 "CREATE EXTENSION milestones VERSION '1.0';
 out=$(q $db10 "ALTER EXTENSION milestones UPDATE;
                SELECT extversion FROM pg_extension WHERE extname = 'milestones';
                SELECT count(*) FROM milestones.check_invariants();" 2>&1)
-is "$(tail -2 <<<"$out" | tr '\n' ' ')" "1.1 0 " \
-   "CREATE EXTENSION milestones VERSION '1.0' with an order, then ALTER EXTENSION UPDATE: 1.1, invariants hold"
+is "$(tail -2 <<<"$out" | tr '\n' ' ')" "1.2 0 " \
+   "CREATE EXTENSION milestones VERSION '1.0' with an order, then ALTER EXTENSION UPDATE: 1.2, invariants hold"
 diag "install + use took $(( $(date +%s) - t0 )) s"
 dropdbs $db $db10
 

@@ -53,7 +53,7 @@ ok $([[ "$out" == *"3|error|"*"partition_config"* ]] && echo 0 || echo 1) \
    "check_cluster() reports the partition still at 1.0"
 diag "$out"
 so_psql n3 part3 -q -c "ALTER EXTENSION milestones UPDATE" -c "SELECT milestones.set_partition(3, 4)" >/dev/null
-is "$(so_q n3 part3 "SELECT extversion FROM pg_extension WHERE extname = 'milestones'")" "1.1" "partition 3 upgraded from 1.0 to 1.1, then set_partition(3, 4)"
+is "$(so_q n3 part3 "SELECT extversion FROM pg_extension WHERE extname = 'milestones'")" "1.2" "partition 3 upgraded from 1.0 to 1.2, then set_partition(3, 4)"
 P -c "SELECT milestones.set_seller_eligibility(s, true) FROM generate_series(10, 41) s" \
   -c "SELECT milestones.set_category_eligibility('design', true)" >/dev/null
 is "$(P -c "SELECT count(*) FROM milestones.check_cluster()")" "0" "after eligibility set through the proxy, check_cluster() finds no difference"
@@ -206,9 +206,9 @@ is "$out" "$(printf '1|partition|2 of 4|1 of 4\n2|partition|1 of 4|2 of 4')" "ch
 so_q px proxy "ALTER SERVER milestones_cluster OPTIONS (SET p1 '$(so_connstr n1 part1)', SET p2 '$(so_connstr n2 part2)')" >/dev/null
 # (a partition left at another version: stand-in for a partition not yet upgraded)
 so_q n0 part0 "UPDATE pg_extension SET extversion = '1.0' WHERE extname = 'milestones'" >/dev/null
-is "$(P -c "SELECT * FROM milestones.check_cluster() WHERE item LIKE 'extension%'")" "0|extension milestones|1.0|1.1" \
+is "$(P -c "SELECT * FROM milestones.check_cluster() WHERE item LIKE 'extension%'")" "0|extension milestones|1.0|1.2" \
    "check_cluster() shows a partition at another extension version"
-so_q n0 part0 "UPDATE pg_extension SET extversion = '1.1' WHERE extname = 'milestones'" >/dev/null
+so_q n0 part0 "UPDATE pg_extension SET extversion = '1.2' WHERE extname = 'milestones'" >/dev/null
 P -c "SELECT milestones.set_setting('max_milestones', '3')" -c "SELECT milestones.set_seller_eligibility(77, false)" \
   -c "SELECT milestones.set_cancellation_reason('fraud_check', 'The payment failed a fraud check.')" >/dev/null
 is "$(P -c "SELECT count(*) FROM milestones.check_cluster()")" "0" "repeating the changes through the proxy ends the drift"

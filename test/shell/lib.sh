@@ -18,6 +18,11 @@ is() {                       # is GOT WANT DESCRIPTION
 }
 bail() { echo "Bail out! $*"; exit 255; }
 
+# ms_extdir, ms_libdir: where make test installed the extension's scripts
+# and library (the server's own folders, or under MILESTONES_DESTDIR).
+ms_extdir() { echo "${MILESTONES_DESTDIR:-}$(pg_config --sharedir)/extension"; }
+ms_libdir() { echo "${MILESTONES_DESTDIR:-}$(pg_config --pkglibdir)"; }
+
 # q DB SQL: one query, unaligned tuples only, stop on error.
 q() { psql -X -q -A -t -v ON_ERROR_STOP=1 -d "$1" -c "$2"; }
 

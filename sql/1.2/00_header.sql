@@ -1,0 +1,23 @@
+-------------------------------------------------------------------------------
+-- milestones 1.2: everything after the 1.1 release.
+--
+-- The files in sql/1.2/ are the ONE source of the 1.1 -> 1.2 change.  The
+-- Makefile builds from them, in file-name order:
+--
+--   sql/milestones--1.1--1.2.sql = guard line + sql/1.2/*.sql
+--   sql/milestones--1.2.sql      = guard line + sql/milestones--1.0.sql
+--                                  + sql/1.1/*.sql + sql/1.2/*.sql
+--
+-- and a 1.0 database reaches 1.2 through 1.0 -> 1.1 -> 1.2, which
+-- PostgreSQL chains by itself.  So a fresh 1.2 install and an upgraded 1.0
+-- or 1.1 database run the very same statements, and
+-- test/shell/50_upgrade.t proves they end with the same catalog.  The
+-- rules of sql/1.1/00_header.sql hold here too: every statement must work
+-- on a database that holds 1.1 data; new columns are added with constant
+-- defaults (or none), so that the large tables (events, ledger_entries)
+-- are neither rewritten nor scanned under the upgrade's exclusive lock; new
+-- objects get their privileges explicitly; no COMMIT.
+--
+-- A setting added in 1.2 takes a default that keeps an upgraded database
+-- behaving exactly as 1.1 did (SPEC section 9): payment_mode 'recorded'.
+-------------------------------------------------------------------------------

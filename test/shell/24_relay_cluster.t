@@ -24,7 +24,7 @@ if [ -z "${MS_RELAY_INNER:-}" ]; then
   # inside a cluster of its own.
   export MS_RELAY_INNER=1 OUTER_PGHOST=${PGHOST:-} OUTER_PGPORT=${PGPORT:-} OUTER_PGUSER=${PGUSER:-} OUTER_PGPASSWORD=${PGPASSWORD:-}
   env -u PG_CLUSTER_CONF_ROOT -u PGSYSCONFDIR -u PGHOST -u PGPORT -u PGDATABASE -u PGUSER -u PGPASSWORD \
-       pg_virtualenv -t -o shared_preload_libraries=milestones -o milestones.database_name=ms_relaydb \
+       pg_virtualenv -t "${MS_VENV_OPTS[@]}" -o shared_preload_libraries=milestones -o milestones.database_name=ms_relaydb \
        -o milestones.relay_poll_interval=100 -o fsync=off "$0" 2>&1 | grep -vE '^(Creating new PostgreSQL cluster|Dropping cluster)'
   exit "${PIPESTATUS[0]}"
 fi

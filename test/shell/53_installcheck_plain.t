@@ -24,7 +24,7 @@ ok $? "make installcheck loads no other extension and no configuration"; [ -n "$
 
 t0=$(date +%s)
 env -u PGHOST -u PGPORT -u PGDATABASE -u PGUSER -u PGPASSWORD -u PGSYSCONFDIR -u PG_CLUSTER_CONF_ROOT \
-  pg_virtualenv -t -v "$(pg_config --version | sed 's/^PostgreSQL \([0-9]*\).*/\1/')" \
+  pg_virtualenv -t "${MS_VENV_OPTS[@]}" -v "$(pg_config --version | sed 's/^PostgreSQL \([0-9]*\).*/\1/')" \
   sh -c 'echo "preload=[$(psql -X -A -t -c "SHOW shared_preload_libraries")] port=$PGPORT"; make -C "$0" installcheck' "$top" \
   > "$tmp/run.log" 2>&1
 rc=$?

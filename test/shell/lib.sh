@@ -23,6 +23,15 @@ bail() { echo "Bail out! $*"; exit 255; }
 ms_extdir() { echo "${MILESTONES_DESTDIR:-}$(pg_config --sharedir)/extension"; }
 ms_libdir() { echo "${MILESTONES_DESTDIR:-}$(pg_config --pkglibdir)"; }
 
+# MS_VENV_OPTS: pg_virtualenv options for a cluster of a test's own that
+# must load the build make test installed (under MILESTONES_DESTDIR, when
+# set, through Debian's extension_destdir and dynamic_library_path).
+MS_VENV_OPTS=()
+if [ -n "${MILESTONES_DESTDIR:-}" ]; then
+  MS_VENV_OPTS=(-o "extension_destdir=$MILESTONES_DESTDIR"
+                -o "dynamic_library_path=$MILESTONES_DESTDIR$(pg_config --pkglibdir):\$libdir")
+fi
+
 # q DB SQL: one query, unaligned tuples only, stop on error.
 q() { psql -X -q -A -t -v ON_ERROR_STOP=1 -d "$1" -c "$2"; }
 

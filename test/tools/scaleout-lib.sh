@@ -79,6 +79,10 @@ so_cluster() {
     echo "shared_buffers = 32MB"
     echo "fsync = off"
     echo "logging_collector = off"
+    if [ -n "${MILESTONES_DESTDIR:-}" ]; then   # make test's build (test/tools/run-tests)
+      echo "extension_destdir = '$MILESTONES_DESTDIR'"
+      echo "dynamic_library_path = '$MILESTONES_DESTDIR$(pg_config --pkglibdir):\$libdir'"
+    fi
     local l
     for l in "$@"; do echo "$l"; done
   } | so_run tee -a "$SO_DIR/$name/postgresql.conf" >/dev/null

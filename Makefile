@@ -150,7 +150,7 @@ bench: all
 FUZZ_QUERIES ?= 20000
 FUZZ_SECONDS ?= 300
 fuzz: all
-	$(MAKE) install
+	$(MAKE) install $(if $(MILESTONES_DESTDIR),DESTDIR=$(MILESTONES_DESTDIR))
 	test/fuzz/run-fuzz $(FUZZ_QUERIES) $(FUZZ_SECONDS)
 
 # deb: the Debian package postgresql-15-milestones (debian/, pg_buildext),

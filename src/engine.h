@@ -223,4 +223,7 @@ extern void LedgerSettle(EngineOrder *o, StringInfo detail);
 extern int	LedgerSkipPending(EngineOrder *o);
 extern Datum LedgerStart(EngineOrder *o, EngineMilestone *m);
 
+/* earnings.c (1.2, SPEC section 12) */
+extern void EarningsCredit(EngineOrder *o, Numeric net, TimestampTz ended_at);
+
 #endif							/* MILESTONES_ENGINE_H */

@@ -56,6 +56,7 @@ PG_FUNCTION_INFO_V1(milestones_guard_milestone);
 PG_FUNCTION_INFO_V1(milestones_guard_ledger);
 PG_FUNCTION_INFO_V1(milestones_guard_append_only);
 PG_FUNCTION_INFO_V1(milestones_check_order);
+PG_FUNCTION_INFO_V1(milestones_guard_payment);
 
 /*
  * CheckTriggerProtocol refuses to run a guard function as anything but the
@@ -259,7 +260,8 @@ GuardRow(FunctionCallInfo fcinfo, const char *funcname,
 				 errhint("Use the milestones API functions to change orders.")));
 
 	for (immutable = machine->immutable; *immutable != NULL; immutable++)
-		if (ColumnChanged(oldtup, newtup, tupdesc, *immutable))
+		if (SPI_fnumber(tupdesc, *immutable) > 0 &&	/* 1.1 tables lack 1.2's columns */
+			ColumnChanged(oldtup, newtup, tupdesc, *immutable))
 			ereport(ERROR,
 					(errcode(ERRCODE_CHECK_VIOLATION),
 					 errmsg("column \"%s\" of %s cannot change", *immutable, label),
@@ -287,6 +289,117 @@ GuardRow(FunctionCallInfo fcinfo, const char *funcname,
 	fact = StateFact(is_milestone ? FACT_MILESTONE : FACT_ORDER, false,
 					 oldcode, newcode, (int) position);
 	CheckObserve(order_id, &fact, true, true);
+	return PointerGetDatum(newtup);
+}
+
+/*
+ * The tables of confirmed payments (1.2): the state machine of each, the
+ * column that identifies a row, and the column that places it in its order
+ * (a charge's or refund's milestone, an attempt's number).
+ */
+typedef struct PaymentTable
+{
+	const char *table;
+	const StateMachine *machine;
+	FactTable	fact;
+	const char *id;
+	const char *position;
+} PaymentTable;
+
+static const PaymentTable payment_tables[] = {
+	{"order_charges", &ChargeMachine, FACT_CHARGE, "charge_id", "position"},
+	{"charge_attempts", &AttemptMachine, FACT_ATTEMPT, "charge_id", "attempt"},
+	{"order_refunds", &RefundMachine, FACT_REFUND, "refund_id", "position"},
+	{NULL, NULL, 0, NULL, NULL}
+};
+
+/*
+ * milestones_guard_payment guards order_charges, charge_attempts and
+ * order_refunds (BEFORE ROW, TRUNCATE): only the transitions of their state
+ * machines (states.c), immutable identity and amount columns, ended rows
+ * frozen, no DELETE or TRUNCATE; each write a fact of its order for the
+ * commit check, which holds the money of confirmed payments.
+ */
+Datum
+milestones_guard_payment(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = CheckTriggerProtocol(fcinfo, "milestones_guard_payment", true);
+	Relation	rel = trigdata->tg_relation;
+	TupleDesc	tupdesc = RelationGetDescr(rel);
+	const PaymentTable *t;
+	HeapTuple	newtup;
+	HeapTuple	oldtup;
+	char	   *oldstate;
+	char	   *newstate;
+	int			oldcode;
+	int			newcode;
+	int64		id;
+	char		label[96];
+	const char *const *immutable;
+	WriteFact	fact;
+
+	for (t = payment_tables; t->table != NULL; t++)
+		if (strcmp(RelationGetRelationName(rel), t->table) == 0)
+			break;
+	if (t->table == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("function \"milestones_guard_payment\" guards only order_charges, charge_attempts and order_refunds"),
+				 errdetail("It was fired on table %s.", RelationGetRelationName(rel))));
+	if (TRIGGER_FIRED_BY_TRUNCATE(trigdata->tg_event))
+		RefuseDelete(rel, true);
+	if (TRIGGER_FIRED_BY_DELETE(trigdata->tg_event))
+		RefuseDelete(rel, false);
+
+	newtup = TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event) ? trigdata->tg_newtuple : trigdata->tg_trigtuple;
+	newstate = TextColumn(newtup, tupdesc, "state");
+	newcode = StateCode(t->machine, newstate);
+	id = IntColumn(newtup, tupdesc, t->id);
+	snprintf(label, sizeof(label), "%s " INT64_FORMAT "%s", t->machine->what, id,
+			 t->fact == FACT_ATTEMPT ? psprintf(" attempt %lld", (long long) IntColumn(newtup, tupdesc, "attempt")) : "");
+	if (newcode < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_CHECK_VIOLATION),
+				 errmsg("invalid %s state \"%s\"", t->machine->what, newstate ? newstate : "(null)"),
+				 errdetail("The %s is %s.", label, newstate ? newstate : "(null)")));
+	if (TRIGGER_FIRED_BY_INSERT(trigdata->tg_event))
+	{
+		/* A restored row may carry any state: checked at commit. */
+		fact = StateFact(t->fact, true, -1, newcode, (int) IntColumn(newtup, tupdesc, t->position));
+		fact.txn = id;
+		CheckObserve(IntColumn(newtup, tupdesc, "order_id"), &fact, true, false);
+		return PointerGetDatum(newtup);
+	}
+
+	oldtup = trigdata->tg_trigtuple;
+	oldstate = TextColumn(oldtup, tupdesc, "state");
+	oldcode = StateCode(t->machine, oldstate);
+	if (oldcode < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_CHECK_VIOLATION),
+				 errmsg("%s has an unknown state \"%s\"", label, oldstate ? oldstate : "(null)")));
+	for (immutable = t->machine->immutable; *immutable != NULL; immutable++)
+		if (ColumnChanged(oldtup, newtup, tupdesc, *immutable))
+			ereport(ERROR,
+					(errcode(ERRCODE_CHECK_VIOLATION),
+					 errmsg("column \"%s\" of %s cannot change", *immutable, label),
+					 errdetail("%s is fixed when the %s is created.", *immutable, t->machine->what)));
+	if (oldcode != newcode && StateIsFinal(t->machine, oldcode))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("%s is %s and can no longer change", label, oldstate),
+				 errdetail("Attempted change from %s to %s; %s is a final state.",
+						   oldstate, newstate, oldstate)));
+	if (oldcode != newcode && !StateTransitionAllowed(t->machine, oldcode, newcode))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("%s cannot go from %s to %s", label, oldstate, newstate),
+				 errdetail("The %s state machine has no transition from %s to %s.",
+						   t->machine->what, oldstate, newstate),
+				 errhint("Payments change through record_charge, retry_charge, record_refund and retry_refund.")));
+	fact = StateFact(t->fact, false, oldcode, newcode, (int) IntColumn(oldtup, tupdesc, t->position));
+	fact.txn = id;
+	CheckObserve(IntColumn(oldtup, tupdesc, "order_id"), &fact, true, true);
 	return PointerGetDatum(newtup);
 }
 

@@ -69,8 +69,19 @@ typedef enum MilestoneState
 	MS_SKIPPED,
 	MS_REFUNDED,
 	MS_CANCELLED,
+	MS_AWAITING_PAYMENT,		/* confirmed payment mode (1.2) */
 	MS_NSTATES
 } MilestoneState;
+
+/* The states of a charge, a charge attempt, a refund, a withdrawal (1.2). */
+typedef enum PaymentState
+{
+	PAY_REQUESTED,
+	PAY_SUCCEEDED,
+	PAY_FAILED,
+	PAY_VOIDED,					/* charges only */
+	PAY_NSTATES
+} PaymentState;
 
 typedef struct StateTransition
 {
@@ -90,6 +101,10 @@ typedef struct StateMachine
 
 extern const StateMachine OrderMachine;
 extern const StateMachine MilestoneMachine;
+extern const StateMachine ChargeMachine;
+extern const StateMachine AttemptMachine;
+extern const StateMachine RefundMachine;
+extern const StateMachine WithdrawalMachine;
 extern int	StateCode(const StateMachine *machine, const char *name);
 extern const char *StateName(const StateMachine *machine, int state);
 extern bool StateIsFinal(const StateMachine *machine, int state);
@@ -104,7 +119,10 @@ typedef enum FactTable
 {
 	FACT_ORDER = 1,
 	FACT_MILESTONE = 2,
-	FACT_LEDGER = 3
+	FACT_LEDGER = 3,
+	FACT_CHARGE = 4,			/* order_charges (1.2): txn is the charge_id */
+	FACT_ATTEMPT = 5,			/* charge_attempts: txn the charge_id, position the attempt */
+	FACT_REFUND = 6				/* order_refunds: txn the refund_id */
 } FactTable;
 
 typedef struct WriteFact
@@ -139,6 +157,8 @@ typedef struct ColumnSpec
 	const char *name;
 	Oid			type;
 	bool		notnull;		/* must be NOT NULL (read without a null test) */
+	bool		optional;		/* may be missing (a 1.2 column in an older
+								 * table): its attnum is then -1 */
 } ColumnSpec;
 
 typedef struct ColumnMap

@@ -1,0 +1,401 @@
+-------------------------------------------------------------------------------
+-- Invariants (SPEC sections 6, 11 and 12) with confirmed payments and
+-- seller earnings.
+--
+-- _order_problems keeps every 1.1 rule for recorded-mode orders; for a
+-- confirmed-mode order the milestone awaiting payment counts like a running
+-- one, and the money is counted per charge: every ledger charge and refund
+-- leg carries its charge_id and attempt; each started milestone has exactly
+-- one wanted, booked success; each success not wanted is booked and refunded
+-- exactly once; nothing is booked for an attempt that did not succeed;
+-- every refund row matches a ledger refund.  _seller_problems checks the
+-- seller balances against their journal and the payouts.  check_invariants()
+-- reports both; the commit check runs them for the orders and sellers a
+-- transaction touched when it cannot vouch for the writes itself.
+-------------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION @extschema@._order_problems(p_orders bigint[], p_money boolean)
+RETURNS TABLE (order_id bigint, problem text)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan AS $$
+BEGIN
+    -- Structure: positions 1..n, one running (or awaiting payment)
+    -- milestone, k after every earlier one ended, order state consistent
+    -- with its milestones, final flag on the offer's last one, the open
+    -- charge of a milestone awaiting payment.
+    RETURN QUERY
+    WITH a AS MATERIALIZED (
+        SELECT x.order_id, x.state, x.end_reason, x.payment_mode, g.*
+          FROM unnest(p_orders) AS q(id)
+          JOIN @extschema@.orders x ON x.order_id = q.id
+         CROSS JOIN LATERAL (
+               SELECT count(m.position)::integer AS n,
+                      COALESCE(max(m.position), 0)::integer AS maxpos,
+                      count(*) FILTER (WHERE m.state IN ('in_progress','delivered'))::integer AS running,
+                      count(*) FILTER (WHERE m.state = 'awaiting_payment')::integer AS awaiting,
+                      count(*) FILTER (WHERE m.state = 'pending')::integer AS pending,
+                      count(*) FILTER (WHERE m.state = 'completed')::integer AS completed,
+                      count(*) FILTER (WHERE m.state = 'skipped')::integer AS skipped,
+                      count(*) FILTER (WHERE m.state = 'refunded')::integer AS refunded,
+                      count(*) FILTER (WHERE m.state = 'cancelled')::integer AS cancelled,
+                      -- refunded without a milestone cancellation: only a whole-order cancel does that
+                      count(*) FILTER (WHERE m.state = 'refunded' AND m.cancel_reason IS NULL)::integer AS refunded_whole,
+                      (array_agg(m.state ORDER BY m.position DESC)
+                         FILTER (WHERE m.state NOT IN ('skipped','cancelled')))[1] AS last_state,
+                      array_agg(m.position ORDER BY m.position) AS positions,
+                      array_agg(m.state ORDER BY m.position) AS states,
+                      array_agg(m.final ORDER BY m.position) AS finals
+                 FROM @extschema@.order_milestones m
+                WHERE m.order_id = x.order_id) g
+    ), ch AS MATERIALIZED (
+        SELECT a.order_id, a.payment_mode, a.states, a.positions, c.charge_id, c.position, c.state, c.attempts,
+               (SELECT count(*) FROM @extschema@.charge_attempts t WHERE t.charge_id = c.charge_id)::integer AS nattempts,
+               (SELECT count(*) FILTER (WHERE t.wanted) FROM @extschema@.charge_attempts t
+                 WHERE t.charge_id = c.charge_id)::integer AS wanted,
+               (SELECT t.state FROM @extschema@.charge_attempts t WHERE t.charge_id = c.charge_id
+                 ORDER BY t.attempt DESC LIMIT 1) AS last_attempt_state
+          FROM a JOIN @extschema@.order_charges c ON c.order_id = a.order_id
+    )
+    SELECT a.order_id, 'order has no milestones' FROM a WHERE a.n = 0
+    UNION ALL
+    SELECT a.order_id, format('milestone positions are not 1..%s', a.n) FROM a WHERE a.n > 0 AND a.maxpos <> a.n
+    UNION ALL
+    SELECT a.order_id, format('%s milestones are in progress or delivered at once', a.running) FROM a WHERE a.running > 1
+    UNION ALL
+    SELECT a.order_id, format('%s milestones are running or awaiting payment at once', a.running + a.awaiting)
+      FROM a WHERE a.awaiting > 0 AND a.running + a.awaiting > 1
+    UNION ALL
+    SELECT a.order_id, 'recorded-mode order has a milestone awaiting payment'
+      FROM a WHERE a.awaiting > 0 AND a.payment_mode <> 'confirmed'
+    UNION ALL
+    SELECT a.order_id, format('%s order has milestones that are not pending', a.state)
+      FROM a WHERE a.state = 'offered' AND a.pending <> a.n
+       AND NOT (a.payment_mode = 'confirmed' AND a.awaiting = 1 AND a.pending = a.n - 1
+                AND a.states[1] = 'awaiting_payment')
+    UNION ALL
+    SELECT a.order_id, 'active order has no milestone in progress or delivered'
+      FROM a WHERE a.state = 'active' AND a.running = 0 AND a.n > 0
+       AND NOT (a.payment_mode = 'confirmed' AND a.awaiting = 1)
+    UNION ALL
+    SELECT a.order_id, 'active order has skipped or refunded milestones'
+      FROM a WHERE a.state = 'active' AND a.skipped + a.refunded_whole > 0
+    UNION ALL
+    SELECT a.order_id, 'ended order still has pending, in-progress, delivered or awaiting milestones'
+      FROM a WHERE a.state IN ('completed','cancelled','withdrawn','declined') AND a.pending + a.running + a.awaiting > 0
+    UNION ALL
+    SELECT a.order_id, format('completed (%s) order has %s of %s milestones completed', a.end_reason, a.completed, a.n)
+      FROM a WHERE a.state = 'completed' AND a.end_reason IS DISTINCT FROM 'unpaid'
+       AND (a.completed = 0 OR a.refunded_whole > 0 OR a.last_state IS DISTINCT FROM 'completed'
+            OR (a.end_reason = 'finished' AND a.completed + a.refunded + a.cancelled <> a.n))
+    UNION ALL
+    SELECT a.order_id, format('completed (unpaid) order has %s milestones refunded by an order cancellation', a.refunded_whole)
+      FROM a WHERE a.state = 'completed' AND a.end_reason = 'unpaid' AND a.refunded_whole > 0
+    UNION ALL
+    SELECT a.order_id, format('%s order has milestones that were not skipped', a.state)
+      FROM a WHERE a.state IN ('withdrawn','declined') AND a.skipped <> a.n
+    UNION ALL
+    SELECT a.order_id, format('milestone %s is %s but milestone %s is %s',
+                              a.positions[u.k], u.st, a.positions[e.j], e.st)
+      FROM a CROSS JOIN LATERAL unnest(a.states) WITH ORDINALITY AS u(st, k)
+     CROSS JOIN LATERAL unnest(a.states[1:u.k - 1]) WITH ORDINALITY AS e(st, j)
+     WHERE u.k > 1 AND u.st IN ('in_progress','delivered','completed','refunded','awaiting_payment')
+       AND e.st NOT IN ('completed','refunded','cancelled')
+    UNION ALL
+    SELECT a.order_id, format('milestone %s final flag is %s', a.positions[u.k], u.final)
+      FROM a CROSS JOIN LATERAL unnest(a.finals) WITH ORDINALITY AS u(final, k)
+     WHERE u.final <> (a.positions[u.k] = a.n)
+    -- Charges (confirmed mode).
+    UNION ALL
+    SELECT c.order_id, format('recorded-mode order has charge %s', c.charge_id)
+      FROM ch c WHERE c.payment_mode <> 'confirmed'
+    UNION ALL
+    SELECT a.order_id, format('milestone %s awaits payment without an open charge', a.positions[u.k])
+      FROM a CROSS JOIN LATERAL unnest(a.states) WITH ORDINALITY AS u(st, k)
+     WHERE u.st = 'awaiting_payment'
+       AND NOT EXISTS (SELECT FROM ch c WHERE c.order_id = a.order_id AND c.position = a.positions[u.k]
+                                          AND c.state IN ('requested','failed'))
+    UNION ALL
+    SELECT c.order_id, format('charge %s is %s but milestone %s is %s', c.charge_id, c.state, c.position,
+                              c.states[array_position(c.positions, c.position)])
+      FROM ch c
+     WHERE (c.state IN ('requested','failed') AND c.states[array_position(c.positions, c.position)] <> 'awaiting_payment')
+        OR (c.state = 'succeeded'
+            AND c.states[array_position(c.positions, c.position)] NOT IN ('in_progress','delivered','completed','refunded'))
+    UNION ALL
+    SELECT c.order_id, format('charge %s has %s attempt rows for %s attempts', c.charge_id, c.nattempts, c.attempts)
+      FROM ch c WHERE c.nattempts <> c.attempts
+    UNION ALL
+    SELECT c.order_id, format('charge %s is %s with %s wanted successes', c.charge_id, c.state, c.wanted)
+      FROM ch c WHERE c.wanted <> CASE WHEN c.state = 'succeeded' THEN 1 ELSE 0 END
+    UNION ALL
+    SELECT c.order_id, format('charge %s is %s but its last attempt is %s', c.charge_id, c.state, c.last_attempt_state)
+      FROM ch c WHERE c.state IN ('requested','failed') AND c.last_attempt_state IS DISTINCT FROM c.state
+    UNION ALL
+    SELECT a.order_id, format('milestone %s is %s but has %s succeeded charges', a.positions[u.k], u.st,
+                              (SELECT count(*) FROM ch c WHERE c.order_id = a.order_id AND c.position = a.positions[u.k]
+                                                          AND c.state = 'succeeded'))
+      FROM a CROSS JOIN LATERAL unnest(a.states) WITH ORDINALITY AS u(st, k)
+     WHERE a.payment_mode = 'confirmed'
+       AND (SELECT count(*) FROM ch c WHERE c.order_id = a.order_id AND c.position = a.positions[u.k]
+                                         AND c.state = 'succeeded')
+           <> CASE WHEN u.st IN ('in_progress','delivered','completed','refunded') THEN 1 ELSE 0 END;
+
+    IF NOT p_money THEN
+        RETURN;
+    END IF;
+
+    -- Money: balanced transactions in the order's currency, escrow empty
+    -- when the order ends, one payout equal to the completed milestones;
+    -- recorded mode: one charge per started milestone, one refund per
+    -- refunded one; confirmed mode: per charge attempt, as above.
+    RETURN QUERY
+    WITH o AS MATERIALIZED (
+        SELECT x.order_id, x.state, x.currency, x.fee_rate, x.payment_mode
+          FROM unnest(p_orders) AS q(id) JOIN @extschema@.orders x ON x.order_id = q.id
+    ), txn AS (
+        SELECT o.order_id, t.txn_id, t.total, t.kinds, t.wrong_currency, t.charges
+          FROM o CROSS JOIN LATERAL (
+               SELECT e.txn_id, sum(e.amount) AS total, count(DISTINCT e.kind) AS kinds,
+                      bool_or(e.currency <> o.currency) AS wrong_currency,
+                      count(DISTINCT (e.charge_id, e.charge_attempt)) AS charges
+                 FROM @extschema@.ledger_entries e WHERE e.order_id = o.order_id GROUP BY e.txn_id) t
+    ), per_ms AS (
+        SELECT o.order_id, p.*
+          FROM o CROSS JOIN LATERAL (
+               SELECT COALESCE(m.position, x.position) AS position, COALESCE(m.state, 'missing') AS state, m.amount,
+                      COALESCE(x.charges, 0) AS charges, COALESCE(x.charged, 0) AS charged,
+                      COALESCE(x.refunds, 0) AS refunds, COALESCE(x.refunded, 0) AS refunded
+                 FROM (SELECT m.position, m.state, m.amount FROM @extschema@.order_milestones m
+                        WHERE m.order_id = o.order_id) m
+                 FULL JOIN (
+                      SELECT e.position,
+                             count(*) FILTER (WHERE e.kind = 'charge' AND e.account = 'buyer') AS charges,
+                             COALESCE(-sum(e.amount) FILTER (WHERE e.kind = 'charge' AND e.account = 'buyer'), 0) AS charged,
+                             count(*) FILTER (WHERE e.kind = 'refund' AND e.account = 'buyer') AS refunds,
+                             COALESCE(sum(e.amount) FILTER (WHERE e.kind = 'refund' AND e.account = 'buyer'), 0) AS refunded
+                        FROM @extschema@.ledger_entries e
+                       WHERE e.order_id = o.order_id AND e.position IS NOT NULL
+                       GROUP BY e.position) x ON x.position = m.position) p
+         WHERE o.payment_mode <> 'confirmed'
+    ), per_attempt AS (
+        -- Confirmed mode: each attempt of each charge, with what the ledger
+        -- booked for it, and what it should have booked.
+        SELECT o.order_id, c.charge_id, t.attempt, t.state, t.wanted, c.amount, c.position,
+               m.state AS milestone_state,
+               COALESCE(b.charges, 0) AS charges, b.charged,
+               COALESCE(b.refunds, 0) AS refunds, b.refunded,
+               (SELECT count(*) FROM @extschema@.order_refunds r
+                 WHERE r.charge_id = c.charge_id AND r.charge_attempt = t.attempt) AS refund_rows
+          FROM o
+          JOIN @extschema@.order_charges c ON c.order_id = o.order_id
+          JOIN @extschema@.charge_attempts t ON t.charge_id = c.charge_id
+          JOIN @extschema@.order_milestones m ON m.order_id = c.order_id AND m.position = c.position
+          LEFT JOIN LATERAL (
+               SELECT count(DISTINCT e.txn_id) FILTER (WHERE e.kind = 'charge') AS charges,
+                      -sum(e.amount) FILTER (WHERE e.kind = 'charge' AND e.account = 'buyer') AS charged,
+                      count(DISTINCT e.txn_id) FILTER (WHERE e.kind = 'refund') AS refunds,
+                      sum(e.amount) FILTER (WHERE e.kind = 'refund' AND e.account = 'buyer') AS refunded
+                 FROM @extschema@.ledger_entries e
+                WHERE e.order_id = c.order_id AND e.charge_id = c.charge_id AND e.charge_attempt = t.attempt) b ON true
+         WHERE o.payment_mode = 'confirmed'
+    ), money AS (
+        SELECT o.order_id, o.state, o.fee_rate, l.*, e.earned
+          FROM o
+         CROSS JOIN LATERAL (
+               SELECT COALESCE(sum(x.amount) FILTER (WHERE x.account = 'escrow'), 0) AS escrow,
+                      count(DISTINCT x.txn_id) FILTER (WHERE x.kind = 'payout') AS payouts,
+                      COALESCE(-sum(x.amount) FILTER (WHERE x.kind = 'payout' AND x.account = 'escrow'), 0) AS gross,
+                      COALESCE(sum(x.amount) FILTER (WHERE x.kind = 'payout' AND x.account = 'platform'), 0) AS fee,
+                      COALESCE(sum(x.amount) FILTER (WHERE x.kind = 'payout' AND x.account = 'seller'), 0) AS net,
+                      count(*) FILTER (WHERE x.kind IN ('charge','refund') AND x.charge_id IS NULL
+                                         AND o.payment_mode = 'confirmed') AS unlinked,
+                      count(*) FILTER (WHERE x.charge_id IS NOT NULL AND o.payment_mode <> 'confirmed') AS linked
+                 FROM @extschema@.ledger_entries x WHERE x.order_id = o.order_id) l
+         CROSS JOIN LATERAL (
+               SELECT COALESCE(sum(m.amount) FILTER (WHERE m.state = 'completed'), 0) AS earned
+                 FROM @extschema@.order_milestones m WHERE m.order_id = o.order_id) e
+    )
+    SELECT t.order_id, format('ledger transaction %s does not balance (sums to %s)', t.txn_id, t.total)
+      FROM txn t WHERE t.total <> 0
+    UNION ALL
+    SELECT t.order_id, format('ledger transaction %s mixes kinds or currencies', t.txn_id)
+      FROM txn t WHERE t.kinds > 1 OR t.wrong_currency OR t.charges > 1
+    UNION ALL
+    SELECT p.order_id, format('milestone %s is %s but was charged %s times (%s)', p.position, p.state, p.charges, p.charged)
+      FROM per_ms p
+     WHERE p.charges <> CASE WHEN p.state IN ('pending','skipped','cancelled','missing') THEN 0 ELSE 1 END
+        OR (p.charges = 1 AND p.charged IS DISTINCT FROM p.amount)
+    UNION ALL
+    SELECT p.order_id, format('milestone %s is %s but was refunded %s times (%s)', p.position, p.state, p.refunds, p.refunded)
+      FROM per_ms p
+     WHERE p.refunds <> CASE WHEN p.state = 'refunded' THEN 1 ELSE 0 END
+        OR (p.refunds = 1 AND p.refunded IS DISTINCT FROM p.amount)
+    UNION ALL
+    SELECT x.order_id, format('charge %s attempt %s is %s but was booked %s times (%s)',
+                              x.charge_id, x.attempt, x.state, x.charges, x.charged)
+      FROM per_attempt x
+     WHERE x.charges <> CASE WHEN x.state = 'succeeded' THEN 1 ELSE 0 END
+        OR (x.charges = 1 AND x.charged IS DISTINCT FROM x.amount)
+    UNION ALL
+    SELECT x.order_id, format('charge %s attempt %s (%s%s) was refunded %s times (%s)',
+                              x.charge_id, x.attempt, x.state,
+                              CASE WHEN x.wanted THEN ', wanted' WHEN NOT x.wanted THEN ', not wanted' ELSE '' END,
+                              x.refunds, x.refunded)
+      FROM per_attempt x
+     WHERE x.refunds <> CASE WHEN x.state = 'succeeded' AND (NOT x.wanted OR x.milestone_state = 'refunded') THEN 1 ELSE 0 END
+        OR (x.refunds = 1 AND x.refunded IS DISTINCT FROM x.amount)
+    UNION ALL
+    SELECT x.order_id, format('charge %s attempt %s has %s refund rows for %s ledger refunds',
+                              x.charge_id, x.attempt, x.refund_rows, x.refunds)
+      FROM per_attempt x
+     WHERE x.refund_rows <> x.refunds
+    UNION ALL
+    SELECT x.order_id, format('%s order holds %s in escrow', x.state, x.escrow)
+      FROM money x
+     WHERE (x.state IN ('completed','cancelled','withdrawn','declined') AND x.escrow <> 0) OR x.escrow < 0
+    UNION ALL
+    SELECT x.order_id, format('%s order has %s payouts', x.state, x.payouts)
+      FROM money x
+     WHERE x.payouts > 1 OR (x.payouts > 0 AND x.state IN ('offered','active'))
+        OR (x.payouts = 0 AND x.earned > 0 AND x.state IN ('completed','cancelled'))
+    UNION ALL
+    SELECT x.order_id, format('payout gross %s, fee %s, net %s do not match completed milestones %s at fee rate %s',
+                              x.gross, x.fee, x.net, x.earned, x.fee_rate)
+      FROM money x
+     WHERE x.payouts = 1
+       AND (x.gross <> x.earned OR x.fee + x.net <> x.gross OR x.fee <> @extschema@._fee(x.gross, x.fee_rate))
+    UNION ALL
+    SELECT x.order_id, format('%s ledger charge or refund legs of a confirmed-mode order name no charge', x.unlinked)
+      FROM money x WHERE x.unlinked > 0
+    UNION ALL
+    SELECT x.order_id, format('%s ledger legs of a recorded-mode order name a charge', x.linked)
+      FROM money x WHERE x.linked > 0
+    UNION ALL
+    SELECT r.order_id, format('refund %s does not match its ledger transaction %s', r.refund_id, r.ledger_txn)
+      FROM o JOIN @extschema@.order_refunds r ON r.order_id = o.order_id
+     WHERE NOT EXISTS (SELECT FROM @extschema@.ledger_entries e
+                        WHERE e.txn_id = r.ledger_txn AND e.order_id = r.order_id AND e.kind = 'refund'
+                          AND e.account = 'buyer' AND e.amount = r.amount
+                          AND e.charge_id = r.charge_id AND e.charge_attempt = r.charge_attempt);
+END
+$$;
+COMMENT ON FUNCTION @extschema@._order_problems(bigint[], boolean) IS
+    'The invariants of the given orders (structure; with p_money also the money): one row per violation. Knows cancelled milestones (1.1) and confirmed payments: charges, attempts, late successes and refunds (1.2).';
+
+-- _seller_problems: the invariants of seller balances (SPEC section 12) for
+-- the given sellers (all of them when NULL): the accounts equal the
+-- journal's sums; each journal transaction balances; pending is what the
+-- uncleared earnings add up to and the journal's earnings account what all
+-- earnings credited; each confirmed-mode payout's net is exactly one
+-- earning of its seller; nothing cleared before its clears_at or while the
+-- seller was held; each withdrawal moved as its state says.
+CREATE FUNCTION @extschema@._seller_problems(p_sellers bigint[])
+RETURNS TABLE (seller_id bigint, problem text)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN QUERY
+    WITH acc AS MATERIALIZED (
+        SELECT a.* FROM @extschema@.seller_accounts a
+         WHERE p_sellers IS NULL OR a.seller_id = ANY (p_sellers)
+    ), journal AS (
+        SELECT a.seller_id, a.currency, a.pending, a.available, a.withdrawing, a.withdrawn, j.*
+          FROM acc a CROSS JOIN LATERAL (
+               SELECT COALESCE(sum(l.amount) FILTER (WHERE l.account = 'earnings'), 0) AS j_earnings,
+                      COALESCE(sum(l.amount) FILTER (WHERE l.account = 'pending'), 0) AS j_pending,
+                      COALESCE(sum(l.amount) FILTER (WHERE l.account = 'available'), 0) AS j_available,
+                      COALESCE(sum(l.amount) FILTER (WHERE l.account = 'withdrawing'), 0) AS j_withdrawing,
+                      COALESCE(sum(l.amount) FILTER (WHERE l.account = 'withdrawn'), 0) AS j_withdrawn
+                 FROM @extschema@.seller_ledger l
+                WHERE l.seller_id = a.seller_id AND l.currency = a.currency) j
+    ), earn AS (
+        SELECT a.seller_id, a.currency,
+               COALESCE(sum(e.amount), 0) AS earned,
+               COALESCE(sum(e.amount) FILTER (WHERE e.cleared_at IS NULL), 0) AS uncleared
+          FROM acc a LEFT JOIN @extschema@.seller_earnings e
+               ON e.seller_id = a.seller_id AND e.currency = a.currency
+         GROUP BY a.seller_id, a.currency
+    )
+    SELECT j.seller_id, format('%s balances %s/%s/%s/%s (pending/available/withdrawing/withdrawn) differ from the journal''s %s/%s/%s/%s',
+                               j.currency, j.pending, j.available, j.withdrawing, j.withdrawn,
+                               j.j_pending, j.j_available, j.j_withdrawing, j.j_withdrawn)
+      FROM journal j
+     WHERE (j.pending, j.available, j.withdrawing, j.withdrawn)
+           IS DISTINCT FROM (j.j_pending, j.j_available, j.j_withdrawing, j.j_withdrawn)
+    UNION ALL
+    SELECT j.seller_id, format('%s journal: earnings account %s but balances add up to %s',
+                               j.currency, -j.j_earnings, j.j_pending + j.j_available + j.j_withdrawing + j.j_withdrawn)
+      FROM journal j
+     WHERE -j.j_earnings <> j.j_pending + j.j_available + j.j_withdrawing + j.j_withdrawn
+    UNION ALL
+    SELECT e.seller_id, format('%s pending %s but uncleared earnings add up to %s', e.currency, j.pending, e.uncleared)
+      FROM earn e JOIN journal j ON j.seller_id = e.seller_id AND j.currency = e.currency
+     WHERE j.pending <> e.uncleared
+    UNION ALL
+    SELECT e.seller_id, format('%s earnings add up to %s but the journal credited %s', e.currency, e.earned, -j.j_earnings)
+      FROM earn e JOIN journal j ON j.seller_id = e.seller_id AND j.currency = e.currency
+     WHERE e.earned <> -j.j_earnings
+    UNION ALL
+    SELECT t.seller_id, format('seller journal transaction %s does not balance (sums to %s)', t.txn_id, t.total)
+      FROM (SELECT l.seller_id, l.txn_id, sum(l.amount) AS total
+              FROM @extschema@.seller_ledger l
+             WHERE p_sellers IS NULL OR l.seller_id = ANY (p_sellers)
+             GROUP BY l.seller_id, l.txn_id) t
+     WHERE t.total <> 0
+    UNION ALL
+    -- each confirmed-mode payout's net is one earning of the order's seller
+    SELECT o.seller_id, format('order %s paid the seller %s but its earning is %s', o.order_id, p.net,
+                               COALESCE(e.amount::text, 'missing'))
+      FROM @extschema@.orders o
+      JOIN LATERAL (SELECT sum(l.amount) AS net FROM @extschema@.ledger_entries l
+                     WHERE l.order_id = o.order_id AND l.kind = 'payout' AND l.account = 'seller') p ON p.net IS NOT NULL
+      LEFT JOIN @extschema@.seller_earnings e ON e.order_id = o.order_id
+     WHERE o.payment_mode = 'confirmed' AND o.state IN ('completed','cancelled')
+       AND (p_sellers IS NULL OR o.seller_id = ANY (p_sellers))
+       AND (e.amount IS DISTINCT FROM p.net OR e.seller_id <> o.seller_id OR e.currency <> o.currency)
+    UNION ALL
+    SELECT e.seller_id, format('earning %s of order %s is not a confirmed-mode payout', e.earning_id, e.order_id)
+      FROM @extschema@.seller_earnings e JOIN @extschema@.orders o ON o.order_id = e.order_id
+     WHERE (p_sellers IS NULL OR e.seller_id = ANY (p_sellers))
+       AND (o.payment_mode <> 'confirmed' OR o.state NOT IN ('completed','cancelled'))
+    UNION ALL
+    SELECT e.seller_id, format('earning %s cleared at %s while the seller was held (hold %s)', e.earning_id, e.cleared_at, h.hold_id)
+      FROM @extschema@.seller_earnings e
+      JOIN @extschema@.seller_holds h ON h.seller_id = e.seller_id
+     WHERE (p_sellers IS NULL OR e.seller_id = ANY (p_sellers))
+       AND e.cleared_at >= h.held_at AND (h.released_at IS NULL OR e.cleared_at < h.released_at)
+    UNION ALL
+    SELECT w.seller_id, format('withdrawal %s is %s but its journal moved %s to withdrawing and %s out of it',
+                               w.withdrawal_id, w.state, COALESCE(x.moved_in, 0), COALESCE(x.moved_out, 0))
+      FROM @extschema@.seller_withdrawals w
+      LEFT JOIN LATERAL (
+           SELECT sum(l.amount) FILTER (WHERE l.account = 'withdrawing' AND l.amount > 0) AS moved_in,
+                  -sum(l.amount) FILTER (WHERE l.account = 'withdrawing' AND l.amount < 0) AS moved_out
+             FROM @extschema@.seller_ledger l WHERE l.withdrawal_id = w.withdrawal_id) x ON true
+     WHERE (p_sellers IS NULL OR w.seller_id = ANY (p_sellers))
+       AND (x.moved_in IS DISTINCT FROM w.amount
+            OR COALESCE(x.moved_out, 0) <> CASE WHEN w.state = 'requested' THEN 0 ELSE w.amount END);
+END
+$$;
+COMMENT ON FUNCTION @extschema@._seller_problems(bigint[]) IS
+    'The invariants of seller balances (all sellers when NULL): accounts = journal, balanced transactions, earnings = confirmed payouts'' nets, clearance in time and not while held, withdrawals moved as recorded. One row per violation.';
+REVOKE ALL ON FUNCTION @extschema@._seller_problems(bigint[]) FROM PUBLIC;
+
+-- check_invariants: empty when the books are sound.  Order-level problems
+-- come with their order id; ledger-wide ones and sellers' with a NULL
+-- order id (a seller's problem names the seller).
+CREATE OR REPLACE FUNCTION @extschema@.check_invariants() RETURNS TABLE (order_id bigint, problem text)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN QUERY
+    SELECT p.order_id, p.problem
+      FROM @extschema@._order_problems(ARRAY(SELECT x.order_id FROM @extschema@.orders x), true) p
+     ORDER BY p.order_id, p.problem;
+    RETURN QUERY
+    SELECT NULL::bigint, format('the whole ledger sums to %s, not 0', s.total)
+      FROM (SELECT COALESCE(sum(e.amount), 0) AS total FROM @extschema@.ledger_entries e) s
+     WHERE s.total <> 0;
+    RETURN QUERY
+    SELECT NULL::bigint, format('seller %s: %s', p.seller_id, p.problem)
+      FROM @extschema@._seller_problems(NULL) p
+     ORDER BY p.seller_id, p.problem;
+END
+$$;

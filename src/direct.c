@@ -91,7 +91,7 @@ enum
 {
 	OC_ORDER_ID, OC_SELLER_ID, OC_BUYER_ID, OC_CATEGORY, OC_CURRENCY, OC_STATE,
 	OC_END_REASON, OC_CANCEL_REASON, OC_REVISIONS_ALLOWED, OC_REVISIONS_USED,
-	OC_FEE_RATE, OC_CREATED_AT, OC_PLACED_AT, OC_COMPLETED_AT, OC_COUNT
+	OC_FEE_RATE, OC_CREATED_AT, OC_PLACED_AT, OC_COMPLETED_AT, OC_PAYMENT_MODE, OC_COUNT
 };
 static const ColumnSpec order_columns[OC_COUNT] =
 {
@@ -100,7 +100,8 @@ static const ColumnSpec order_columns[OC_COUNT] =
 	{"end_reason", TEXTOID, false}, {"cancel_reason", TEXTOID, false},
 	{"revisions_allowed", INT4OID, false}, {"revisions_used", INT4OID, true},
 	{"fee_rate", NUMERICOID, true}, {"created_at", TIMESTAMPTZOID, true},
-	{"placed_at", TIMESTAMPTZOID, false}, {"completed_at", TIMESTAMPTZOID, false}
+	{"placed_at", TIMESTAMPTZOID, false}, {"completed_at", TIMESTAMPTZOID, false},
+	{"payment_mode", TEXTOID, true, true}	/* 1.2; a 1.1 table has none */
 };
 
 /* The columns of order_milestones the engine reads. */
@@ -199,6 +200,9 @@ ReadOrder(EngineOrder *o, int64 order_id, TupleTableSlot *slot)
 	o->completed_at_null = slot->tts_isnull[a[OC_COMPLETED_AT]];
 	o->completed_at = o->completed_at_null ? 0 :
 		DatumGetTimestampTz(slot->tts_values[a[OC_COMPLETED_AT]]);
+	o->mode_known = true;
+	o->confirmed = a[OC_PAYMENT_MODE] >= 0 &&
+		strcmp(TextOrNull(slot, a[OC_PAYMENT_MODE]), "confirmed") == 0;
 	o->nmilestones = -1;
 	o->current = -1;
 	return true;
@@ -382,10 +386,11 @@ static const ColumnSpec category_columns[2] =
 {
 	{"category", TEXTOID, true}, {"eligible", BOOLOID, false}
 };
-static const ColumnSpec settings_columns[4] =
+static const ColumnSpec settings_columns[5] =
 {
 	{"min_order_total", NUMERICOID, true}, {"max_milestones", INT4OID, true},
-	{"seller_fee_rate", NUMERICOID, true}, {"notify", BOOLOID, false}
+	{"seller_fee_rate", NUMERICOID, true}, {"notify", BOOLOID, false},
+	{"payment_mode", TEXTOID, true, true}	/* 1.2; a 1.1 table has none */
 };
 static ColumnMap seller_map;
 static ColumnMap category_map;
@@ -490,6 +495,8 @@ ReadSettings(Relation rel, EngineSettings *settings)
 		settings->max_milestones = DatumGetInt32(slot->tts_values[a[1]]);
 		settings->fee_rate = datumCopy(slot->tts_values[a[2]], false, -1);
 		settings->notify = !slot->tts_isnull[a[3]] && DatumGetBool(slot->tts_values[a[3]]);
+		settings->confirmed = a[4] >= 0 &&
+			strcmp(TextDatumGetCString(slot->tts_values[a[4]]), "confirmed") == 0;
 	}
 	table_endscan(scan);
 	ExecDropSingleTupleTableSlot(slot);

@@ -424,6 +424,8 @@ static EnginePlan eligible_plan = {
 };
 static bool LockOrder(EngineOrder *o, int64 order_id, int64 actor_id, const char *role,
 					  bool eligible);
+static bool LockOrderRead(EngineOrder *o, int64 order_id, int64 actor_id, const char *role,
+						  bool eligible);
 static void CheckActor(EngineOrder *o, int64 actor_id, const char *role);
 static void ReadMilestoneRows(EngineOrder *o, int first);
 
@@ -461,13 +463,27 @@ NoSuchOrder(int64 order_id)
 }
 
 /*
- * LockOrder is the body of EngineLockOrder: the lock and read by direct
- * access (direct.c), or, when the tables are not as the extension made
- * them, the locking statement.  Returns the order's eligibility when asked
- * (eligible), else false.
+ * LockOrder is the body of EngineLockOrder: the lock and read of the order
+ * and its milestones (LockOrderRead), then what confirmed payments add to
+ * the picture (PaymentsReadOrder).
  */
 static bool
 LockOrder(EngineOrder *o, int64 order_id, int64 actor_id, const char *role, bool eligible)
+{
+	bool		result = LockOrderRead(o, order_id, actor_id, role, eligible);
+
+	PaymentsReadOrder(o);
+	return result;
+}
+
+/*
+ * LockOrderRead locks and reads the order by direct access (direct.c), or,
+ * when the tables are not as the extension made them, with the locking
+ * statement.  Returns the order's eligibility when asked (eligible), else
+ * false.
+ */
+static bool
+LockOrderRead(EngineOrder *o, int64 order_id, int64 actor_id, const char *role, bool eligible)
 {
 	Datum		values[2];
 	HeapTuple	tup;
@@ -825,11 +841,12 @@ static EnginePlan populate_plan = {
 };
 
 /*
- * ResultRow turns the first row of the last SPI result into the action's
- * order_status result, built in the caller's memory context.
+ * EngineResultRow turns the first row of the last SPI result into the
+ * function's row result (order_status, charges, refunds ...), built in the
+ * caller's memory context.
  */
-static Datum
-ResultRow(FunctionCallInfo fcinfo, MemoryContext caller)
+Datum
+EngineResultRow(FunctionCallInfo fcinfo, MemoryContext caller)
 {
 	TupleDesc	resdesc;
 	MemoryContext old;
@@ -869,9 +886,11 @@ static const char *const status_columns[] = {
 	"created_at", "placed_at", "completed_at", "milestone_count", "current_milestone",
 	"milestone_state", "due_at", "respond_by", "revisions_left", "total", "charged",
 	"paid_out", "refunded", "fee", "net", "revisions_used", "milestone_name",
-	"final_milestone", NULL
+	"final_milestone", "payment_mode", "charge_id", "charge_attempt", "charge_state",
+	"pay_by", NULL
 };
-#define STATUS_NCOLUMNS 25
+#define STATUS_NCOLUMNS 30		/* 1.2; 1.1's view has the first 25 */
+#define STATUS_NCOLUMNS_11 25
 
 /* StatusNumeric is a money column: the sum coerced to the column's typmod, as the view's cast. */
 static Datum
@@ -901,6 +920,7 @@ StatusRank(EngineMilestone *m)
 	{
 		case MS_IN_PROGRESS:
 		case MS_DELIVERED:
+		case MS_AWAITING_PAYMENT:
 			return 0;
 		case MS_COMPLETED:
 		case MS_REFUNDED:
@@ -943,6 +963,7 @@ EngineStatus(FunctionCallInfo fcinfo, MemoryContext caller, EngineOrder *o, text
 	Datum		net = zero;
 	HeapTuple	tup;
 	int			i;
+	int			ncolumns;
 
 	if (o->nmilestones < 0)
 		elog(ERROR, "milestones engine: order " INT64_FORMAT " status without its milestones",
@@ -951,10 +972,11 @@ EngineStatus(FunctionCallInfo fcinfo, MemoryContext caller, EngineOrder *o, text
 	if (get_call_result_type(fcinfo, NULL, &resdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "milestones engine: return type must be a row type");
 	resdesc = BlessTupleDesc(resdesc);
-	if (resdesc->natts != STATUS_NCOLUMNS)
+	ncolumns = resdesc->natts;
+	if (ncolumns != STATUS_NCOLUMNS && ncolumns != STATUS_NCOLUMNS_11)
 		elog(ERROR, "milestones engine: order_status has %d columns, expected %d",
 			 resdesc->natts, STATUS_NCOLUMNS);
-	for (i = 0; i < STATUS_NCOLUMNS; i++)
+	for (i = 0; i < ncolumns; i++)
 		if (strcmp(NameStr(TupleDescAttr(resdesc, i)->attname), status_columns[i]) != 0)
 			elog(ERROR, "milestones engine: order_status column %d is \"%s\", expected \"%s\"",
 				 i + 1, NameStr(TupleDescAttr(resdesc, i)->attname), status_columns[i]);
@@ -980,6 +1002,12 @@ EngineStatus(FunctionCallInfo fcinfo, MemoryContext caller, EngineOrder *o, text
 			refunded = NumAdd(refunded, m->amount);
 		if (m->state == MS_COMPLETED)
 			earned = NumAdd(earned, m->amount);
+	}
+	/* Late successes were booked and refunded at once (confirmed mode). */
+	if (o->confirmed && o->late != (Datum) 0)
+	{
+		charged = NumAdd(charged, o->late);
+		refunded = NumAdd(refunded, o->late);
 	}
 	/* An ended order was paid out what its completed milestones earned. */
 	if (StateIsFinal(&OrderMachine, o->state) &&
@@ -1033,6 +1061,17 @@ EngineStatus(FunctionCallInfo fcinfo, MemoryContext caller, EngineOrder *o, text
 	values[20] = StatusNumeric(fee, TupleDescAttr(resdesc, 20));
 	values[21] = StatusNumeric(net, TupleDescAttr(resdesc, 21));
 	values[22] = Int32GetDatum(o->revisions_used);
+	if (ncolumns == STATUS_NCOLUMNS)
+	{
+		/* 1.2: the payment mode and the open charge */
+		values[25] = CStringGetTextDatum(o->confirmed ? "confirmed" : "recorded");
+		nulls[26] = nulls[27] = nulls[28] = nulls[29] = o->charge_id == 0;
+		values[26] = Int64GetDatum(o->charge_id);
+		values[27] = Int32GetDatum(o->charge_attempts);
+		values[28] = o->charge_id == 0 ? (Datum) 0 :
+			CStringGetTextDatum(StateName(&ChargeMachine, o->charge_state));
+		values[29] = TimestampTzGetDatum(o->pay_by);
+	}
 	tup = heap_form_tuple(resdesc, values, nulls);
 	MemoryContextSwitchTo(old);
 
@@ -1041,7 +1080,7 @@ EngineStatus(FunctionCallInfo fcinfo, MemoryContext caller, EngineOrder *o, text
 		StringInfoData json;
 
 		initStringInfo(&json);
-		for (i = 0; i < STATUS_NCOLUMNS; i++)
+		for (i = 0; i < ncolumns; i++)
 		{
 			Form_pg_attribute att = TupleDescAttr(resdesc, i);
 			const char *name = NameStr(att->attname);
@@ -1127,7 +1166,7 @@ EngineStoredStatus(FunctionCallInfo fcinfo, MemoryContext caller, Datum stored)
 
 	values[0] = stored;
 	EngineExec(&populate_plan, values, NULL, SPI_OK_SELECT, 1);
-	return ResultRow(fcinfo, caller);
+	return EngineResultRow(fcinfo, caller);
 }
 
 /*

@@ -50,6 +50,7 @@ typedef struct EngineSettings
 	int32		max_milestones;
 	Datum		fee_rate;		/* numeric */
 	bool		notify;			/* settings.notify (NULL reads as off) */
+	bool		confirmed;		/* settings.payment_mode = 'confirmed' (1.2) */
 } EngineSettings;
 
 /* One milestone as the engine read it under the order's lock. */
@@ -89,6 +90,15 @@ typedef struct EngineOrder
 	TimestampTz placed_at;
 	bool		completed_at_null;
 	TimestampTz completed_at;
+	/* Confirmed payment mode (1.2, SPEC section 11); PaymentsReadOrder. */
+	bool		mode_known;		/* payment_mode was read with the order */
+	bool		confirmed;		/* payment_mode = 'confirmed' */
+	int			awaiting;		/* index of the milestone awaiting payment, or -1 */
+	int64		charge_id;		/* the open charge (requested or failed), or 0 */
+	int32		charge_attempts;	/* its attempts (the last is the current one) */
+	int			charge_state;	/* its PaymentState */
+	TimestampTz pay_by;			/* its deadline */
+	Datum		late;			/* numeric: late successes, booked and refunded */
 	int			nmilestones;
 	EngineMilestone ms[ENGINE_MAX_MILESTONES];
 	int			current;		/* index of the in-progress or delivered one, or -1 */
@@ -219,9 +229,27 @@ extern void LedgerCompleteWrite(EngineOrder *o, EngineMilestone *m, const char *
 								TimestampTz at, EngineWrite *w, LedgerPayout *p);
 extern int64 LedgerPost(EngineOrder *o, int position, const char *kind,
 						const char *const *accounts, Datum *amounts, int nlegs);
+extern int64 LedgerPostCharge(EngineOrder *o, int position, const char *kind, Datum amount,
+							  int64 charge_id, int32 attempt);
 extern void LedgerSettle(EngineOrder *o, StringInfo detail);
 extern int	LedgerSkipPending(EngineOrder *o);
 extern Datum LedgerStart(EngineOrder *o, EngineMilestone *m);
+
+extern Datum EngineResultRow(FunctionCallInfo fcinfo, MemoryContext caller);
+
+/* payments.c (1.2, SPEC section 11) */
+extern bool PaymentsSchema(void);
+extern void PaymentsReadOrder(EngineOrder *o);
+extern bool PaymentsDeadlinePassed(EngineOrder *o);
+extern void PaymentsRequest(EngineOrder *o, EngineMilestone *m, const char *actor_role,
+							bool actor_null, int64 actor_id);
+extern void PaymentsVoid(EngineOrder *o, const char *reason, TimestampTz at,
+						 const char *actor_role, bool actor_null, int64 actor_id, const char *agent);
+extern void PaymentsExpire(EngineOrder *o, const char *actor_role);
+extern void PaymentsStop(EngineOrder *o, int64 buyer_id);
+extern void PaymentsRefundMilestone(EngineOrder *o, EngineMilestone *m, const char *reason,
+									const char *agent);
+extern void PaymentsAwaitingError(EngineOrder *o, const char *action) pg_attribute_noreturn();
 
 /* earnings.c (1.2, SPEC section 12) */
 extern void EarningsCredit(EngineOrder *o, Numeric net, TimestampTz ended_at);

@@ -45,7 +45,13 @@ PGFILEDESC = "milestones - milestone orders for a freelance marketplace"
 # milestones' own files in share/extension, so make install, make deb and
 # the Debian package carry them as soon as they exist.  A script built by
 # make goes into DATA_built instead (with its rule here, like milestones').
-COMPANION_DATA = $(patsubst $(srcdir)/%,%,$(wildcard $(srcdir)/proxy/*.control $(srcdir)/proxy/sql/*--*.sql))
+COMPANION_DATA = $(filter-out proxy/sql/milestones_proxy--1.2.sql proxy/sql/milestones_proxy--1.1--1.2.sql, \
+                 $(patsubst $(srcdir)/%,%,$(wildcard $(srcdir)/proxy/*.control $(srcdir)/proxy/sql/*--*.sql)))
+# milestones_proxy 1.2 is built like milestones' own scripts: the released
+# 1.1 script plus proxy/sql/1.2/ is the install script, proxy/sql/1.2/ the
+# 1.1 -> 1.2 upgrade.
+PROXY_PARTS_12 = $(sort $(wildcard $(srcdir)/proxy/sql/1.2/*.sql))
+DATA_built    += proxy/sql/milestones_proxy--1.2.sql proxy/sql/milestones_proxy--1.1--1.2.sql
 
 # pg_regress suites: sql/<name>.sql against expected/<name>.out.  They need
 # only the extension itself (no pg_cron, no pgTAP), so make installcheck
@@ -109,6 +115,21 @@ sql/milestones--1.1--1.2.sql: $(UPGRADE_PARTS_12) $(srcdir)/sql/1.2
 	{ echo '/* sql/milestones--1.1--1.2.sql - upgrade script 1.1 -> 1.2, built by make from sql/1.2/ */'; \
 	  printf '%s\n' '$(SCRIPT_GUARD)'; \
 	  cat $(UPGRADE_PARTS_12); } > $@
+
+PROXY_GUARD = \echo Use "CREATE EXTENSION milestones_proxy CASCADE" to load this file. \quit
+
+proxy/sql/milestones_proxy--1.2.sql: $(srcdir)/proxy/sql/milestones_proxy--1.1.sql $(PROXY_PARTS_12) $(srcdir)/proxy/sql/1.2
+	@mkdir -p proxy/sql
+	{ echo '/* proxy/sql/milestones_proxy--1.2.sql - install script of milestones_proxy 1.2, built by make from milestones_proxy--1.1.sql and proxy/sql/1.2/ */'; \
+	  printf '%s\n' '$(PROXY_GUARD)'; \
+	  grep -v '^\\echo ' $<; \
+	  cat $(PROXY_PARTS_12); } > $@
+
+proxy/sql/milestones_proxy--1.1--1.2.sql: $(PROXY_PARTS_12) $(srcdir)/proxy/sql/1.2
+	@mkdir -p proxy/sql
+	{ echo '/* proxy/sql/milestones_proxy--1.1--1.2.sql - upgrade script 1.1 -> 1.2 of milestones_proxy, built by make from proxy/sql/1.2/ */'; \
+	  printf '%s\n' '$(PROXY_GUARD)'; \
+	  cat $(PROXY_PARTS_12); } > $@
 
 # deps: install every package the targets below need (as root).
 deps:

@@ -134,7 +134,7 @@ IntColumn(HeapTuple tuple, TupleDesc tupdesc, const char *name)
 
 /*
  * ColumnChanged says whether a column differs between the old and the new
- * row (NULL-aware, binary comparison of the stored values).
+ * row (NULL-aware, comparison of the values' images).
  */
 static bool
 ColumnChanged(HeapTuple oldtup, HeapTuple newtup, TupleDesc tupdesc,
@@ -149,7 +149,12 @@ ColumnChanged(HeapTuple oldtup, HeapTuple newtup, TupleDesc tupdesc,
 
 	if (oldnull || newnull)
 		return oldnull != newnull;
-	return !datumIsEqual(oldval, newval, att->attbyval, att->attlen);
+	/*
+	 * datum_image_eq, not datumIsEqual: a row written before a column was
+	 * added reads the column's stored default, whose varlena header may be
+	 * of another length than the same value's in the new row.
+	 */
+	return !datum_image_eq(oldval, newval, att->attbyval, att->attlen);
 }
 
 /* RefuseDelete is the common answer to DELETE and TRUNCATE on guarded tables. */

@@ -350,17 +350,13 @@ OrdersEndReasonValid(const RowArgs *r)
 /*
  * orders_payment_mode_valid: payment_mode IN ('recorded','confirmed') AND
  * (end_reason <> 'unpaid' OR payment_mode = 'confirmed'); a 1.1 table has
- * no payment_mode (NULL here): recorded, so no order of it is unpaid.
+ * no payment_mode (read as NULL: the rule passes, as SQL's would).
  */
 static Truth
 OrdersPaymentModeValid(const RowArgs *r)
 {
-	Truth		unpaid = TextIs(r, O_END_REASON, "unpaid");
-
-	if (IsNull(r, O_PAYMENT_MODE))
-		return TNot(unpaid);
 	return TAnd(TextIn(r, O_PAYMENT_MODE, payment_modes),
-				TOr(TNot(unpaid), TextIs(r, O_PAYMENT_MODE, "confirmed")));
+				TOr(TNot(TextIs(r, O_END_REASON, "unpaid")), TextIs(r, O_PAYMENT_MODE, "confirmed")));
 }
 
 /* orders_cancelled_by_length: length(cancelled_by) BETWEEN 1 AND 200 */

@@ -79,8 +79,11 @@ BEGIN
     SELECT a.order_id, 'active order has skipped or refunded milestones'
       FROM a WHERE a.state = 'active' AND a.skipped + a.refunded_whole > 0
     UNION ALL
-    SELECT a.order_id, 'ended order still has pending, in-progress, delivered or awaiting milestones'
-      FROM a WHERE a.state IN ('completed','cancelled','withdrawn','declined') AND a.pending + a.running + a.awaiting > 0
+    SELECT a.order_id, 'ended order still has pending, in-progress or delivered milestones'
+      FROM a WHERE a.state IN ('completed','cancelled','withdrawn','declined') AND a.pending + a.running > 0
+    UNION ALL
+    SELECT a.order_id, 'ended order still has a milestone awaiting payment'
+      FROM a WHERE a.state IN ('completed','cancelled','withdrawn','declined') AND a.awaiting > 0
     UNION ALL
     SELECT a.order_id, format('completed (%s) order has %s of %s milestones completed', a.end_reason, a.completed, a.n)
       FROM a WHERE a.state = 'completed' AND a.end_reason IS DISTINCT FROM 'unpaid'

@@ -9,7 +9,7 @@
 -- (every other suite runs in it).
 BEGIN;
 \ir ../fixtures/setup.psql
-SELECT plan(192);
+SELECT plan(176);
 SET LOCAL timezone = 'UTC';
 
 CREATE ROLE t41_app NOLOGIN IN ROLE milestones_app;

@@ -138,7 +138,7 @@ test: all
 	test/tools/run-tests
 
 # bench: the performance benchmark (issue 6) in a throwaway cluster, about
-# 10 minutes; BENCH_QUICK=1 for a few-seconds smoke run.  See README.
+# 10 minutes; BENCH_QUICK=1 for a few-seconds smoke run.  See doc/performance.md.
 bench: all
 	$(MAKE) install
 	test/bench/run

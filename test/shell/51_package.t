@@ -127,7 +127,7 @@ out=$(q $db10 "CREATE EXTENSION milestones VERSION '1.0';
                SELECT milestones.set_seller_eligibility(10, true);
                SELECT milestones.set_category_eligibility('design', true);
                SELECT milestones.create_offer(10, 20, 'design', '$OFFER3_MS', 1);" 2>&1)
-# The upgrade in a transaction of its own, as README "Upgrading" says: the
+# The upgrade in a transaction of its own, as doc/upgrading.md says: the
 # order's deferred checks must have fired before ALTER TABLE may run.
 out=$(q $db10 "ALTER EXTENSION milestones UPDATE;
                SELECT extversion FROM pg_extension WHERE extname = 'milestones';

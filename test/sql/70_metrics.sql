@@ -4,7 +4,7 @@
 -- deadline_status): what each records and counts, their refusals with
 -- their SQLSTATEs, who may read and run what, and that the per-scrape view
 -- is index-backed.  The real exporter reads them in test/shell/72_metrics.t;
--- the live pg_cron job is in test/shell/71_audit_job.t.
+-- the live pg_cron job is in test/shell/74_audit_job.t.
 BEGIN;
 \ir ../fixtures/setup.psql
 SELECT plan(53);

@@ -35,7 +35,8 @@ metrics=$(awk '
   /^        usage:/ { if ($2 !~ /LABEL/) print ns "_" col }
 ' "$QUERIES" | sort)
 diag "$(wc -l <<<"$alerts") alerts, $(wc -l <<<"$metrics") metrics"
-used=$(grep -oE 'milestones_[a-z_]+' "$top/prometheus/milestones-alerts.yml" | grep -vE '^milestones_(queries|alerts)' | sort -u)
+used=$(awk '/^ *expr:/ { e = 1 } /^ *(for|labels):/ { e = 0 } e' "$top/prometheus/milestones-alerts.yml" \
+       | grep -oE 'milestones_[a-z_]+' | sort -u)
 is "$(comm -23 <(echo "$used") <(echo "$metrics") | tr '\n' ' ')" "" \
    "every milestones_* metric an alert reads is made by the queries file"
 is "$(for a in $alerts; do

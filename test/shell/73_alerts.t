@@ -15,7 +15,7 @@ TESTS=$top/test/prometheus/milestones-alerts.test.yml
 DOC=$top/doc/operations.md
 command -v promtool >/dev/null || bail "promtool is missing (make deps: prometheus)"
 
-plan 9
+plan 11
 
 is "$(cmp -s "$RULES" "$top/prometheus/milestones-alerts.yml" && echo same)" same \
    "make install placed the alerting rules beside the queries file ($RULES)"
@@ -50,6 +50,13 @@ is "$(for m in $metrics; do grep -qF "\`$m\`" "$DOC" || echo "$m"; done | tr '\n
    "doc/operations.md describes every metric"
 is "$(for a in $alerts; do grep -qF "\`$a\`" "$DOC" || echo "$a"; done | tr '\n' ' ')" "" \
    "doc/operations.md says what to do for every alert"
+
+named=$(grep -oE '`milestones_[^`]*`' "$DOC" | tr -d '`' | grep -v '[*]' | sed 's/[{ ].*//' \
+        | grep -vE '^milestones_(app|support|reader|payments|)$' | sort -u)
+is "$(comm -23 <(echo "$named") <(echo "$metrics") | tr '\n' ' ')" "" \
+   "every metric doc/operations.md names exists"
+is "$(comm -23 <(grep -oE 'Milestones[A-Z][A-Za-z]+' "$DOC" | sort -u) <(echo "$alerts") | tr '\n' ' ')" "" \
+   "every alert doc/operations.md names exists"
 
 # The test can fail: a rule changed on purpose makes promtool test rules fail.
 tmp=$(mktemp -d)

@@ -47,6 +47,19 @@ PGFILEDESC = "milestones - milestone orders for a freelance marketplace"
 # make goes into DATA_built instead (with its rule here, like milestones').
 COMPANION_DATA = $(patsubst $(srcdir)/%,%,$(wildcard $(srcdir)/proxy/*.control $(srcdir)/proxy/sql/*--*.sql))
 
+# Monitoring (SPEC section 13): the queries file of
+# prometheus-postgres-exporter and the Prometheus alerting rules, installed
+# (and so packaged) in share/extension/milestones/, e.g.
+# /usr/share/postgresql/15/extension/milestones/milestones-queries.yaml.
+# Not /usr/share/doc: the exporter reads the queries file at run time, and
+# Debian lets an admin (and container images do) exclude /usr/share/doc.
+# Beside the extension's scripts, because the queries name the views of
+# this very version of the extension, per PostgreSQL major version as the
+# scripts are; a subfolder, because PostgreSQL reads only *.control and
+# *.sql files there.  PGXS installs DATA flat, hence a rule of its own.
+PROMETHEUS_FILES = prometheus/milestones-queries.yaml prometheus/milestones-alerts.yml
+PROMETHEUS_DIR   = $(datadir)/$(datamoduledir)/milestones
+
 # pg_regress suites: sql/<name>.sql against expected/<name>.out.  They need
 # only the extension itself (no pg_cron, no pgTAP), so make installcheck
 # runs against any server that has milestones installed.
@@ -83,7 +96,17 @@ ifneq ($(abspath $(srcdir)),$(CURDIR))
 $(shell $(MKDIR_P) src sql)
 endif
 
-.PHONY: deps demo test bench fuzz deb
+.PHONY: deps demo test bench fuzz deb install-prometheus uninstall-prometheus
+
+install: install-prometheus
+install-prometheus:
+	$(MKDIR_P) '$(DESTDIR)$(PROMETHEUS_DIR)'
+	$(INSTALL_DATA) $(addprefix $(srcdir)/, $(PROMETHEUS_FILES)) '$(DESTDIR)$(PROMETHEUS_DIR)/'
+
+uninstall: uninstall-prometheus
+uninstall-prometheus:
+	rm -f $(addprefix '$(DESTDIR)$(PROMETHEUS_DIR)'/, $(notdir $(PROMETHEUS_FILES)))
+	rmdir '$(DESTDIR)$(PROMETHEUS_DIR)' 2>/dev/null || true
 
 SCRIPT_GUARD = \echo Use "CREATE EXTENSION milestones" to load this file. \quit
 

@@ -40,7 +40,8 @@ INSERT INTO want_exec VALUES
   ('finish_batch',            '{ms_t_app,ms_t_support}'),
   ('relay_status',            '{ms_t_app,ms_t_support,ms_t_reader}');
 -- Everything else (expire_overdue, run_expiry, schedule_expiry,
--- unschedule_expiry, set_setting and every _helper) is the owner's alone.
+-- unschedule_expiry, run_audit, schedule_audit, unschedule_audit,
+-- set_setting and every _helper) is the owner's alone.
 
 CREATE TEMP TABLE want_rel (rel text, roles text[]);
 INSERT INTO want_rel VALUES
@@ -52,7 +53,11 @@ INSERT INTO want_rel VALUES
   ('cancellation_reasons', '{ms_t_app,ms_t_support}'),
   ('eligible_sellers',     '{ms_t_support}'),
   ('eligible_categories',  '{ms_t_support}'),
-  ('consumer_status',      '{ms_t_app,ms_t_support,ms_t_reader}');
+  ('consumer_status',      '{ms_t_app,ms_t_support,ms_t_reader}'),
+  ('audit_runs',           '{ms_t_app,ms_t_support,ms_t_reader}'),
+  ('audit_status',         '{ms_t_app,ms_t_support,ms_t_reader}'),
+  ('order_counts',         '{ms_t_app,ms_t_support,ms_t_reader}'),
+  ('deadline_status',      '{ms_t_app,ms_t_support,ms_t_reader}');
 -- Everything else (orders, order_milestones, ledger_entries, events,
 -- settings, idempotency_keys, consumers, consumer_ticks, consumer_batches,
 -- the sequences): no privilege at all.
@@ -84,8 +89,8 @@ SELECT plan(
 );
 
 -- Inventory: the lists above cover what the extension has.
-SELECT is((SELECT count(*)::int FROM ext_funcs), 65, 'the extension has 65 functions and procedures');
-SELECT is((SELECT count(*)::int FROM ext_rels), 26, 'the extension has 26 tables, views and sequences');
+SELECT is((SELECT count(*)::int FROM ext_funcs), 68, 'the extension has 68 functions and procedures');
+SELECT is((SELECT count(*)::int FROM ext_rels), 31, 'the extension has 31 tables, views and sequences');
 SELECT is((SELECT count(*)::int FROM want_exec w WHERE NOT EXISTS (SELECT FROM ext_funcs f WHERE f.fn = w.fn)), 0,
           'every function named in the expected grants exists');
 SELECT is((SELECT count(*)::int FROM want_rel w WHERE NOT EXISTS (SELECT FROM ext_rels r WHERE r.rel = w.rel)), 0,

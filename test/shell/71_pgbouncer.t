@@ -17,9 +17,10 @@
 #   - the node example's client and worker tests pass through it, the
 #     worker keeping its LISTEN on a direct connection
 #     (MILESTONES_LISTEN_HOST/PORT): LISTEN needs a session;
-#   - pgbouncer killed with SIGKILL under eight clients and started again:
-#     the clients retry each call with its idempotency key; no order a
-#     client saw committed is lost, no call is half done or done twice.
+#   - pgbouncer killed with SIGKILL under eight clients (examples/node's
+#     client, test/shell/pooler-load.mjs) and started again: the clients
+#     retry each call with its idempotency key; no order a client saw
+#     committed is lost, no call is half done or done twice.
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(cd "$here/../.." && pwd)
@@ -127,13 +128,13 @@ SELECT (milestones.deliver(:id, 10, 'final')).state;
 SELECT (milestones.accept(:id, :buyer)).state;
 SQL
 for m in simple extended; do
-  PGPASSWORD=pw-shop_app pgbench -n -h 127.0.0.1 -p "$BP" -U shop_app -c 8 -j 2 -t 10 -M "$m" -f "$tmp/lifecycle.sql" "$DB" >"$tmp/pgbench-$m.out" 2>&1
+  PGPASSWORD=pw-shop_app pgbench -n -h 127.0.0.1 -p "$BP" -U shop_app -c 8 -j 2 -t 6 -M "$m" -f "$tmp/lifecycle.sql" "$DB" >"$tmp/pgbench-$m.out" 2>&1
   is "$?|$(grep -E '^number of (transactions actually processed|failed transactions)' "$tmp/pgbench-$m.out" | paste -sd'|' -)" \
-     "0|number of transactions actually processed: 80/80|number of failed transactions: 0 (0.000%)" \
-     "pgbench -M $m: 8 clients run 80 full lifecycles (10 calls each) through pgbouncer with zero errors"
+     "0|number of transactions actually processed: 48/48|number of failed transactions: 0 (0.000%)" \
+     "pgbench -M $m: 8 clients run 48 full lifecycles (10 calls each) through pgbouncer with zero errors ($(sed -n 's/^latency average = //p' "$tmp/pgbench-$m.out") a lifecycle)"
 done
 is "$(so_q db "$DB" "SELECT count(*) FILTER (WHERE state = 'completed' AND end_reason = 'finished') || ' ' || count(*) FROM milestones.orders")" \
-   "160 160" "the database holds the 160 orders, all finished"
+   "96 96" "the database holds the 96 orders, all finished"
 is "$(so_q db postgres "SELECT count(*) <= 4 FROM pg_stat_activity WHERE usename = 'shop_app' AND datname = '$DB'")" t \
    "the eight clients shared at most four server connections (default_pool_size)"
 PGPASSWORD=pw-shop_app pgbench -n -h 127.0.0.1 -p "$BP" -U shop_app -c 8 -j 2 -t 2 -M prepared -f "$tmp/lifecycle.sql" "$DB" >"$tmp/pgbench-prepared.out" 2>&1
@@ -187,90 +188,58 @@ ok $([ "$rc" -eq 0 ] && [[ "$counts" =~ ^#\ pass\ [1-9][0-9]*\ #\ fail\ 0$ ]]; e
 [ "$rc" -eq 0 ] || diag "$(grep -E '^\s*not ok' -A12 "$tmp/node.out" | head -40)"
 
 # --- pgbouncer killed under load ----------------------------------------------
-# call KEY SQL: one API call through pgbouncer, sent again with its key
-# until it answers: when the pooler is gone the call may or may not have
-# committed, and only the key makes the retry safe.  A refusal of the API
-# (any SQLSTATE but a lost connection) is an error of the client.
-call() {
-  local key=$1 sql=$2 out try
-  for try in $(seq 1 300); do
-    out=$(PGPASSWORD=pw-shop_app psql -X -qAt -v ON_ERROR_STOP=1 -v VERBOSITY=verbose -h 127.0.0.1 -p "$BP" \
-            -U shop_app -d "$DB" -c "$sql" 2>&1) && { echo "$out"; return 0; }
-    if grep -qE '^(ERROR|FATAL):  [0-9A-Z]{5}: ' <<<"$out" && ! grep -qE '^(ERROR|FATAL):  (08|57P0)' <<<"$out"; then
-      echo "$key: $out" >>"$tmp/errors.log"
-      return 1
-    fi
-    echo "$key" >>"$tmp/retries.log"
-    sleep 0.1
-  done
-  echo "$key: gave up: $out" >>"$tmp/errors.log"
-  return 1
-}
-# client C N: N full lifecycles, every call with its own key; each answer
-# the client saw is logged as "order key state".
-client() {
-  local c=$1 n=$2 k id buyer=$((5000 + $1)) step key st s
-  for k in $(seq 1 "$n"); do
-    key="c$c-$k-0"
-    id=$(call "$key" "SELECT milestones.create_offer(10, $buyer, 'design', '$OFFER3_MS', 1, 'USD', '$key')") || return 1
-    echo "$id $key offered" >>"$tmp/seen.$c"
-    s=1
-    for step in "place_order($id, $buyer" "deliver($id, 10, NULL" "accept($id, $buyer" "deliver($id, 10, NULL" \
-                "accept($id, $buyer" "deliver($id, 10, NULL" "accept($id, $buyer"; do
-      key="c$c-$k-$s"
-      st=$(call "$key" "SELECT (milestones.$step, '$key')).state") || return 1
-      echo "$id $key $st" >>"$tmp/seen.$c"
-      s=$((s + 1))
-    done
-  done
-}
-: >"$tmp/errors.log"
-: >"$tmp/retries.log"
-cpids=()
-for c in 1 2 3 4 5 6 7 8; do
-  client "$c" 4 &
-  cpids+=($!)
-  pids+=($!)
-done
+# Eight clients of examples/node's MilestonesClient (test/shell/pooler-load.mjs),
+# ten lifecycles each, one connection each through pgbouncer; each call the
+# client saw succeed is a line "order key state" in seen.out.  When the
+# pooler is gone a call may or may not have committed: the client sends it
+# again with its idempotency key, so it either runs now or returns its
+# first answer.
+LIFECYCLES=10
+CALLS=$((8 * LIFECYCLES * 8))
+(cd "$top/examples/node" &&
+  env PGHOST=127.0.0.1 PGPORT="$BP" PGUSER=shop_app PGPASSWORD=pw-shop_app PGDATABASE="$DB" \
+      CLIENTS=8 LIFECYCLES=$LIFECYCLES node "$here/pooler-load.mjs") >"$tmp/seen.out" 2>"$tmp/load.err" &
+load=$!
+pids+=($load)
+t0=$(date +%s)
 # Kill it once the clients are well under way, start it again a moment later.
-for i in $(seq 1 400); do
-  [ "$(cat "$tmp"/seen.* 2>/dev/null | wc -l)" -ge 60 ] && break
-  sleep 0.05
+for i in $(seq 1 600); do
+  [ "$(wc -l < "$tmp/seen.out")" -ge $((CALLS / 4)) ] && break
+  kill -0 "$load" 2>/dev/null || break
+  sleep 0.02
 done
-killed_at=$(cat "$tmp"/seen.* 2>/dev/null | wc -l)
+killed_at=$(wc -l < "$tmp/seen.out")
 old=$(bouncer_pid)
 kill_at=$(so_q db postgres "SELECT clock_timestamp()")
 kill -9 "$old"
-ok $? "pgbouncer (pid $old) killed with SIGKILL after $killed_at of 256 calls"
+ok $? "pgbouncer (pid $old) killed with SIGKILL after $killed_at of $CALLS calls"
 # Its pidfile stays behind, naming a process that is gone (a zombie until
 # reaped, which pgbouncer would take for a running instance): removed, as
 # a service manager would.
-for i in $(seq 1 100); do
-  [ "$(awk '{ print $3 }' "/proc/$old/stat" 2>/dev/null)" = R ] || [ "$(awk '{ print $3 }' "/proc/$old/stat" 2>/dev/null)" = S ] || break
-  sleep 0.02
-done
 rm -f "$BOUNCER_DIR/pgbouncer.pid"
 sleep 0.5
 bouncer_start
 ok $? "pgbouncer started again (pid $(bouncer_pid))"
-crc=0
-for p in "${cpids[@]}"; do wait "$p" || crc=1; done
-is "$crc|$(cat "$tmp/errors.log")" "0|" \
-   "all eight clients finished their lifecycles, no call refused ($(sort -u "$tmp/retries.log" | wc -l) calls retried with their key)"
-ok $([ -s "$tmp/retries.log" ]; echo $?) "(the kill did interrupt calls)"
-retried=$(sort -u "$tmp/retries.log" | sed "s/.*/'&'/" | paste -sd, -)
-diag "of the retried calls, $(so_q db "$DB" "SELECT count(*) FROM milestones.idempotency_keys WHERE key IN (${retried:-''}) AND created_at < '$kill_at'") had committed before the kill (their answer was lost; the retry returned it)"
-cat "$tmp"/seen.* >"$tmp/seen.all"
-orders=$(cut -d' ' -f1 "$tmp/seen.all" | sort -u | paste -sd, -)
-is "$(so_q db "$DB" "SELECT count(*) FROM milestones.orders WHERE order_id IN ($orders) AND state = 'completed' AND end_reason = 'finished'")" 32 \
-   "every order the clients saw is in the database, finished (32)"
+wait "$load"
+lrc=$?
+retried=$(grep '^retry ' "$tmp/load.err" | cut -d' ' -f2 | sort -u)
+is "$lrc|$(grep -v '^retry ' "$tmp/load.err")|$(wc -l < "$tmp/seen.out")" "0||$CALLS" \
+   "all eight clients finished their lifecycles in $(( $(date +%s) - t0 )) s, no call refused ($(echo "$retried" | grep -c .) calls retried with their key)"
+ok $([ -n "$retried" ]; echo $?) "(the kill did interrupt calls)"
+diag "what the clients saw: $(grep '^retry ' "$tmp/load.err" | cut -d' ' -f4- | sort | uniq -c | sort -rn | head -3)"
+keys=$(echo "$retried" | sed "s/.*/'&'/" | paste -sd, -)
+diag "of the retried calls, $(so_q db "$DB" "SELECT count(*) FROM milestones.idempotency_keys WHERE key IN (${keys:-''}) AND created_at < '$kill_at'") had committed before the kill (their answer was lost; the retry returned it)"
+orders=$(cut -d' ' -f1 "$tmp/seen.out" | sort -u | paste -sd, -)
+is "$(so_q db "$DB" "SELECT count(*) FILTER (WHERE order_id IN (${orders:-0}) AND state = 'completed' AND end_reason = 'finished') || ' ' || count(*) FROM milestones.orders WHERE buyer_id BETWEEN 5001 AND 5008")" \
+   "$((8 * LIFECYCLES)) $((8 * LIFECYCLES))" \
+   "every order the clients saw is in the database, finished ($((8 * LIFECYCLES))), and there is no other (no offer made twice)"
 # Each call the clients saw succeed is on the books once: its key is stored,
 # and each order has exactly one lifecycle's events and charges.
-cut -d' ' -f2 "$tmp/seen.all" | sort >"$tmp/seen.keys"
-so_q db "$DB" "SELECT key FROM milestones.idempotency_keys WHERE key LIKE 'c_-%'" | sort >"$tmp/stored.keys"
-is "$(comm -23 "$tmp/seen.keys" "$tmp/stored.keys" | wc -l) $(wc -l < "$tmp/seen.keys")" "0 256" \
-   "each of the 256 calls the clients saw succeed is recorded under its key"
-is "$(so_q db "$DB" "SELECT string_agg(DISTINCT x.events, ' / ') FROM (SELECT string_agg(event, ',' ORDER BY event_id) AS events FROM milestones.events WHERE order_id IN ($orders) GROUP BY order_id) x")|$(so_q db "$DB" "SELECT string_agg(DISTINCT n::text, ',') FROM (SELECT count(DISTINCT txn_id) AS n FROM milestones.ledger_entries WHERE order_id IN ($orders) AND kind = 'charge' GROUP BY order_id) x")" \
+cut -d' ' -f2 "$tmp/seen.out" | sort >"$tmp/seen.keys"
+so_q db "$DB" "SELECT key FROM milestones.idempotency_keys WHERE key ~ '^c[0-9]+-'" | sort >"$tmp/stored.keys"
+is "$(comm -23 "$tmp/seen.keys" "$tmp/stored.keys" | wc -l) $(wc -l < "$tmp/seen.keys")" "0 $CALLS" \
+   "each of the $CALLS calls the clients saw succeed is recorded under its key"
+is "$(so_q db "$DB" "SELECT string_agg(DISTINCT x.events, ' / ') FROM (SELECT string_agg(event, ',' ORDER BY event_id) AS events FROM milestones.events WHERE order_id IN (${orders:-0}) GROUP BY order_id) x")|$(so_q db "$DB" "SELECT string_agg(DISTINCT n::text, ',') FROM (SELECT count(DISTINCT txn_id) AS n FROM milestones.ledger_entries WHERE order_id IN (${orders:-0}) AND kind = 'charge' GROUP BY order_id) x")" \
    "offered,placed,delivered,accepted,delivered,accepted,delivered,accepted|3" \
    "no call was half done or done twice: every order has one lifecycle's events and three charges"
 is "$(so_q db "$DB" "SELECT count(*) FROM milestones.check_invariants()")" 0 "check_invariants() is empty"

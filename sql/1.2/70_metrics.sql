@@ -65,7 +65,8 @@ COMMENT ON VIEW @extschema@.audit_status IS
 
 -- run_audit: the job's body.  Owner only (no grant), like the sweep: it
 -- writes the record the alerts trust.  Not on a standby: it would have to
--- write, and the primary's record replicates there anyway.
+-- write, and the primary's record replicates there anyway; it refuses there
+-- as every writer does (_refuse_on_standby, sql/1.2/60_standby.sql).
 CREATE FUNCTION @extschema@.run_audit() RETURNS @extschema@.audit_runs
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -74,13 +75,7 @@ DECLARE
     v_sample jsonb;
     r @extschema@.audit_runs;
 BEGIN
-    IF pg_catalog.pg_is_in_recovery() THEN
-        RAISE EXCEPTION 'cannot run the invariants audit on a standby'
-            USING ERRCODE = '25006',
-                  DETAIL = 'This server is in recovery (a standby): run_audit() records each run, and a standby cannot write.',
-                  HINT = 'The audit job runs on the primary and its record (milestones.audit_status) replicates here. '
-                         'To check this server''s data without recording, run SELECT * FROM milestones.check_invariants().';
-    END IF;
+    PERFORM @extschema@._refuse_on_standby('run_audit');
     v_started := pg_catalog.clock_timestamp();
     SELECT pg_catalog.count(*),
            COALESCE(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object('order_id', p.order_id, 'problem', p.problem)
@@ -113,6 +108,7 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_job bigint;
 BEGIN
+    PERFORM @extschema@._refuse_on_standby('schedule_audit');
     PERFORM @extschema@._not_null(schedule_audit.schedule, 'schedule');
     IF NOT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'pg_cron') THEN
         RAISE EXCEPTION 'pg_cron is not installed in this database'
@@ -136,6 +132,7 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_job bigint;
 BEGIN
+    PERFORM @extschema@._refuse_on_standby('unschedule_audit');
     IF NOT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'pg_cron') THEN
         RETURN false;
     END IF;

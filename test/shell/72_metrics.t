@@ -249,8 +249,8 @@ for _ in $(seq 1 100); do [ "$(S -c "SELECT pg_last_wal_replay_lsn() >= '$lsn'")
 is "$(S -c "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn() >= '$lsn'")" "t|t" "a streaming standby (pg_basebackup -R) has replayed the primary"
 
 is "$(S -v VERBOSITY=verbose -c "SELECT milestones.run_audit()" 2>&1 | head -1)" \
-   "ERROR:  25006: cannot run the invariants audit on a standby" \
-   "run_audit() on the standby: 25006, cannot run the invariants audit on a standby"
+   "ERROR:  25006: run_audit is not allowed: this server is a standby" \
+   "run_audit() on the standby: 25006, run_audit is not allowed: this server is a standby"
 is "$(S -c "SELECT count(*) FROM milestones.check_invariants()")" "$problems" \
    "check_invariants() itself still runs there (read-only) and finds the same problems"
 

@@ -53,6 +53,19 @@ COMPANION_DATA = $(filter-out proxy/sql/milestones_proxy--1.2.sql proxy/sql/mile
 PROXY_PARTS_12 = $(sort $(wildcard $(srcdir)/proxy/sql/1.2/*.sql))
 DATA_built    += proxy/sql/milestones_proxy--1.2.sql proxy/sql/milestones_proxy--1.1--1.2.sql
 
+# Monitoring (SPEC section 13): the queries file of
+# prometheus-postgres-exporter and the Prometheus alerting rules, installed
+# (and so packaged) in share/extension/milestones/, e.g.
+# /usr/share/postgresql/15/extension/milestones/milestones-queries.yaml.
+# Not /usr/share/doc: the exporter reads the queries file at run time, and
+# Debian lets an admin (and container images do) exclude /usr/share/doc.
+# Beside the extension's scripts, because the queries name the views of
+# this very version of the extension, per PostgreSQL major version as the
+# scripts are; a subfolder, because PostgreSQL reads only *.control and
+# *.sql files there.  PGXS installs DATA flat, hence a rule of its own.
+PROMETHEUS_FILES = prometheus/milestones-queries.yaml prometheus/milestones-alerts.yml
+PROMETHEUS_DIR   = $(datadir)/$(datamoduledir)/milestones
+
 # pg_regress suites: sql/<name>.sql against expected/<name>.out.  They need
 # only the extension itself (no pg_cron, no pgTAP), so make installcheck
 # runs against any server that has milestones installed.
@@ -89,7 +102,17 @@ ifneq ($(abspath $(srcdir)),$(CURDIR))
 $(shell $(MKDIR_P) src sql)
 endif
 
-.PHONY: deps demo test bench fuzz deb
+.PHONY: deps demo test bench fuzz deb install-prometheus uninstall-prometheus
+
+install: install-prometheus
+install-prometheus:
+	$(MKDIR_P) '$(DESTDIR)$(PROMETHEUS_DIR)'
+	$(INSTALL_DATA) $(addprefix $(srcdir)/, $(PROMETHEUS_FILES)) '$(DESTDIR)$(PROMETHEUS_DIR)/'
+
+uninstall: uninstall-prometheus
+uninstall-prometheus:
+	rm -f $(addprefix '$(DESTDIR)$(PROMETHEUS_DIR)'/, $(notdir $(PROMETHEUS_FILES)))
+	rmdir '$(DESTDIR)$(PROMETHEUS_DIR)' 2>/dev/null || true
 
 SCRIPT_GUARD = \echo Use "CREATE EXTENSION milestones" to load this file. \quit
 
@@ -159,7 +182,7 @@ test: all
 	test/tools/run-tests
 
 # bench: the performance benchmark (issue 6) in a throwaway cluster, about
-# 10 minutes; BENCH_QUICK=1 for a few-seconds smoke run.  See README.
+# 10 minutes; BENCH_QUICK=1 for a few-seconds smoke run.  See doc/performance.md.
 bench: all
 	$(MAKE) install
 	test/bench/run

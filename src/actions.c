@@ -207,6 +207,7 @@ EndOffer(FunctionCallInfo fcinfo, const char *role, const char *idkey,
 	};
 	Datum		values[3];
 
+	EngineRefuseOnStandby(function);
 	if (idnull || order_id <= 0)
 		EngineCheckId(idnull, order_id, "order_id");
 	if (actornull || actor_id <= 0)
@@ -287,6 +288,7 @@ milestones_place_order(PG_FUNCTION_ARGS)
 		ENGINE_WRITE_ARGS, ENGINE_WRITE_ARGTYPES
 	};
 
+	EngineRefuseOnStandby("place_order");
 	if (idnull || order_id <= 0)
 		EngineCheckId(idnull, order_id, "order_id");
 	if (buyernull || buyer_id <= 0)
@@ -395,6 +397,7 @@ milestones_deliver(PG_FUNCTION_ARGS)
 		ENGINE_WRITE_ARGS, ENGINE_WRITE_ARGTYPES
 	};
 
+	EngineRefuseOnStandby("deliver");
 	if (idnull || order_id <= 0)
 		EngineCheckId(idnull, order_id, "order_id");
 	if (sellernull || seller_id <= 0)
@@ -518,6 +521,7 @@ milestones_accept(PG_FUNCTION_ARGS)
 		ENGINE_WRITE_ARGS, ENGINE_WRITE_ARGTYPES
 	};
 
+	EngineRefuseOnStandby("accept");
 	if (idnull || order_id <= 0)
 		EngineCheckId(idnull, order_id, "order_id");
 	if (buyernull || buyer_id <= 0)
@@ -616,6 +620,7 @@ milestones_request_revision(PG_FUNCTION_ARGS)
 		ENGINE_WRITE_ARGS, ENGINE_WRITE_ARGTYPES
 	};
 
+	EngineRefuseOnStandby("request_revision");
 	if (idnull || order_id <= 0)
 		EngineCheckId(idnull, order_id, "order_id");
 	if (buyernull || buyer_id <= 0)
@@ -674,6 +679,7 @@ milestones_stop(PG_FUNCTION_ARGS)
 	LedgerPayout payout;
 	EngineWrite w;
 
+	EngineRefuseOnStandby("stop");
 	if (idnull || order_id <= 0)
 		EngineCheckId(idnull, order_id, "order_id");
 	if (buyernull || buyer_id <= 0)
@@ -748,6 +754,7 @@ milestones_cancel(PG_FUNCTION_ARGS)
 		5, {INT8OID, TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID}
 	};
 
+	EngineRefuseOnStandby("cancel");
 	if (idnull || order_id <= 0)
 		EngineCheckId(idnull, order_id, "order_id");
 	EngineCheckText(agent == NULL, agent, "agent", 200, true);
@@ -894,6 +901,7 @@ milestones_expire_overdue(PG_FUNCTION_ARGS)
 		2, {TIMESTAMPTZOID, INT4OID}
 	};
 
+	EngineRefuseOnStandby("expire_overdue");
 	EngineNotNull(PG_ARGISNULL(0), "as_of");
 	EngineNotNull(PG_ARGISNULL(1), "batch");
 	as_of = PG_GETARG_TIMESTAMPTZ(0);
@@ -1191,6 +1199,7 @@ milestones_create_offer(PG_FUNCTION_ARGS)
 	bool		confirmed = false;
 	bool		with_event;
 
+	EngineRefuseOnStandby("create_offer");
 	if (sellernull || seller_id <= 0)
 		EngineCheckId(sellernull, seller_id, "seller_id");
 	if (buyernull || buyer_id <= 0)
@@ -1546,6 +1555,7 @@ milestones_cancel_milestone(PG_FUNCTION_ARGS)
 		5, {INT8OID, TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID}
 	};
 
+	EngineRefuseOnStandby("cancel_milestone");
 	if (idnull || order_id <= 0)
 		EngineCheckId(idnull, order_id, "order_id");
 	EngineNotNull(posnull, "position");

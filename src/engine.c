@@ -16,6 +16,7 @@
 #include "postgres.h"
 
 #include "access/htup_details.h"
+#include "access/xlog.h"
 #include "catalog/pg_collation.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
@@ -31,6 +32,8 @@
 #include "utils/timestamp.h"
 
 #include "engine.h"
+
+PG_FUNCTION_INFO_V1(milestones_refuse_on_standby);
 
 /*
  * EnginePlanGet prepares a statement on first use and keeps the plan;
@@ -68,6 +71,38 @@ EngineExec(EnginePlan *p, Datum *values, const char *nulls, int expect, long tco
 	if (ret != expect)
 		elog(ERROR, "milestones engine: statement failed (%s): %s",
 			 SPI_result_code_string(ret), p->sql);
+}
+
+/*
+ * EngineRefuseOnStandby refuses a writing action on a server in recovery
+ * (a hot standby): 25006, as PostgreSQL's own refusal, but naming the
+ * action and saying why, where PostgreSQL would name whichever statement
+ * of the action happened to write first ("cannot execute SELECT FOR
+ * UPDATE in a read-only transaction").  Every function that writes calls
+ * it first (SPEC section 13); RecoveryInProgress() costs nothing once the
+ * server has left recovery.
+ */
+void
+EngineRefuseOnStandby(const char *action)
+{
+	if (RecoveryInProgress())
+		ereport(ERROR,
+				(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
+				 errmsg("%s is not allowed: this server is a standby", action),
+				 errdetail("A standby is read-only: it replays the primary's changes and accepts no writes."),
+				 errhint("Send writes to the primary; the views and reports work here.")));
+}
+
+/*
+ * milestones_refuse_on_standby is SQL milestones._refuse_on_standby(action):
+ * EngineRefuseOnStandby for the functions written in PL/pgSQL, so that
+ * both kinds refuse with one text.
+ */
+Datum
+milestones_refuse_on_standby(PG_FUNCTION_ARGS)
+{
+	EngineRefuseOnStandby(PG_ARGISNULL(0) ? "this call" : text_to_cstring(PG_GETARG_TEXT_PP(0)));
+	PG_RETURN_VOID();
 }
 
 /* EngineConnect opens the action's SPI connection. */

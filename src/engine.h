@@ -170,6 +170,7 @@ extern int64 EngineResultInt(int col);
 
 extern void EngineExec(EnginePlan *p, Datum *values, const char *nulls,
 					   int expect, long tcount);
+extern void EngineRefuseOnStandby(const char *action);
 extern void EngineConnect(void);
 extern void EngineFinish(void);
 extern void EngineCheckId(bool isnull, int64 value, const char *argument);

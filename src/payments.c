@@ -786,6 +786,7 @@ milestones_record_charge(PG_FUNCTION_ARGS)
 	int			attempt_state;
 	Datum		result;
 
+	EngineRefuseOnStandby("record_charge");
 	if (idnull || charge_id <= 0)
 		EngineCheckId(idnull, charge_id, "charge_id");
 	EngineNotNull(attemptnull, "attempt");
@@ -902,6 +903,7 @@ milestones_retry_charge(PG_FUNCTION_ARGS)
 	StringInfoData args;
 	StringInfoData detail;
 
+	EngineRefuseOnStandby("retry_charge");
 	if (idnull || order_id <= 0)
 		EngineCheckId(idnull, order_id, "order_id");
 	if (buyernull || buyer_id <= 0)
@@ -1081,6 +1083,7 @@ milestones_record_refund(PG_FUNCTION_ARGS)
 	Datum		values[1];
 	Datum		result;
 
+	EngineRefuseOnStandby("record_refund");
 	if (idnull || refund_id <= 0)
 		EngineCheckId(idnull, refund_id, "refund_id");
 	EngineNotNull(outcome == NULL, "outcome");
@@ -1136,6 +1139,7 @@ milestones_retry_refund(PG_FUNCTION_ARGS)
 	Datum		result;
 	StringInfoData detail;
 
+	EngineRefuseOnStandby("retry_refund");
 	if (idnull || refund_id <= 0)
 		EngineCheckId(idnull, refund_id, "refund_id");
 	EngineConnect();

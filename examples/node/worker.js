@@ -11,6 +11,12 @@
 // PGPASSWORD, PGDATABASE); its role needs milestones_app.  The payment
 // provider stand-in lives in the same database unless PROVIDER_DATABASE is
 // set.  SIGTERM/SIGINT end the worker after the batch in hand.
+//
+// Behind a pooler in transaction mode (PgBouncer: PGHOST/PGPORT point at
+// it), set MILESTONES_LISTEN_HOST and/or MILESTONES_LISTEN_PORT to
+// PostgreSQL itself: the worker's LISTEN needs a session of its own, which
+// a transaction pooler does not keep (doc/operations.md, "Connection
+// poolers").  Everything else goes through the pooler.
 
 import { parseArgs } from 'node:util';
 import pg from 'pg';
@@ -60,8 +66,15 @@ const providerPool = new pg.Pool({
 providerPool.on('error', () => {});   // an idle connection lost; the next request reconnects
 const provider = new PaymentProvider({ pool: providerPool });
 
+const listenHost = process.env.MILESTONES_LISTEN_HOST;
+const listenPort = process.env.MILESTONES_LISTEN_PORT;
+const listenConnection = listenHost || listenPort
+  ? { ...(listenHost ? { host: listenHost } : {}), ...(listenPort ? { port: Number(listenPort) } : {}) }
+  : null;
+
 const worker = new EventWorker({
   consumer: opt.consumer,
+  listenConnection,
   provider,
   maxEvents: Number(opt['max-events']),
   pollMs: Number(opt['poll-ms']),

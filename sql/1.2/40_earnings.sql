@@ -288,32 +288,4 @@ GRANT EXECUTE ON FUNCTION @extschema@.hold_clearance(bigint, text), @extschema@.
     TO milestones_support;
 
 -- run_expiry, the pg_cron job of schedule_expiry, clears due earnings too
--- (one job to schedule, as before): the same batches, each committed.
-CREATE OR REPLACE PROCEDURE @extschema@.run_expiry(max_batches integer DEFAULT 1000)
-LANGUAGE plpgsql AS $$
-DECLARE
-    v_batch integer;
-    v_done integer;
-    v_cleared integer;
-    i integer := 0;
-BEGIN
-    IF max_batches IS NULL OR max_batches OPERATOR(pg_catalog.<) 1 THEN
-        RAISE EXCEPTION 'max_batches must be 1 or more'
-            USING ERRCODE := '22023', DETAIL := pg_catalog.format('Got %s.', max_batches);
-    END IF;
-    SELECT expiry_batch INTO v_batch FROM @extschema@.settings;
-    LOOP
-        v_done := @extschema@.expire_overdue(@extschema@.now(), v_batch);
-        COMMIT;
-        v_cleared := @extschema@.clear_earnings(@extschema@.now(), v_batch);
-        COMMIT;
-        -- Operators qualified too: without a pinned search_path, a schema
-        -- ahead of pg_catalog in the caller's path could shadow them.
-        i := i OPERATOR(pg_catalog.+) 1;
-        EXIT WHEN (v_done OPERATOR(pg_catalog.<) v_batch AND v_cleared OPERATOR(pg_catalog.<) v_batch)
-               OR i OPERATOR(pg_catalog.>=) max_batches;
-    END LOOP;
-END
-$$;
-COMMENT ON PROCEDURE @extschema@.run_expiry(integer) IS
-    'Owner/pg_cron: runs expire_overdue (deliveries and unpaid charges) and clear_earnings in batches of settings.expiry_batch, committing after each, until both backlogs are gone.';
+-- (one job to schedule): see sql/1.2/60_standby.sql, its last definition.

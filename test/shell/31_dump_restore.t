@@ -6,7 +6,7 @@
 # would) and in plain format (restored with psql), into new databases.
 # (pg_restore -j is not covered: parallel workers load the data of the
 # extension's tables without waiting for the orders they reference, and
-# the foreign keys refuse it; see README "Backup and restore".)
+# the foreign keys refuse it; see doc/backup.md.)
 # order_status, the ledger, the events, the settings, the reasons and the
 # idempotency keys must come back identical, check_invariants() empty, and
 # new offers must get fresh ids above the old ones.

@@ -51,7 +51,7 @@ fi
 
 # The files make install placed, saved in $tmp/saved (cp -a: contents,
 # modes, times) with their checksums.
-(cd / && { ls -d "${ext#/}"/milestones*.control "${ext#/}"/milestones*--*.sql "${lib#/}"/milestones.so 2>/dev/null
+(cd / && { ls -d "${ext#/}"/milestones*.control "${ext#/}"/milestones*--*.sql "${ext#/}"/milestones/* "${lib#/}"/milestones.so 2>/dev/null
            [ -d "${lib#/}/bitcode" ] && find "${lib#/}/bitcode" -path '*/bitcode/milestones*' -type f; } | sort) > "$tmp/installed"
 mkdir -p "$tmp/saved"
 (cd / && xargs -r cp -a --parents -t "$tmp/saved" < "$tmp/installed")
@@ -93,10 +93,11 @@ missing=""
 for f in "$lib/milestones.so" "$ext/milestones.control" "$ext/milestones--1.0.sql" \
          "$ext/milestones--1.1.sql" "$ext/milestones--1.0--1.1.sql" \
          "$ext/milestones--1.2.sql" "$ext/milestones--1.1--1.2.sql" \
-         "$ext/milestones_proxy.control" "$ext/milestones_proxy--1.1.sql"; do
+         "$ext/milestones_proxy.control" "$ext/milestones_proxy--1.1.sql" \
+         "$ext/milestones/milestones-queries.yaml" "$ext/milestones/milestones-alerts.yml"; do
   grep -qxF "$f" "$tmp/listing" || missing="$missing $f"
 done
-is "$missing" "" "the package holds the library, the control file and the scripts of 1.0, 1.1, 1.2, 1.0--1.1 and 1.1--1.2, and milestones_proxy's control file and script"
+is "$missing" "" "the package holds the library, the control file and the scripts of 1.0, 1.1, 1.2, 1.0--1.1 and 1.1--1.2, milestones_proxy's control file and script, and the Prometheus queries and alerting rules"
 mkdir -p "$tmp/unpacked" && dpkg-deb -x "$deb" "$tmp/unpacked"
 is "$(sha256sum "$tmp/unpacked$ext/milestones--1.0.sql" | cut -c1-64)" \
    "930aafd9850c5d12ea35fa484bdc5922dae9507a18260c775b95c111ac449665" \
@@ -127,7 +128,7 @@ out=$(q $db10 "CREATE EXTENSION milestones VERSION '1.0';
                SELECT milestones.set_seller_eligibility(10, true);
                SELECT milestones.set_category_eligibility('design', true);
                SELECT milestones.create_offer(10, 20, 'design', '$OFFER3_MS', 1);" 2>&1)
-# The upgrade in a transaction of its own, as README "Upgrading" says: the
+# The upgrade in a transaction of its own, as doc/upgrading.md says: the
 # order's deferred checks must have fired before ALTER TABLE may run.
 out=$(q $db10 "ALTER EXTENSION milestones UPDATE;
                SELECT extversion FROM pg_extension WHERE extname = 'milestones';

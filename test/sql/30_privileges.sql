@@ -52,8 +52,8 @@ INSERT INTO want_exec VALUES
   ('release_clearance',       '{ms_t_support}'),
   ('reconcile',               '{ms_t_support,ms_t_reader}');
 -- Everything else (expire_overdue, run_expiry, schedule_expiry,
--- unschedule_expiry, set_setting, clear_earnings and every _helper) is the
--- owner's alone.
+-- unschedule_expiry, run_audit, schedule_audit, unschedule_audit,
+-- set_setting, clear_earnings and every _helper) is the owner's alone.
 
 CREATE TEMP TABLE want_rel (rel text, roles text[]);
 INSERT INTO want_rel VALUES
@@ -66,6 +66,10 @@ INSERT INTO want_rel VALUES
   ('eligible_sellers',     '{ms_t_support}'),
   ('eligible_categories',  '{ms_t_support}'),
   ('consumer_status',      '{ms_t_app,ms_t_support,ms_t_reader}'),
+  ('audit_runs',           '{ms_t_app,ms_t_support,ms_t_reader}'),
+  ('audit_status',         '{ms_t_app,ms_t_support,ms_t_reader}'),
+  ('order_counts',         '{ms_t_app,ms_t_support,ms_t_reader}'),
+  ('deadline_status',      '{ms_t_app,ms_t_support,ms_t_reader}'),
   ('charges',              '{ms_t_app,ms_t_support,ms_t_reader,ms_t_payments}'),
   ('refunds',              '{ms_t_support,ms_t_reader,ms_t_payments}'),
   ('withdrawals',          '{ms_t_app,ms_t_support,ms_t_reader,ms_t_payments}'),
@@ -102,8 +106,8 @@ SELECT plan(
 );
 
 -- Inventory: the lists above cover what the extension has.
-SELECT is((SELECT count(*)::int FROM ext_funcs), 80, 'the extension has 80 functions and procedures');
-SELECT is((SELECT count(*)::int FROM ext_rels), 45, 'the extension has 45 tables, views and sequences');
+SELECT is((SELECT count(*)::int FROM ext_funcs), 84, 'the extension has 84 functions and procedures');
+SELECT is((SELECT count(*)::int FROM ext_rels), 50, 'the extension has 50 tables, views and sequences');
 SELECT is((SELECT count(*)::int FROM want_exec w WHERE NOT EXISTS (SELECT FROM ext_funcs f WHERE f.fn = w.fn)), 0,
           'every function named in the expected grants exists');
 SELECT is((SELECT count(*)::int FROM want_rel w WHERE NOT EXISTS (SELECT FROM ext_rels r WHERE r.rel = w.rel)), 0,

@@ -13,6 +13,13 @@
 // sent while the worker was away is lost; the consumer's cursor is not), with
 // a periodic poll as a safety net.
 //
+// Behind a connection pooler in transaction mode (PgBouncer) the batches
+// work as they are: each call is its own transaction and a batch is named
+// by its id, so no session state is needed between them.  LISTEN is
+// session state: through the pooler it would land on whichever server
+// connection ran it, and the notifications with it, so the worker then
+// LISTENs on a direct connection of its own (listenConnection).
+//
 // Guarantee: at least once + idempotency key = exactly-once effect.  A batch
 // is finished only after every request of every event in it was
 // acknowledged.  If the worker dies in between (SIGKILL, crash, lost
@@ -86,13 +93,16 @@ export class EventWorker {
   // maxEvents: next_batch's max_events; pollMs: the safety-net poll;
   // concurrency: orders handled side by side within a batch;
   // eventDelayMs: a pause after each event (tests use it to be killed
-  // mid-batch); once: return when nothing is left; log(record): progress.
+  // mid-batch); once: return when nothing is left; log(record): progress;
+  // listenConnection: pg.Client options of a direct session for LISTEN
+  // (default: LISTEN on the connection above).
   constructor({ consumer, provider, connection = {}, maxEvents = 1000, pollMs = 1000, concurrency = 1,
-                eventDelayMs = 0, once = false, register = true, log = () => {} }) {
+                eventDelayMs = 0, once = false, register = true, log = () => {}, listenConnection = null }) {
     this.concurrency = Math.max(1, concurrency);
     this.consumer = consumer;
     this.provider = provider;
     this.connection = connection;
+    this.listenConnection = listenConnection;
     this.maxEvents = maxEvents;
     this.pollMs = pollMs;
     this.eventDelayMs = eventDelayMs;
@@ -100,6 +110,7 @@ export class EventWorker {
     this.register = register;
     this.log = log;
     this.client = null;
+    this.listener = null;
     this.stopping = false;
     this.notified = false;
     this.waiter = null;
@@ -118,25 +129,43 @@ export class EventWorker {
     w?.();
   }
 
-  // connect opens the worker's session and LISTENs on milestones.
-  async connect() {
-    const client = new pg.Client({ application_name: 'milestones-worker', ...this.connection });
-    client.on('notification', () => this.wake());
-    client.on('error', (err) => {           // the session died while idle
+  // session opens one connection; if it dies while idle, the worker is
+  // woken and opens it again.
+  async session(options) {
+    const client = new pg.Client({ application_name: 'milestones-worker', ...options });
+    client.on('error', (err) => {
       this.log({ type: 'error', message: `connection lost: ${err.message}` });
       if (this.client === client) this.client = null;
+      if (this.listener === client) this.listener = null;
       this.wake();
     });
     await client.connect();
-    await client.query('LISTEN milestones');
-    this.client = client;
-    this.log({ type: 'connected', pid: client.processID });
+    return client;
+  }
+
+  // connect opens the worker's session and LISTENs on milestones, on that
+  // session or on a direct one of its own (listenConnection).  LISTEN comes
+  // before the next batch is asked for, so nothing committed meanwhile is
+  // waited for until the poll.
+  async connect() {
+    if (!this.client) {
+      this.client = await this.session(this.connection);
+      this.log({ type: 'connected', pid: this.client.processID });
+    }
+    if (!this.listener) {
+      const listener = this.listenConnection ? await this.session(this.listenConnection) : this.client;
+      listener.on('notification', () => this.wake());
+      await listener.query('LISTEN milestones');
+      this.listener = listener;
+      if (listener !== this.client) this.log({ type: 'listening', pid: listener.processID });
+    }
   }
 
   async disconnect() {
-    const c = this.client;
+    const sessions = new Set([this.client, this.listener].filter(Boolean));
     this.client = null;
-    if (c) await c.end().catch(() => {});
+    this.listener = null;
+    await Promise.all([...sessions].map((c) => c.end().catch(() => {})));
   }
 
   // run drains batches until stop() (or, with once, until nothing is left).
@@ -144,7 +173,7 @@ export class EventWorker {
     let backoff = 100;
     while (!this.stopping) {
       try {
-        if (!this.client) await this.connect();
+        if (!this.client || !this.listener) await this.connect();
         this.notified = false;
         const handled = await this.drainOne();
         backoff = 100;

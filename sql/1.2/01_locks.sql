@@ -1,40 +1,19 @@
 -------------------------------------------------------------------------------
--- The upgrade's locks, all at once.
+-- The upgrade's locks, taken first and in one order.
 --
--- ALTER EXTENSION UPDATE runs while the application and the relay keep
--- working.  Their calls lock these tables in their own orders (an order
--- action: orders, then milestones, the ledger and events; the relay:
--- events, then the consumer tables and settings), and the statements below
--- lock several of them ACCESS EXCLUSIVE one after the other: taken one at
--- a time, a lock held here could be awaited by a call that holds the next
--- one, a deadlock that PostgreSQL resolves by failing one side (seen: the
--- relay's batch against the upgrade).  So every table the upgrade changes
--- or the relay reads is locked here in one step, without waiting while
--- holding anything: a try that finds one busy takes none and tries again
--- a little later (for up to a minute; then the upgrade fails and changes
--- nothing).  The statements that follow only hold the locks.
+-- ALTER EXTENSION UPDATE may run while the application and the relay keep
+-- working.  The statements below change settings, orders, order_milestones,
+-- ledger_entries and events (ACCESS EXCLUSIVE for a moment each: no table is
+-- rewritten or scanned).  Taken one by one as the statements come, a lock
+-- held here could be awaited by a call that holds the next one: a
+-- deadlock, which PostgreSQL resolves by failing one side (seen: the
+-- relay's batch against the upgrade).  So they are all taken here, before
+-- anything else, in the order in which the order actions take them
+-- (settings and orders first, events last): an action that holds one of
+-- them finishes and the upgrade goes on.  The relay takes events first; it
+-- lowers its own deadlock_timeout, so that where it meets the upgrade it is
+-- the side that gives up (and tries its batch again a second later).
 -------------------------------------------------------------------------------
-DO $$
-DECLARE
-    v_tries integer := 0;
-BEGIN
-    LOOP
-        BEGIN
-            LOCK TABLE @extschema@.events, @extschema@.consumers, @extschema@.consumer_ticks,
-                       @extschema@.consumer_batches, @extschema@.settings, @extschema@.orders,
-                       @extschema@.order_milestones, @extschema@.ledger_entries
-                IN ACCESS EXCLUSIVE MODE NOWAIT;
-            EXIT;
-        EXCEPTION WHEN lock_not_available THEN
-            v_tries := v_tries OPERATOR(pg_catalog.+) 1;
-            IF v_tries OPERATOR(pg_catalog.>=) 600 THEN
-                RAISE EXCEPTION 'milestones upgrade: the extension''s tables stayed busy for a minute'
-                    USING ERRCODE = '55P03',
-                          DETAIL = 'A transaction held a lock on one of them throughout; the upgrade changed nothing.',
-                          HINT = 'Run ALTER EXTENSION milestones UPDATE again; see pg_locks for the long transaction.';
-            END IF;
-            PERFORM pg_catalog.pg_sleep(0.1);
-        END;
-    END LOOP;
-END
-$$;
+LOCK TABLE @extschema@.settings, @extschema@.orders, @extschema@.order_milestones,
+           @extschema@.ledger_entries, @extschema@.events
+    IN ACCESS EXCLUSIVE MODE;

@@ -623,8 +623,8 @@ PutBalances(FunctionCallInfo fcinfo, int64 seller_id)
  */
 
 /*
- * EarningsCredit records a confirmed-mode order's payout net (> 0) as its
- * seller's pending earning, clearing at ended_at + the clearance_period
+ * EarningsCredit records a confirmed-mode order's payout net as its
+ * seller's pending earning (nothing for a net of 0, and returns 0), clearing at ended_at + the clearance_period
  * setting (captured here, added in UTC).  The engine calls it inside the
  * order action that ends the order, under the order's lock and in its SPI
  * connection (this opens a level of its own, so the caller's last result
@@ -641,9 +641,11 @@ EarningsCredit(EngineOrder *o, Numeric net, TimestampTz ended_at)
 	TimestampTz now = MilestonesNow();
 	SellerFact	f;
 
-	if (cents <= 0)
-		elog(ERROR, "milestones earnings: the net of order " INT64_FORMAT " to credit is not positive",
+	if (cents < 0)
+		elog(ERROR, "milestones earnings: the net of order " INT64_FORMAT " to credit is negative",
 			 o->order_id);
+	if (cents == 0)
+		return 0;				/* a payout whose fee took it all: nothing to earn */
 	EngineConnect();
 	values[0] = Int64GetDatum(o->seller_id);
 	values[1] = CStringGetTextDatum(o->currency);

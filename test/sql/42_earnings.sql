@@ -3,13 +3,15 @@
 -- holds, withdrawals and the provider's answers, the guards, the commit
 -- check and the invariants.  Every refusal with its SQLSTATE.
 --
--- Orders: earn_fixture.paid_order() writes an ended confirmed-mode order
--- with its payout (test/fixtures/earnings.sql) and _credit_earning()
--- credits it through EarningsCredit, the engine's own C path.
+-- Orders: the first section runs confirmed-mode orders through the API
+-- (the engine credits the payout); the others take ended confirmed-mode
+-- orders from earn_fixture.paid_order() (test/fixtures/earnings.sql),
+-- credited by _credit_earning() through EarningsCredit, the same C path,
+-- so that each test sets its dates and amounts in one call.
 BEGIN;
 \ir ../fixtures/setup.psql
 \ir ../fixtures/earnings.sql
-SELECT plan(162);
+SELECT plan(166);
 SET LOCAL track_functions = 'all';
 SET LOCAL TimeZone = 'UTC';
 -- checks(): how many times this transaction ran _seller_problems().
@@ -34,6 +36,33 @@ BEGIN
     SET CONSTRAINTS ALL IMMEDIATE;
     SET CONSTRAINTS ALL DEFERRED;
 END $$;
+
+-------------------------------------------------------------------------------
+-- The engine credits every confirmed-mode payout (and nothing in recorded mode)
+-------------------------------------------------------------------------------
+SELECT milestones.set_seller_eligibility(30, true) \g /dev/null
+SELECT milestones.set_setting('payment_mode', 'confirmed') \g /dev/null
+SELECT milestones.create_offer(30, 20, 'design', '[{"name":"Logo","days":3,"amount":"120.00"}]') AS c1 \gset
+SELECT milestones.create_offer(30, 20, 'design', '[{"name":"Logo","days":3,"amount":"80.00"},{"name":"Site","days":9,"amount":"90.00"}]') AS c2 \gset
+\o /dev/null
+SELECT milestones.place_order(id, 20) FROM unnest(ARRAY[:c1, :c2]::bigint[]) id;
+SELECT milestones.record_charge(c.charge_id, 1, 'succeeded', 'ch_' || c.charge_id) FROM milestones.charges c WHERE c.order_id IN (:c1, :c2);
+SELECT milestones.deliver(id, 30) FROM unnest(ARRAY[:c1, :c2]::bigint[]) id;
+SELECT pg_temp.at('2030-01-02 00:00:00+00');
+SELECT milestones.accept(id, 20) FROM unnest(ARRAY[:c1, :c2]::bigint[]) id;
+SELECT pg_temp.at('2030-01-03 00:00:00+00');
+SELECT milestones.cancel(:c2, 'agent-1', 'mutual_agreement');
+\o
+SELECT is((SELECT format('%s %s %s', amount, earned_at, clears_at) FROM milestones.seller_earnings WHERE order_id = :c1),
+          '120.00 2030-01-02 00:00:00+00 2030-01-16 00:00:00+00',
+          'a finished confirmed-mode order: its net is the seller''s earning, earned when it completed, clearing 14 days later');
+SELECT is((SELECT format('%s %s', amount, earned_at) FROM milestones.seller_earnings WHERE order_id = :c2),
+          '80.00 2030-01-03 00:00:00+00', 'a cancelled one: its completed milestone''s net, earned at the cancellation');
+SELECT is(pg_temp.bal(30), '200.00/0.00/0.00/0.00', 'both are pending on the seller''s balance');
+SELECT milestones.set_setting('payment_mode', 'recorded') \g /dev/null
+SELECT milestones.place_order(pg_temp.offer3(), 20) AS r \gset
+SELECT is((SELECT count(*)::int FROM milestones.seller_earnings WHERE order_id IN (SELECT order_id FROM milestones.orders WHERE payment_mode = 'recorded')),
+          0, 'recorded-mode orders credit nothing (1.1 behaviour)');
 
 -------------------------------------------------------------------------------
 -- The credit at the payout
@@ -100,7 +129,7 @@ SELECT is(milestones.clear_earnings(), 0, 'a second sweep clears nothing again')
 SELECT pg_temp.at('2030-01-20 00:00:00+00');
 SELECT is(milestones.clear_earnings(batch => 1), 1, 'batch 1: one earning');
 SELECT is((SELECT cleared_at IS NOT NULL FROM milestones.seller_earnings WHERE earning_id = :e1), true, '... the oldest first');
-SELECT is(milestones.clear_earnings(), 1, 'the next run takes the rest');
+SELECT is(milestones.clear_earnings(), 3, 'the next run takes the rest (seller 30''s two too)');
 SELECT is(pg_temp.bal(10), '0.00/170.00/0.00/0.00', 'all of seller 10 is available');
 SELECT is(milestones.clear_earnings('2030-01-01'), 0, 'an as_of in the past clears what was due then');
 SELECT throws_ok($$SELECT milestones.clear_earnings('2030-01-20 00:00:01+00')$$, '22023', 'as_of must not be after milestones.now()',

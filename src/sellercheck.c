@@ -536,6 +536,7 @@ FullCheck(CheckSeller *sellers, int n, Oid owner)
 		StringInfoData detail;
 		uint64		r;
 		int64		first = 0;
+		int64		previous = 0;
 		int			nsellers = 0;
 
 		initStringInfo(&detail);
@@ -546,10 +547,11 @@ FullCheck(CheckSeller *sellers, int n, Oid owner)
 															 SPI_tuptable->tupdesc, 1, &isnull));
 			char	   *problem = SPI_getvalue(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 2);
 
-			if (r == 0 || seller != first)
-				nsellers++;
+			if (r == 0 || seller != previous)
+				nsellers++;		/* the rows come ordered by seller */
 			if (r == 0)
 				first = seller;
+			previous = seller;
 			if (r > 0)
 				appendStringInfoString(&detail, "; ");
 			appendStringInfo(&detail, "seller " INT64_FORMAT ": %s", seller,

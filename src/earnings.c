@@ -694,6 +694,7 @@ milestones_credit_earning(PG_FUNCTION_ARGS)
 	TimestampTz completed_at;
 	int64		earning_id;
 
+	EngineRefuseOnStandby("_credit_earning");
 	EngineCheckId(PG_ARGISNULL(0), order_id, "order_id");
 	EngineConnect();
 	values[0] = Int64GetDatum(order_id);
@@ -792,6 +793,7 @@ milestones_clear_earnings(PG_FUNCTION_ARGS)
 	uint64		i;
 	Datum		values[2];
 
+	EngineRefuseOnStandby("clear_earnings");
 	EngineNotNull(PG_ARGISNULL(0), "as_of");
 	EngineNotNull(PG_ARGISNULL(1), "batch");
 	as_of = PG_GETARG_TIMESTAMPTZ(0);
@@ -865,6 +867,7 @@ milestones_hold_clearance(PG_FUNCTION_ARGS)
 	text	   *note = ARG_TEXT(1);
 	Datum		values[3];
 
+	EngineRefuseOnStandby("hold_clearance");
 	EngineCheckId(PG_ARGISNULL(0), seller_id, "seller_id");
 	EngineCheckText(note == NULL, note, "note", 2000, true);
 	InitMaterializedSRF(fcinfo, 0);
@@ -911,6 +914,7 @@ milestones_release_clearance(PG_FUNCTION_ARGS)
 	uint64		i;
 	bool		isnull;
 
+	EngineRefuseOnStandby("release_clearance");
 	EngineCheckId(PG_ARGISNULL(0), seller_id, "seller_id");
 	InitMaterializedSRF(fcinfo, 0);
 	EngineConnect();
@@ -972,6 +976,7 @@ milestones_request_withdrawal(PG_FUNCTION_ARGS)
 	SellerFact	f;
 	char		idbuf[32];
 
+	EngineRefuseOnStandby("request_withdrawal");
 	EngineCheckId(PG_ARGISNULL(0), seller_id, "seller_id");
 	amount = CheckAmount(PG_ARGISNULL(1), PG_ARGISNULL(1) ? (Datum) 0 : PG_GETARG_DATUM(1));
 	currency = CheckCurrency(ARG_TEXT(2));
@@ -1081,6 +1086,7 @@ milestones_record_withdrawal(PG_FUNCTION_ARGS)
 	SellerFact	f;
 	Datum		result;
 
+	EngineRefuseOnStandby("record_withdrawal");
 	EngineCheckId(PG_ARGISNULL(0), withdrawal_id, "withdrawal_id");
 	EngineNotNull(outcome_t == NULL, "outcome");
 	outcome_s = text_to_cstring(outcome_t);

@@ -183,8 +183,9 @@ test: all
 
 # bench: the performance benchmark (issue 6) in a throwaway cluster, about
 # 10 minutes; BENCH_QUICK=1 for a few-seconds smoke run.  See doc/performance.md.
+# MILESTONES_DESTDIR: installs and benchmarks that build, as for test.
 bench: all
-	$(MAKE) install
+	$(MAKE) install $(if $(MILESTONES_DESTDIR),DESTDIR=$(MILESTONES_DESTDIR))
 	test/bench/run
 
 # fuzz: SQLsmith against a database with the extension and orders in every

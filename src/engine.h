@@ -253,6 +253,6 @@ extern void PaymentsRefundMilestone(EngineOrder *o, EngineMilestone *m, const ch
 extern void PaymentsAwaitingError(EngineOrder *o, const char *action) pg_attribute_noreturn();
 
 /* earnings.c (1.2, SPEC section 12) */
-extern void EarningsCredit(EngineOrder *o, Numeric net, TimestampTz ended_at);
+extern int64 EarningsCredit(EngineOrder *o, Numeric net, TimestampTz ended_at);
 
 #endif							/* MILESTONES_ENGINE_H */

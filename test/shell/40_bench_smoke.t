@@ -17,7 +17,7 @@ out=$(mktemp)
 err=$(mktemp)
 trap 'rm -f "$out" "$err"' EXIT
 
-plan 18
+plan 19
 num='[0-9]+(\.[0-9]+)?'
 
 BENCH_QUICK=1 BENCH_CLIENTS="1 8" "$top/test/bench/run" >"$out" 2>"$err"
@@ -67,14 +67,17 @@ ok $? "profile: perf part ran (samples, or says why it was skipped)"
 grep -qE "^sweep: expire_overdue of 100 overdue among 1000: $num ms; among 10000: $num ms; ratio $num " "$out"
 ok $? "sweep: both times and their ratio"
 
+grep -qE "^clearance: clear_earnings of 100 due among 1000: $num ms; among 10000: $num ms; ratio $num " "$out"
+ok $? "clearance: both times and their ratio (test/bench/clearance)"
+
 grep -qE "^memory: backend RssAnon [0-9]+ kB after 600 calls -> [0-9]+ kB after 1200 calls" "$out"
 ok $? "memory: RSS of one backend at the start and the end"
 
-targets=$(grep -cE '^  (API/floor >= 0.6 at|p99 of every call < 5 ms|every event reaches the listener|notification lag p99 < 100 ms|backend memory flat|sweep ratio).* (met|NOT met)$' "$out")
-is "$targets" 7 "targets block: the 7 targets of issue 10, each met or NOT met"
+targets=$(grep -cE '^  (API/floor >= 0.6 at|p99 of every call < 5 ms|every event reaches the listener|notification lag p99 < 100 ms|backend memory flat|sweep ratio|clearance ratio).* (met|NOT met)$' "$out")
+is "$targets" 8 "targets block: the 7 targets of issue 10 and the clearance ratio of issue 21, each met or NOT met"
 
 # (pg_virtualenv itself prints "Dropping cluster ..." after us)
 last=$(grep -vE '^(Creating new|Dropping) ' "$out" | tail -1)
-[[ "$last" =~ ^targets:\ [0-7]\ of\ 7\ met$ ]]
+[[ "$last" =~ ^targets:\ [0-8]\ of\ 8\ met$ ]]
 ok $? "the count of targets met is printed last"
 diag "$(sed -n '/^== targets/,$p' "$out" | grep -vE '^(Creating new|Dropping) ')"

@@ -20,8 +20,8 @@ SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan A
 BEGIN
     -- Structure: positions 1..n, one running (or awaiting payment)
     -- milestone, k after every earlier one ended, order state consistent
-    -- with its milestones, final flag on the offer's last one, the open
-    -- charge of a milestone awaiting payment.
+    -- with its milestones, final flag on the offer's last one.  Rows of one
+    -- table only: pg_restore loads each table in a transaction of its own.
     RETURN QUERY
     WITH a AS MATERIALIZED (
         SELECT x.order_id, x.state, x.end_reason, x.payment_mode, g.*
@@ -46,14 +46,6 @@ BEGIN
                       array_agg(m.final ORDER BY m.position) AS finals
                  FROM @extschema@.order_milestones m
                 WHERE m.order_id = x.order_id) g
-    ), ch AS MATERIALIZED (
-        SELECT a.order_id, a.payment_mode, a.states, a.positions, c.charge_id, c.position, c.state, c.attempts,
-               (SELECT count(*) FROM @extschema@.charge_attempts t WHERE t.charge_id = c.charge_id)::integer AS nattempts,
-               (SELECT count(*) FILTER (WHERE t.wanted) FROM @extschema@.charge_attempts t
-                 WHERE t.charge_id = c.charge_id)::integer AS wanted,
-               (SELECT t.state FROM @extschema@.charge_attempts t WHERE t.charge_id = c.charge_id
-                 ORDER BY t.attempt DESC LIMIT 1) AS last_attempt_state
-          FROM a JOIN @extschema@.order_charges c ON c.order_id = a.order_id
     )
     SELECT a.order_id, 'order has no milestones' FROM a WHERE a.n = 0
     UNION ALL
@@ -105,42 +97,7 @@ BEGIN
     UNION ALL
     SELECT a.order_id, format('milestone %s final flag is %s', a.positions[u.k], u.final)
       FROM a CROSS JOIN LATERAL unnest(a.finals) WITH ORDINALITY AS u(final, k)
-     WHERE u.final <> (a.positions[u.k] = a.n)
-    -- Charges (confirmed mode).
-    UNION ALL
-    SELECT c.order_id, format('recorded-mode order has charge %s', c.charge_id)
-      FROM ch c WHERE c.payment_mode <> 'confirmed'
-    UNION ALL
-    SELECT a.order_id, format('milestone %s awaits payment without an open charge', a.positions[u.k])
-      FROM a CROSS JOIN LATERAL unnest(a.states) WITH ORDINALITY AS u(st, k)
-     WHERE u.st = 'awaiting_payment'
-       AND NOT EXISTS (SELECT FROM ch c WHERE c.order_id = a.order_id AND c.position = a.positions[u.k]
-                                          AND c.state IN ('requested','failed'))
-    UNION ALL
-    SELECT c.order_id, format('charge %s is %s but milestone %s is %s', c.charge_id, c.state, c.position,
-                              c.states[array_position(c.positions, c.position)])
-      FROM ch c
-     WHERE (c.state IN ('requested','failed') AND c.states[array_position(c.positions, c.position)] <> 'awaiting_payment')
-        OR (c.state = 'succeeded'
-            AND c.states[array_position(c.positions, c.position)] NOT IN ('in_progress','delivered','completed','refunded'))
-    UNION ALL
-    SELECT c.order_id, format('charge %s has %s attempt rows for %s attempts', c.charge_id, c.nattempts, c.attempts)
-      FROM ch c WHERE c.nattempts <> c.attempts
-    UNION ALL
-    SELECT c.order_id, format('charge %s is %s with %s wanted successes', c.charge_id, c.state, c.wanted)
-      FROM ch c WHERE c.wanted <> CASE WHEN c.state = 'succeeded' THEN 1 ELSE 0 END
-    UNION ALL
-    SELECT c.order_id, format('charge %s is %s but its last attempt is %s', c.charge_id, c.state, c.last_attempt_state)
-      FROM ch c WHERE c.state IN ('requested','failed') AND c.last_attempt_state IS DISTINCT FROM c.state
-    UNION ALL
-    SELECT a.order_id, format('milestone %s is %s but has %s succeeded charges', a.positions[u.k], u.st,
-                              (SELECT count(*) FROM ch c WHERE c.order_id = a.order_id AND c.position = a.positions[u.k]
-                                                          AND c.state = 'succeeded'))
-      FROM a CROSS JOIN LATERAL unnest(a.states) WITH ORDINALITY AS u(st, k)
-     WHERE a.payment_mode = 'confirmed'
-       AND (SELECT count(*) FROM ch c WHERE c.order_id = a.order_id AND c.position = a.positions[u.k]
-                                         AND c.state = 'succeeded')
-           <> CASE WHEN u.st IN ('in_progress','delivered','completed','refunded') THEN 1 ELSE 0 END;
+     WHERE u.final <> (a.positions[u.k] = a.n);
 
     IF NOT p_money THEN
         RETURN;
@@ -149,7 +106,11 @@ BEGIN
     -- Money: balanced transactions in the order's currency, escrow empty
     -- when the order ends, one payout equal to the completed milestones;
     -- recorded mode: one charge per started milestone, one refund per
-    -- refunded one; confirmed mode: per charge attempt, as above.
+    -- refunded one; confirmed mode: the charges of each milestone and, per
+    -- charge attempt, what the ledger booked and refunded.  (The money
+    -- rules read several tables: they run once an order's picture is
+    -- complete, see src/check.c.)  Every subquery is by index on one
+    -- order's rows, so the cost is linear in the orders checked.
     RETURN QUERY
     WITH o AS MATERIALIZED (
         SELECT x.order_id, x.state, x.currency, x.fee_rate, x.payment_mode
@@ -179,6 +140,29 @@ BEGIN
                        WHERE e.order_id = o.order_id AND e.position IS NOT NULL
                        GROUP BY e.position) x ON x.position = m.position) p
          WHERE o.payment_mode <> 'confirmed'
+    ), ms_charges AS (
+        -- Confirmed mode: each milestone with the count of its open and of
+        -- its succeeded charges.
+        SELECT o.order_id, o.payment_mode, m.position, m.state, c.open, c.paid
+          FROM o
+          JOIN @extschema@.order_milestones m ON m.order_id = o.order_id
+         CROSS JOIN LATERAL (
+               SELECT count(*) FILTER (WHERE x.state IN ('requested','failed')) AS open,
+                      count(*) FILTER (WHERE x.state = 'succeeded') AS paid
+                 FROM @extschema@.order_charges x
+                WHERE x.order_id = m.order_id AND x.position = m.position) c
+    ), ch AS (
+        -- Each charge of the orders, with its attempts summed up and its milestone.
+        SELECT o.order_id, o.payment_mode, c.charge_id, c.position, c.state, c.attempts,
+               m.state AS milestone_state, t.nattempts, t.wanted, t.last_state
+          FROM o
+          JOIN @extschema@.order_charges c ON c.order_id = o.order_id
+          LEFT JOIN @extschema@.order_milestones m ON m.order_id = c.order_id AND m.position = c.position
+         CROSS JOIN LATERAL (
+               SELECT count(*)::integer AS nattempts,
+                      count(*) FILTER (WHERE a.wanted)::integer AS wanted,
+                      (array_agg(a.state ORDER BY a.attempt DESC))[1] AS last_state
+                 FROM @extschema@.charge_attempts a WHERE a.charge_id = c.charge_id) t
     ), per_attempt AS (
         -- Confirmed mode: each attempt of each charge, with what the ledger
         -- booked for it, and what it should have booked.
@@ -232,6 +216,32 @@ BEGIN
       FROM per_ms p
      WHERE p.refunds <> CASE WHEN p.state = 'refunded' THEN 1 ELSE 0 END
         OR (p.refunds = 1 AND p.refunded IS DISTINCT FROM p.amount)
+    -- Charges (confirmed mode).
+    UNION ALL
+    SELECT c.order_id, format('recorded-mode order has charge %s', c.charge_id)
+      FROM ch c WHERE c.payment_mode <> 'confirmed'
+    UNION ALL
+    SELECT x.order_id, format('milestone %s awaits payment without an open charge', x.position)
+      FROM ms_charges x WHERE x.state = 'awaiting_payment' AND x.open <> 1
+    UNION ALL
+    SELECT x.order_id, format('milestone %s is %s but has %s succeeded charges', x.position, x.state, x.paid)
+      FROM ms_charges x
+     WHERE x.payment_mode = 'confirmed'
+       AND x.paid <> CASE WHEN x.state IN ('in_progress','delivered','completed','refunded') THEN 1 ELSE 0 END
+    UNION ALL
+    SELECT c.order_id, format('charge %s is %s but milestone %s is %s', c.charge_id, c.state, c.position, c.milestone_state)
+      FROM ch c
+     WHERE (c.state IN ('requested','failed') AND c.milestone_state IS DISTINCT FROM 'awaiting_payment')
+        OR (c.state = 'succeeded' AND c.milestone_state NOT IN ('in_progress','delivered','completed','refunded'))
+    UNION ALL
+    SELECT c.order_id, format('charge %s has %s attempt rows for %s attempts', c.charge_id, c.nattempts, c.attempts)
+      FROM ch c WHERE c.nattempts <> c.attempts
+    UNION ALL
+    SELECT c.order_id, format('charge %s is %s with %s wanted successes', c.charge_id, c.state, c.wanted)
+      FROM ch c WHERE c.wanted <> CASE WHEN c.state = 'succeeded' THEN 1 ELSE 0 END
+    UNION ALL
+    SELECT c.order_id, format('charge %s is %s but its last attempt is %s', c.charge_id, c.state, c.last_state)
+      FROM ch c WHERE c.state IN ('requested','failed') AND c.last_state IS DISTINCT FROM c.state
     UNION ALL
     SELECT x.order_id, format('charge %s attempt %s is %s but was booked %s times (%s)',
                               x.charge_id, x.attempt, x.state, x.charges, x.charged)
@@ -282,7 +292,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION @extschema@._order_problems(bigint[], boolean) IS
-    'The invariants of the given orders (structure; with p_money also the money): one row per violation. Knows cancelled milestones (1.1) and confirmed payments: charges, attempts, late successes and refunds (1.2).';
+    'The invariants of the given orders (structure; with p_money also the money, confirmed payments'' charges, attempts, late successes and refunds included): one row per violation.';
 
 -- _seller_problems (the seller balances' invariants) is defined with the
 -- tables it reads, in 40_earnings.sql.

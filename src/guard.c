@@ -169,9 +169,11 @@ RefuseDelete(Relation rel, bool truncate)
 
 /*
  * LaterTriggerMayRewrite says whether another BEFORE ROW trigger of this
- * event fires after the guard (triggers fire in name order) and so may
- * change the row the guard has checked: then the guard's fact of it is
- * not what is written, and its order gets the full check at commit.
+ * event fires after the guard (triggers fire in name order, the order of
+ * trigdesc) and so may change the row the guard has checked: then the
+ * guard's fact of it is not what is written, and its order gets the full
+ * check at commit.  Scanned from the end: few triggers sort after the
+ * guard.
  */
 static bool
 LaterTriggerMayRewrite(TriggerData *trigdata)
@@ -179,21 +181,17 @@ LaterTriggerMayRewrite(TriggerData *trigdata)
 	TriggerDesc *trigdesc = trigdata->tg_relation->trigdesc;
 	int16		event = TRIGGER_FIRED_BY_INSERT(trigdata->tg_event) ?
 		TRIGGER_TYPE_INSERT : TRIGGER_TYPE_UPDATE;
-	bool		after = false;
 	int			i;
 
 	if (trigdesc == NULL)
 		return false;
-	for (i = 0; i < trigdesc->numtriggers; i++)
+	for (i = trigdesc->numtriggers - 1; i >= 0; i--)
 	{
 		Trigger    *t = &trigdesc->triggers[i];
 
 		if (t->tgoid == trigdata->tg_trigger->tgoid)
-		{
-			after = true;
-			continue;
-		}
-		if (!after || t->tgenabled == TRIGGER_DISABLED ||
+			return false;
+		if (t->tgenabled == TRIGGER_DISABLED ||
 			!TRIGGER_TYPE_MATCHES(t->tgtype, TRIGGER_TYPE_ROW, TRIGGER_TYPE_BEFORE, event))
 			continue;
 		/* as trigger.c's TriggerEnabled: by session_replication_role */

@@ -104,7 +104,8 @@ typedef enum FactTable
 {
 	FACT_ORDER = 1,
 	FACT_MILESTONE = 2,
-	FACT_LEDGER = 3
+	FACT_LEDGER = 3,
+	FACT_NTABLES = 4			/* array size: index 0 unused */
 } FactTable;
 
 typedef struct WriteFact
@@ -124,10 +125,23 @@ extern const char *const LedgerKinds[];	/* charge, payout, refund */
 extern const char *const LedgerAccounts[];	/* buyer, escrow, seller, platform */
 extern int	LedgerCode(const char *const *list, const char *name);
 
+/* The tables the commit check reads (CheckRelid). */
+typedef enum CheckRel
+{
+	CHECK_REL_ORDERS = FACT_ORDER,
+	CHECK_REL_MILESTONES = FACT_MILESTONE,
+	CHECK_REL_LEDGER = FACT_LEDGER,
+	CHECK_REL_UNCHECKED = 4,	/* milestones.unchecked_orders (1.2) */
+	CHECK_REL_COUNT = 5
+} CheckRel;
+
 extern void CheckInit(void);
-extern void CheckObserve(int64 order_id, const WriteFact *fact, bool money, bool updated);
+extern Oid	CheckRelid(CheckRel which, bool *children);
+extern void CheckObserve(FactTable table, int64 order_id, const WriteFact *fact, bool money,
+						 bool updated);
 extern void CheckDeclare(int64 order_id, const WriteFact *fact);
 extern void CheckFireDeferred(FunctionCallInfo fcinfo, int64 order_id, bool is_update);
+extern void CheckLockedOrder(int64 order_id, bool unchecked);
 extern WriteFact StateFact(FactTable table, bool insert, int from, int to, int position);
 extern int64 NumericToCents(Datum amount, bool *exact);
 
@@ -153,6 +167,9 @@ extern int	ColumnMapFind(ColumnMap *map, TupleDesc desc, Oid key, int32 keymod,
 						  const ColumnSpec *columns, int ncolumns);
 extern Relation KeyIndexOpen(Relation rel, int nkeys, const int *attnums, Oid keytype);
 extern bool TableIsPlain(Form_pg_class c);
+
+/* direct.c: whether an order is listed in milestones.unchecked_orders */
+extern int	EngineUncheckedDirect(int64 order_id);
 
 /* payout.c */
 extern void PayoutAmounts(Numeric gross_raw, Numeric rate,

@@ -74,16 +74,16 @@ WriteCharge(EngineWrite *w, EngineOrder *o, EngineMilestone *next)
 
 /*
  * Started records in the engine's picture, and declares, the start and
- * charge of milestone next that the last statement wrote; col is the
- * statement's column holding next's due_at.
+ * charge (w's legs) of milestone next that the last statement wrote; col
+ * is the statement's column holding next's due_at.
  */
 static void
-Started(EngineOrder *o, EngineMilestone *next, int col)
+Started(EngineOrder *o, EngineMilestone *next, int col, EngineWrite *w)
 {
 	next->due_at = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
 													 col, &next->due_at_null));
 	EngineSetMilestone(o, next, MS_IN_PROGRESS);
-	LedgerDeclare(o, next->position, "charge");
+	LedgerDeclare(o, &w->legs);
 }
 
 /* NoteLeft is left(note, 200) as text, or NULL. */
@@ -344,7 +344,7 @@ milestones_place_order(PG_FUNCTION_ARGS)
 	EngineSetOrder(o, ORDER_ACTIVE, true);
 	o->placed_at = DatumGetTimestampTz(w.values[WP_NOW - 1]);
 	o->placed_at_null = false;
-	Started(o, &o->ms[0], 4);
+	Started(o, &o->ms[0], 4, &w);
 	result = EngineStatus(fcinfo, caller, o, key);
 	EngineFinish();
 	PG_RETURN_DATUM(result);
@@ -582,7 +582,7 @@ milestones_accept(PG_FUNCTION_ARGS)
 			elog(ERROR, "milestones engine: order " INT64_FORMAT " did not move from milestone %d to %d",
 				 order_id, m->position, next->position);
 		EngineSetMilestone(o, m, MS_COMPLETED);
-		Started(o, next, 4);
+		Started(o, next, 4, &w);
 	}
 	result = EngineStatus(fcinfo, caller, o, key);
 	EngineFinish();
@@ -1481,13 +1481,12 @@ milestones_create_offer(PG_FUNCTION_ARGS)
 	order_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	f = StateFact(FACT_ORDER, true, -1, ORDER_OFFERED, -1);
 	CheckDeclare(order_id, &f);
+	/* the milestones the engine wrote: positions 1..n (only the id is the statement's) */
 	for (i = 0; i < n; i++)
 	{
-		int			pos = DatumGetInt16(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull));
-
 		if (DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull)) != order_id)
 			elog(ERROR, "milestones engine: offer written as two orders");
-		f = StateFact(FACT_MILESTONE, true, -1, MS_PENDING, pos);
+		f = StateFact(FACT_MILESTONE, true, -1, MS_PENDING, i + 1);
 		CheckDeclare(order_id, &f);
 	}
 	o->order_id = order_id;

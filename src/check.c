@@ -6,47 +6,96 @@
  * The BEFORE ROW guard triggers (guard.c) record every row write they
  * allow as a "fact" of the order it belongs to: table, INSERT or UPDATE,
  * position, old and new state, and for the ledger the transaction, kind,
- * account and amount.  An order action of the C engine (actions.c), which
- * locked the order and read all of it before writing, declares the facts
- * of the writes it made.  At commit (the deferred constraint trigger
+ * account and amount; and they count the rows they allowed, per table.  An
+ * order action of the C engine (actions.c), which locked the order and
+ * read all of it before writing, declares the facts of the writes it meant
+ * to make, from its own picture and arithmetic (never from what its
+ * statements returned).  At commit (the deferred constraint trigger
  * milestones_check_order, once per touched order):
  *
- *	- observed facts == declared facts (as multisets) and every ledger
- *	  transaction among them balances: the order was written by the engine
- *	  only, from a state that satisfied the invariants (it was committed by
- *	  a transaction that passed this check, or created by the engine in
- *	  this one), so it passes without a query;
+ *	- observed facts == declared facts (as multisets), every ledger
+ *	  transaction among them balances, and the guard saw every row this
+ *	  transaction wrote to the three tables (its counts equal the
+ *	  transaction's own insert/update/delete counts in the statistics
+ *	  collector's per-transaction counters): the order was written by the
+ *	  engine only, from a state that satisfied the invariants (it was
+ *	  committed by a transaction that passed this check, or created by the
+ *	  engine in this one), so it passes without a query;
  *	- anything else (a hand-written statement, a restore's INSERTs, an API
- *	  call mixed with hand edits, a subtransaction rolled back) falls back
- *	  to the full check of that one order: milestones._order_problems(),
- *	  the very rules check_invariants() reports, so the two agree.
+ *	  call mixed with hand edits, a subtransaction rolled back, a write no
+ *	  guard saw: session_replication_role = replica, a disabled guard, a
+ *	  BEFORE trigger that fires after the guard and may rewrite the row)
+ *	  falls back to the full check of that order:
+ *	  milestones._order_problems(), the very rules check_invariants()
+ *	  reports, so the two agree.  A write no guard saw cannot be traced to
+ *	  its order: every order the transaction touched gets the full check.
  *
- * A passed full check that included the money rules is a new baseline:
- * the order's facts are forgotten, and later engine writes in the same
- * transaction are judged against it.  A mismatch only ever costs a query;
- * it never lets an order through.
+ * An order that a transaction only INSERTed is checked with the money
+ * rules too, but not refused for them: pg_restore loads the milestones and
+ * the ledger in separate transactions.  When its money does not hold yet,
+ * the order is listed in milestones.unchecked_orders (1.2); the engine's
+ * order lock looks it up (CheckLockedOrder), and a listed order's next
+ * engine write gets the full check with the money.  A full check with the
+ * money that passes lifts the listing, and is a new baseline: the order's
+ * facts are forgotten, and later engine writes in the same transaction are
+ * judged against it.  A mismatch only ever costs a query; it never lets an
+ * order through.
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_inherits.h"
 #include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
+#include "commands/trigger.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
+#include "pgstat.h"
 #include "utils/builtins.h"
 #include "utils/hsearch.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/numeric.h"
+#include "utils/pgstat_internal.h"
 #include "utils/syscache.h"
 
 #include "milestones.h"
 
 const char *const LedgerKinds[] = {"charge", "payout", "refund", NULL};
 const char *const LedgerAccounts[] = {"buyer", "escrow", "seller", "platform", NULL};
+
+/*
+ * The tables the check reads, by CheckRel: the fact tables (by FactTable)
+ * and the list of unchecked orders.  Their oids are looked up by name once
+ * per backend, and again after any relation is created, renamed, dropped
+ * or changed (CheckRelsInvalidate).
+ */
+static const char *const CheckRelNames[CHECK_REL_COUNT] = {
+	NULL, "orders", "order_milestones", "ledger_entries",
+	"order_charges", "charge_attempts", "order_refunds", "unchecked_orders"
+};
+static bool check_rels_valid = false;
+static Oid	check_rel_oids[CHECK_REL_COUNT];
+static bool check_rel_children[CHECK_REL_COUNT];
+
+/*
+ * The balance of the rows this transaction wrote to each of the fact
+ * tables and the rows the guard saw: heap writes (the statistics
+ * collector's per-transaction counts) minus rows seen, per table.  All
+ * zero: the guard saw every write.  Not known: the counts cannot be had
+ * (track_counts off, a table with inheritance children, a TRUNCATE).
+ */
+typedef struct RowBalance
+{
+	bool		known;
+	int64		diff[FACT_NTABLES];
+} RowBalance;
 
 /*
  * Orders touched by the current transaction.  Lives in
@@ -58,17 +107,49 @@ typedef struct DirtyOrder
 	bool		checked;		/* checked since the last write */
 	bool		money;			/* an UPDATE or ledger write happened */
 	bool		updated;		/* an order or milestone row was UPDATEd */
-	bool		tainted;		/* a subtransaction rolled back: facts are stale */
+	bool		tainted;		/* facts are stale or incomplete */
 	int			nobserved;
 	int			ndeclared;
 	int			maxobserved;
 	int			maxdeclared;
 	WriteFact  *observed;		/* what the guard triggers allowed */
 	WriteFact  *declared;		/* what engine actions say they wrote */
+	RowBalance	base;			/* the balance the facts start from */
+	RowBalance	at_check;		/* the balance when last checked */
+	CommandId	check_cid;		/* the command in which it was last checked */
 } DirtyOrder;
 
+/* Where a full check left an order. */
+typedef enum CheckResult
+{
+	CHECKED_NOT,				/* no milestones yet: not checked */
+	CHECKED_STRUCTURE,			/* only INSERTed, sound but for its money: listed */
+	CHECKED_ALL					/* every rule holds */
+} CheckResult;
+
+/*
+ * The rows the guard saw, per table, per subtransaction: a stack whose
+ * entries of a subtransaction and its children are on top of those of
+ * its parent, so that a subtransaction's rollback pops what it saw, as the
+ * statistics collector forgets what it wrote.
+ */
+typedef struct SeenRows
+{
+	SubTransactionId subid;
+	int64		rows[FACT_NTABLES];
+} SeenRows;
+
 static HTAB *dirty_orders = NULL;
+static SeenRows *seen_rows = NULL;
+static int	nseen_rows = 0;
+static int	maxseen_rows = 0;
 static SPIPlanPtr check_plan = NULL;
+static SPIPlanPtr list_plan = NULL;
+static SPIPlanPtr unlist_plan = NULL;
+
+/* The owner of the trigger function, looked up once (FunctionOwner). */
+static Oid	cached_fn = InvalidOid;
+static Oid	cached_owner = InvalidOid;
 
 /* CheckXactCallback forgets the touched orders when the transaction ends. */
 static void
@@ -82,6 +163,8 @@ CheckXactCallback(XactEvent event, void *arg)
 		case XACT_EVENT_PARALLEL_COMMIT:
 		case XACT_EVENT_PARALLEL_ABORT:
 			dirty_orders = NULL;
+			seen_rows = NULL;
+			nseen_rows = maxseen_rows = 0;
 			break;
 		default:
 			break;
@@ -89,11 +172,44 @@ CheckXactCallback(XactEvent event, void *arg)
 }
 
 /*
+ * SeenRowsEnd folds the guard's counts of an ending subtransaction into its
+ * parent's (commit), or drops them with its writes (abort).
+ */
+static void
+SeenRowsEnd(SubTransactionId mySubid, SubTransactionId parentSubid, bool commit)
+{
+	int64		acc[FACT_NTABLES];
+	bool		any = false;
+	int			t;
+
+	memset(acc, 0, sizeof(acc));
+	while (nseen_rows > 0 && seen_rows[nseen_rows - 1].subid >= mySubid)
+	{
+		for (t = 0; t < FACT_NTABLES; t++)
+			acc[t] += seen_rows[nseen_rows - 1].rows[t];
+		nseen_rows--;
+		any = true;
+	}
+	if (!commit || !any)
+		return;
+	if (nseen_rows == 0 || seen_rows[nseen_rows - 1].subid != parentSubid)
+	{
+		/* there is room: an entry was just popped */
+		seen_rows[nseen_rows].subid = parentSubid;
+		memset(seen_rows[nseen_rows].rows, 0, sizeof(acc));
+		nseen_rows++;
+	}
+	for (t = 0; t < FACT_NTABLES; t++)
+		seen_rows[nseen_rows - 1].rows[t] += acc[t];
+}
+
+/*
  * CheckSubXactCallback: when a subtransaction aborts, the rows it wrote
  * are gone, but an order it checked keeps "checked", and its facts still
  * list the vanished writes.  Forget every "checked" mark (the order's
  * earlier, still unchecked writes fire their deferred events again at
- * commit) and taint every order's facts, so each gets the full check.
+ * commit) and taint every order's facts, so each gets the full check.  The
+ * guard's row counts follow the subtransaction's end either way.
  */
 static void
 CheckSubXactCallback(SubXactEvent event, SubTransactionId mySubid,
@@ -102,6 +218,8 @@ CheckSubXactCallback(SubXactEvent event, SubTransactionId mySubid,
 	HASH_SEQ_STATUS status;
 	DirtyOrder *entry;
 
+	if (event == SUBXACT_EVENT_COMMIT_SUB || event == SUBXACT_EVENT_ABORT_SUB)
+		SeenRowsEnd(mySubid, parentSubid, event == SUBXACT_EVENT_COMMIT_SUB);
 	if (event != SUBXACT_EVENT_ABORT_SUB || dirty_orders == NULL)
 		return;
 	hash_seq_init(&status, dirty_orders);
@@ -112,12 +230,64 @@ CheckSubXactCallback(SubXactEvent event, SubTransactionId mySubid,
 	}
 }
 
+/*
+ * CheckRelsInvalidate forgets the oids of the check's tables when a row of
+ * pg_class or pg_namespace changes (a table created, renamed, dropped, or
+ * given inheritance children; a schema renamed or dropped).
+ */
+static void
+CheckRelsInvalidate(Datum arg, int cacheid, uint32 hashvalue)
+{
+	check_rels_valid = false;
+}
+
+/*
+ * CheckRelid returns the oid of one of the check's tables in schema
+ * milestones (InvalidOid when there is none), and whether it has
+ * inheritance children (children: may be NULL).
+ */
+Oid
+CheckRelid(CheckRel which, bool *children)
+{
+	if (!check_rels_valid)
+	{
+		Oid			nsp;
+		int			i;
+
+		/* an invalidation during the lookups makes the next call look again */
+		check_rels_valid = true;
+		nsp = get_namespace_oid("milestones", true);
+		for (i = 1; i < CHECK_REL_COUNT; i++)
+		{
+			check_rel_oids[i] = OidIsValid(nsp) ? get_relname_relid(CheckRelNames[i], nsp) : InvalidOid;
+			check_rel_children[i] = OidIsValid(check_rel_oids[i]) && has_subclass(check_rel_oids[i]);
+		}
+	}
+	if (children != NULL)
+		*children = check_rel_children[which];
+	return check_rel_oids[which];
+}
+
+/*
+ * FunctionOwnerInvalidate forgets the cached owner of the trigger function
+ * when any function's catalog row changes (ALTER FUNCTION ... OWNER,
+ * REASSIGN OWNED): a pooled backend must not switch to a dropped role.
+ */
+static void
+FunctionOwnerInvalidate(Datum arg, int cacheid, uint32 hashvalue)
+{
+	cached_fn = InvalidOid;
+}
+
 /* CheckInit registers the transaction callbacks; called from _PG_init. */
 void
 CheckInit(void)
 {
 	RegisterXactCallback(CheckXactCallback, NULL);
 	RegisterSubXactCallback(CheckSubXactCallback, NULL);
+	CacheRegisterSyscacheCallback(PROCOID, FunctionOwnerInvalidate, (Datum) 0);
+	CacheRegisterSyscacheCallback(RELNAMENSP, CheckRelsInvalidate, (Datum) 0);
+	CacheRegisterSyscacheCallback(NAMESPACEOID, CheckRelsInvalidate, (Datum) 0);
 }
 
 /* LedgerCode returns the index of a ledger kind or account, or -1. */
@@ -207,6 +377,11 @@ GetEntry(int64 order_id)
 		entry->nobserved = entry->ndeclared = 0;
 		entry->maxobserved = entry->maxdeclared = 0;
 		entry->observed = entry->declared = NULL;
+		/* the facts start at the transaction's start, where all is seen */
+		memset(&entry->base, 0, sizeof(RowBalance));
+		entry->base.known = true;
+		entry->at_check = entry->base;
+		entry->check_cid = InvalidCommandId;
 	}
 	return entry;
 }
@@ -229,15 +404,102 @@ AppendFact(WriteFact **array, int *n, int *max, const WriteFact *fact)
 }
 
 /*
- * CheckObserve records a row write a guard trigger allowed (fact may be
- * NULL: a write that can never match a declaration), so that the order's
- * deferred check runs (again) at commit.
+ * SeenRow counts one row of table the guard allowed (or the engine wrote
+ * where no trigger fires) in the current subtransaction.
+ */
+static void
+SeenRow(FactTable table)
+{
+	SubTransactionId subid = GetCurrentSubTransactionId();
+
+	if (nseen_rows == 0 || seen_rows[nseen_rows - 1].subid != subid)
+	{
+		if (nseen_rows >= maxseen_rows)
+		{
+			int			newmax = maxseen_rows > 0 ? maxseen_rows * 2 : 8;
+
+			if (seen_rows == NULL)
+				seen_rows = MemoryContextAlloc(TopTransactionContext, newmax * sizeof(SeenRows));
+			else
+				seen_rows = repalloc(seen_rows, newmax * sizeof(SeenRows));
+			maxseen_rows = newmax;
+		}
+		seen_rows[nseen_rows].subid = subid;
+		memset(seen_rows[nseen_rows].rows, 0, sizeof(seen_rows[nseen_rows].rows));
+		nseen_rows++;
+	}
+	seen_rows[nseen_rows - 1].rows[table]++;
+}
+
+/*
+ * RowBalanceNow computes the transaction's row balance (see RowBalance):
+ * the statistics collector's counts of this transaction's inserted,
+ * updated and deleted rows of each fact table, over every open
+ * subtransaction level, minus the rows the guard saw.
+ */
+static void
+RowBalanceNow(RowBalance *b)
+{
+	int			t;
+	int			i;
+
+	memset(b, 0, sizeof(RowBalance));
+	if (!pgstat_track_counts)
+		return;
+	for (t = FACT_ORDER; t < FACT_NTABLES; t++)
+	{
+		bool		children;
+		Oid			relid = CheckRelid((CheckRel) t, &children);
+		PgStat_EntryRef *entry_ref;
+		PgStat_TableStatus *tabstat;
+		PgStat_TableXactStatus *trans;
+		int64		written = 0;
+
+		/* the payment tables (1.2) are missing before the upgrade: no writes */
+		if (!OidIsValid(relid) && t >= FACT_CHARGE)
+			continue;
+		/* a child table's writes are counted under the child */
+		if (!OidIsValid(relid) || children)
+			return;
+
+		/*
+		 * find_tabstat_entry() without its second lookup (of a shared
+		 * catalog, which these tables are not): that one misses the
+		 * backend's cache and takes a lock of the shared statistics.
+		 */
+		entry_ref = pgstat_fetch_pending_entry(PGSTAT_KIND_RELATION, MyDatabaseId, relid);
+		tabstat = entry_ref ? (PgStat_TableStatus *) entry_ref->pending : NULL;
+		for (trans = tabstat ? tabstat->trans : NULL; trans != NULL; trans = trans->upper)
+		{
+			if (trans->truncdropped)
+				return;
+			written += trans->tuples_inserted + trans->tuples_updated + trans->tuples_deleted;
+		}
+		for (i = 0; i < nseen_rows; i++)
+			written -= seen_rows[i].rows[t];
+		b->diff[t] = written;
+	}
+	b->known = true;
+}
+
+/* RowBalanceSame says whether two known balances are equal. */
+static bool
+RowBalanceSame(const RowBalance *a, const RowBalance *b)
+{
+	return a->known && b->known && memcmp(a->diff, b->diff, sizeof(a->diff)) == 0;
+}
+
+/*
+ * CheckObserve records a row write of table a guard trigger allowed (fact
+ * may be NULL: a write that can never match a declaration), so that the
+ * order's deferred check runs (again) at commit.
  */
 void
-CheckObserve(int64 order_id, const WriteFact *fact, bool money, bool updated)
+CheckObserve(FactTable table, int64 order_id, const WriteFact *fact, bool money, bool updated)
 {
 	DirtyOrder *entry = GetEntry(order_id);
 
+	SeenRow(table);
 	entry->checked = false;
 	entry->money = entry->money || money;
 	entry->updated = entry->updated || updated;
@@ -247,12 +509,23 @@ CheckObserve(int64 order_id, const WriteFact *fact, bool money, bool updated)
 		AppendFact(&entry->observed, &entry->nobserved, &entry->maxobserved, fact);
 }
 
-/* CheckDeclare records a row write an engine action made. */
+/*
+ * CheckDeclare records a row write an engine action made.  Under
+ * session_replication_role = replica no trigger fires: the write is
+ * counted as seen (the engine knows it), but its order's facts can no
+ * longer match (no guard saw the row as written), so a later check of the
+ * order in this transaction is the full one.
+ */
 void
 CheckDeclare(int64 order_id, const WriteFact *fact)
 {
 	DirtyOrder *entry = GetEntry(order_id);
 
+	if (SessionReplicationRole == SESSION_REPLICATION_ROLE_REPLICA)
+	{
+		SeenRow((FactTable) fact->table);
+		entry->tainted = true;
+	}
 	if (!entry->tainted)
 		AppendFact(&entry->declared, &entry->ndeclared, &entry->maxdeclared, fact);
 }
@@ -279,12 +552,13 @@ CompareFacts(const void *a, const void *b)
 }
 
 /*
- * FactsVouch says whether the order's writes in this transaction are
- * exactly the ones engine actions declared, with every ledger transaction
- * among them balanced: then the invariants hold without reading the order.
+ * FactsMatch says whether the order's writes in this transaction that the
+ * guard saw are exactly the ones engine actions declared, with every
+ * ledger transaction among them balanced.  (Whether the guard saw every
+ * write is the row balance's question.)
  */
 static bool
-FactsVouch(DirtyOrder *entry)
+FactsMatch(DirtyOrder *entry)
 {
 	int			i;
 	int			j;
@@ -314,13 +588,12 @@ FactsVouch(DirtyOrder *entry)
 
 /*
  * FunctionOwner returns the owner of the trigger function (the extension
- * owner), looked up once per backend.
+ * owner), looked up once per backend and again after a change of any
+ * function's catalog row (FunctionOwnerInvalidate).
  */
 static Oid
 FunctionOwner(Oid fn_oid)
 {
-	static Oid	cached_fn = InvalidOid;
-	static Oid	cached_owner = InvalidOid;
 	HeapTuple	tup;
 
 	if (fn_oid == cached_fn)
@@ -334,28 +607,142 @@ FunctionOwner(Oid fn_oid)
 	return cached_owner;
 }
 
+/* KeptPlan prepares a statement of the check once per backend. */
+static SPIPlanPtr
+KeptPlan(SPIPlanPtr *kept, const char *sql, int nargs, Oid *argtypes)
+{
+	SPIPlanPtr	plan;
+
+	if (*kept != NULL)
+		return *kept;
+	plan = SPI_prepare(sql, nargs, argtypes);
+	if (plan == NULL)
+		elog(ERROR, "milestones guard: SPI_prepare failed: %s",
+			 SPI_result_code_string(SPI_result));
+	if (SPI_keepplan(plan) != 0)
+		elog(ERROR, "milestones guard: SPI_keepplan failed");
+	*kept = plan;
+	return plan;
+}
+
 /*
- * FullCheck runs milestones._order_problems() for one order and raises
- * the problems it reports as one error; returns whether it checked at all.
+ * RunCheck runs milestones._order_problems() for one order, with or
+ * without the money rules; returns the number of rows: 0 when the order
+ * was not checked at all, else its problems and one last NULL row.
  *
  * An order that has no milestones yet and was only INSERTed in this
  * transaction (never UPDATEd) is not checked: pg_restore loads orders,
- * their milestones and the ledger one table per transaction (in parallel
- * with -j), so the order row alone is not the finished picture.  It is
- * checked in full when its milestones arrive; an UPDATE of it is always
- * checked (so an order without milestones can never move), and
- * check_invariants() reports one that never gets any.
+ * their milestones and the ledger one table per transaction, so the order
+ * row alone is not the finished picture.  It is checked in full when its
+ * milestones arrive; an UPDATE of it is always checked (so an order
+ * without milestones can never move), the engine's lock makes the order's
+ * next write checked in full (CheckLockedOrder), and check_invariants()
+ * reports one that never gets any.
  */
-static bool
-FullCheck(int64 order_id, bool money, bool updated, Oid owner)
+static uint64
+RunCheck(int64 order_id, bool money, bool updated)
 {
+	Oid			argtypes[3] = {INT8OID, BOOLOID, BOOLOID};
 	Datum		values[3];
 	int			ret;
+	SPIPlanPtr	plan;
+
+	/* the last row says whether the order was checked at all */
+	plan = KeptPlan(&check_plan,
+					"SELECT problem FROM milestones._order_problems("
+					"pg_catalog.array_append(NULL::pg_catalog.int8[], $1), $2)"
+					" WHERE $3 OR EXISTS (SELECT FROM milestones.order_milestones m"
+					" WHERE m.order_id OPERATOR(pg_catalog.=) $1)"
+					" UNION ALL SELECT NULL::pg_catalog.text"
+					" WHERE $3 OR EXISTS (SELECT FROM milestones.order_milestones m"
+					" WHERE m.order_id OPERATOR(pg_catalog.=) $1)",
+					3, argtypes);
+	values[0] = Int64GetDatum(order_id);
+	values[1] = BoolGetDatum(money);
+	values[2] = BoolGetDatum(updated);
+	/*
+	 * Not read-only: SPI then takes a new snapshot after a command counter
+	 * increment, so the check sees the rows written by the statement that
+	 * fired it.  (Read-only reused that statement's snapshot: fired at the
+	 * end of the statement, under SET CONSTRAINTS ALL IMMEDIATE, the check
+	 * saw the state before the write, passed it, and marked the order
+	 * checked, so an illegal write could commit.)
+	 */
+	ret = SPI_execute_plan(plan, values, NULL, false, 0);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "milestones guard: order check failed: %s",
+			 SPI_result_code_string(ret));
+	return SPI_processed;
+}
+
+/* RaiseProblems raises the problems RunCheck found as one error. */
+static void
+RaiseProblems(int64 order_id)
+{
 	StringInfoData detail;
 	uint64		i;
+
+	initStringInfo(&detail);
+	for (i = 0; i + 1 < SPI_processed; i++)
+	{
+		char	   *problem = SPI_getvalue(SPI_tuptable->vals[i],
+										   SPI_tuptable->tupdesc, 1);
+
+		if (i > 0)
+			appendStringInfoString(&detail, "; ");
+		appendStringInfoString(&detail, problem ? problem : "(unknown)");
+	}
+	ereport(ERROR,
+			(errcode(ERRCODE_CHECK_VIOLATION),
+			 errmsg("order " INT64_FORMAT " would break the milestones invariants", order_id),
+			 errdetail("%s.", detail.data),
+			 errhint("Change orders through the milestones API functions; they keep these rules.")));
+}
+
+/*
+ * ListUnchecked lists (listed true) or unlists the order in
+ * milestones.unchecked_orders; a database at 1.0 or 1.1 has no list.
+ */
+static void
+ListUnchecked(int64 order_id, bool listed)
+{
+	Oid			argtypes[1] = {INT8OID};
+	Datum		values[1];
+	int			found = EngineUncheckedDirect(order_id);
+	int			ret;
+
+	if (found < 0 || (listed ? found == 1 : found == 0))
+		return;
+	values[0] = Int64GetDatum(order_id);
+	if (listed)
+		ret = SPI_execute_plan(KeptPlan(&list_plan,
+										"INSERT INTO milestones.unchecked_orders (order_id) VALUES ($1)"
+										" ON CONFLICT DO NOTHING", 1, argtypes),
+							   values, NULL, false, 0);
+	else
+		ret = SPI_execute_plan(KeptPlan(&unlist_plan,
+										"DELETE FROM milestones.unchecked_orders"
+										" WHERE order_id OPERATOR(pg_catalog.=) $1", 1, argtypes),
+							   values, NULL, false, 0);
+	if (ret != (listed ? SPI_OK_INSERT : SPI_OK_DELETE))
+		elog(ERROR, "milestones guard: unchecked_orders write failed: %s",
+			 SPI_result_code_string(ret));
+}
+
+/*
+ * FullCheck runs the full check of one order as owner and raises the
+ * problems it finds as one error.  money asks for the money rules; without
+ * it (an order only INSERTed in this transaction) they are checked too,
+ * and when they alone fail the order is listed as unchecked rather than
+ * refused.  A pass with the money rules unlists the order.
+ */
+static CheckResult
+FullCheck(int64 order_id, bool money, bool updated, Oid owner)
+{
 	Oid			save_userid;
 	int			save_sec_context;
-	bool		checked;
+	uint64		rows;
+	CheckResult result;
 
 	/*
 	 * Run the check as the extension owner: it fires at COMMIT, outside the
@@ -371,103 +758,137 @@ FullCheck(int64 order_id, bool money, bool updated, Oid owner)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "milestones guard: SPI_connect failed");
 
-	if (check_plan == NULL)
+	rows = RunCheck(order_id, true, updated);
+	if (rows == 0)
+		result = CHECKED_NOT;
+	else if (rows == 1)
 	{
-		Oid			argtypes[3] = {INT8OID, BOOLOID, BOOLOID};
-		SPIPlanPtr	plan;
-
-		/* the last row says whether the order was checked at all */
-		plan = SPI_prepare("SELECT problem FROM milestones._order_problems("
-						   "pg_catalog.array_append(NULL::pg_catalog.int8[], $1), $2)"
-						   " WHERE $3 OR EXISTS (SELECT FROM milestones.order_milestones m"
-						   " WHERE m.order_id OPERATOR(pg_catalog.=) $1)"
-						   " UNION ALL SELECT NULL::pg_catalog.text"
-						   " WHERE $3 OR EXISTS (SELECT FROM milestones.order_milestones m"
-						   " WHERE m.order_id OPERATOR(pg_catalog.=) $1)",
-						   3, argtypes);
-		if (plan == NULL)
-			elog(ERROR, "milestones guard: SPI_prepare failed: %s",
-				 SPI_result_code_string(SPI_result));
-		if (SPI_keepplan(plan) != 0)
-			elog(ERROR, "milestones guard: SPI_keepplan failed");
-		check_plan = plan;
+		ListUnchecked(order_id, false);
+		result = CHECKED_ALL;
 	}
-
-	values[0] = Int64GetDatum(order_id);
-	values[1] = BoolGetDatum(money);
-	values[2] = BoolGetDatum(updated);
-	/*
-	 * Not read-only: SPI then takes a new snapshot after a command counter
-	 * increment, so the check sees the rows written by the statement that
-	 * fired it.  (Read-only reused that statement's snapshot: fired at the
-	 * end of the statement, under SET CONSTRAINTS ALL IMMEDIATE, the check
-	 * saw the state before the write, passed it, and marked the order
-	 * checked, so an illegal write could commit.)
-	 */
-	ret = SPI_execute_plan(check_plan, values, NULL, false, 0);
-	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "milestones guard: order check failed: %s",
-			 SPI_result_code_string(ret));
-
-	checked = SPI_processed > 0;
-	if (SPI_processed > 1)
+	else if (money)
 	{
-		initStringInfo(&detail);
-		for (i = 0; i + 1 < SPI_processed; i++)
-		{
-			char	   *problem = SPI_getvalue(SPI_tuptable->vals[i],
-											   SPI_tuptable->tupdesc, 1);
-
-			if (i > 0)
-				appendStringInfoString(&detail, "; ");
-			appendStringInfoString(&detail, problem ? problem : "(unknown)");
-		}
-		ereport(ERROR,
-				(errcode(ERRCODE_CHECK_VIOLATION),
-				 errmsg("order " INT64_FORMAT " would break the milestones invariants", order_id),
-				 errdetail("%s.", detail.data),
-				 errhint("Change orders through the milestones API functions; they keep these rules.")));
+		RaiseProblems(order_id);
+		result = CHECKED_NOT;	/* keep compiler quiet */
+	}
+	else
+	{
+		/* only INSERTed: its structure must hold, its money may follow */
+		if (RunCheck(order_id, false, updated) > 1)
+			RaiseProblems(order_id);
+		ListUnchecked(order_id, true);
+		result = CHECKED_STRUCTURE;
 	}
 
 	SPI_finish();
 	SetUserIdAndSecContext(save_userid, save_sec_context);
-	return checked;
+	return result;
+}
+
+/* MarkChecked marks an order checked as of now (balance b). */
+static void
+MarkChecked(DirtyOrder *entry, const RowBalance *b)
+{
+	entry->checked = true;
+	entry->at_check = *b;
+	entry->check_cid = GetCurrentCommandId(false);
 }
 
 /*
  * CheckFireDeferred is the body of the deferred constraint trigger for
  * one row event of an order: the first event of an order since its last
  * write decides, the others find it checked.
+ *
+ * "Checked" holds until a write the guard sees resets it, or one it does
+ * not see changes the row balance; within one command nothing can be
+ * written between two events, so the balance is only read again when the
+ * command changed.
  */
 void
 CheckFireDeferred(FunctionCallInfo fcinfo, int64 order_id, bool is_update)
 {
 	DirtyOrder *entry = NULL;
+	RowBalance	now;
+	bool		have_now = false;
+	CheckResult result;
 
 	if (dirty_orders != NULL)
 		entry = (DirtyOrder *) hash_search(dirty_orders, &order_id, HASH_FIND, NULL);
 	if (entry != NULL && entry->checked)
-		return;					/* already checked since its last write */
-
-	if (entry != NULL && FactsVouch(entry))
 	{
-		entry->checked = true;
-		return;
+		if (entry->check_cid == GetCurrentCommandId(false))
+			return;				/* already checked since its last write */
+		RowBalanceNow(&now);
+		have_now = true;
+		if (RowBalanceSame(&now, &entry->at_check))
+		{
+			entry->check_cid = GetCurrentCommandId(false);
+			return;
+		}
+	}
+
+	if (entry != NULL && FactsMatch(entry))
+	{
+		if (!have_now)
+			RowBalanceNow(&now);
+		have_now = true;
+		if (RowBalanceSame(&now, &entry->base))
+		{
+			MarkChecked(entry, &now);
+			return;
+		}
 	}
 
 	if (entry == NULL)
 	{
-		/* no guard saw the write (cannot happen with the triggers on) */
-		FullCheck(order_id, is_update, is_update,
-				  FunctionOwner(fcinfo->flinfo->fn_oid));
-		return;
+		/* no guard saw the write: nothing of it can be vouched for */
+		entry = GetEntry(order_id);
+		entry->tainted = true;
+		entry->money = entry->updated = is_update;
 	}
-	if (FullCheck(order_id, entry->money, entry->updated,
-				  FunctionOwner(fcinfo->flinfo->fn_oid)) && entry->money)
+	result = FullCheck(order_id, entry->money, entry->updated,
+					   FunctionOwner(fcinfo->flinfo->fn_oid));
+	RowBalanceNow(&now);
+	if (result == CHECKED_ALL)
 	{
 		/* a sound, fully checked order: later engine writes start here */
 		entry->nobserved = entry->ndeclared = 0;
 		entry->tainted = false;
+		entry->base = now;
 	}
-	entry->checked = true;
+	MarkChecked(entry, &now);
+}
+
+/*
+ * CheckLockedOrder is called by the engine's order lock (engine.c), once
+ * the order and its milestones are read: unchecked says the order is
+ * listed in milestones.unchecked_orders (or may be), or has no milestones,
+ * so its state was never checked with every rule.  Its writes in this
+ * transaction then get the full check with the money at commit.  Under
+ * session_replication_role = replica no trigger fires, so there will be no
+ * commit check: the engine checks the order itself before it writes, when
+ * it is unchecked or the guard missed a write of this transaction.
+ */
+void
+CheckLockedOrder(int64 order_id, bool unchecked)
+{
+	DirtyOrder *entry;
+	RowBalance	now;
+
+	if (SessionReplicationRole != SESSION_REPLICATION_ROLE_REPLICA)
+	{
+		if (unchecked)
+		{
+			entry = GetEntry(order_id);
+			entry->tainted = true;
+			entry->money = entry->updated = true;
+		}
+		return;
+	}
+	entry = GetEntry(order_id);
+	RowBalanceNow(&now);
+	if (!unchecked && RowBalanceSame(&now, &entry->base))
+		return;
+	(void) FullCheck(order_id, true, true, GetUserId());
+	entry->base = now;
 }

@@ -572,3 +572,79 @@ EngineNotifyDirect(Oid events_nsp, bool *notify)
 	*notify = settings.notify;
 	return true;
 }
+
+/*
+ * The list of orders whose money was never checked (1.2): the order lock
+ * looks the order up in it, and the commit check keeps it (check.c).
+ */
+static const ColumnSpec unchecked_columns[1] =
+{
+	{"order_id", INT8OID, true}
+};
+static ColumnMap unchecked_map;
+
+/*
+ * EngineUncheckedDirect says whether the order is listed in
+ * milestones.unchecked_orders: 1 when it is, or when the table is not as
+ * the extension made it and cannot be probed (the caller then assumes the
+ * worst), 0 when it is not, -1 when there is no such table (a database at
+ * 1.0 or 1.1).  A probe by primary key, under a new snapshot that also
+ * sees this transaction's own listings; none when the table has no page.
+ */
+int
+EngineUncheckedDirect(int64 order_id)
+{
+	Oid			relid = CheckRelid(CHECK_REL_UNCHECKED, NULL);
+	Relation	rel;
+	Relation	index;
+	IndexScanDesc scan;
+	ScanKeyData key;
+	TupleTableSlot *slot;
+	int			keycol[1];
+	bool		found;
+
+	if (!OidIsValid(relid))
+		return -1;
+	if (pg_class_aclcheck(relid, GetUserId(), ACL_SELECT) != ACLCHECK_OK)
+		return 1;
+	rel = try_table_open(relid, AccessShareLock);
+	if (rel == NULL)
+		return 1;				/* dropped meanwhile */
+	/*
+	 * The list is nearly always empty, and then has no page (autovacuum
+	 * truncates it, see the table's storage parameters): no page, no row,
+	 * without the index probe's snapshot and scan.
+	 */
+	if (TableIsPlain(rel->rd_rel) && RelationGetNumberOfBlocks(rel) == 0)
+	{
+		table_close(rel, NoLock);
+		return 0;
+	}
+	index = NULL;
+	if (TableIsPlain(rel->rd_rel) &&
+		ColumnMapFind(&unchecked_map, RelationGetDescr(rel), relid, 0, unchecked_columns, 1) < 0)
+	{
+		keycol[0] = unchecked_map.attnum[0];
+		index = KeyIndexOpen(rel, 1, keycol, INT8OID);
+	}
+	if (index == NULL)
+	{
+		/* not as the extension made it: the caller assumes the worst */
+		table_close(rel, NoLock);
+		return 1;
+	}
+	CommandCounterIncrement();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	UpdateActiveSnapshotCommandId();
+	slot = table_slot_create(rel, NULL);
+	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(order_id));
+	scan = index_beginscan(rel, index, GetActiveSnapshot(), 1, 0);
+	index_rescan(scan, &key, 1, NULL, 0);
+	found = index_getnext_slot(scan, ForwardScanDirection, slot);
+	index_endscan(scan);
+	ExecDropSingleTupleTableSlot(slot);
+	PopActiveSnapshot();
+	index_close(index, NoLock);
+	table_close(rel, NoLock);
+	return found ? 1 : 0;
+}

@@ -457,6 +457,7 @@ static EnginePlan eligible_plan = {
 	"SELECT" SELLER_ELIGIBLE_SQL("$1") " AND" CATEGORY_ELIGIBLE_SQL("$2"),
 	2, {INT8OID, TEXTOID}
 };
+static void LockedOrderChecked(EngineOrder *o);
 static bool LockOrder(EngineOrder *o, int64 order_id, int64 actor_id, const char *role,
 					  bool eligible);
 static bool LockOrderRead(EngineOrder *o, int64 order_id, int64 actor_id, const char *role,
@@ -474,6 +475,7 @@ void
 EngineLockOrder(EngineOrder *o, int64 order_id, int64 actor_id, const char *role)
 {
 	LockOrder(o, order_id, actor_id, role, false);
+	LockedOrderChecked(o);
 }
 
 /*
@@ -484,7 +486,23 @@ EngineLockOrder(EngineOrder *o, int64 order_id, int64 actor_id, const char *role
 bool
 EngineLockOrderEligible(EngineOrder *o, int64 order_id, int64 actor_id, const char *role)
 {
-	return LockOrder(o, order_id, actor_id, role, true);
+	bool		eligible = LockOrder(o, order_id, actor_id, role, true);
+
+	LockedOrderChecked(o);
+	return eligible;
+}
+
+/*
+ * LockedOrderChecked tells the commit check (check.c) whether the locked
+ * order's state was ever checked with every rule: not when it has no
+ * milestones, nor when it is listed in milestones.unchecked_orders (its
+ * money was not checked when it was INSERTed).
+ */
+static void
+LockedOrderChecked(EngineOrder *o)
+{
+	CheckLockedOrder(o->order_id, o->nmilestones == 0 ||
+					 EngineUncheckedDirect(o->order_id) == 1);
 }
 
 /* NoSuchOrder raises the P0002 of an order id that names no order. */
@@ -799,6 +817,7 @@ EngineWriteInit(EngineWrite *w, EngineOrder *o, int position, const char *event,
 
 	memset(w->values, 0, sizeof(w->values));
 	memset(w->nulls, 'n', sizeof(w->nulls));
+	w->legs.nlegs = 0;
 	o->state = order_state;
 	EventValues(w->values, w->nulls, o, position, event, actor_role, actor_null, actor_id,
 				agent, milestone_state, detail);

@@ -144,10 +144,26 @@ typedef struct EngineOrder
 	" WHERE a.amount OPERATOR(pg_catalog.<>) 0" \
 	" RETURNING txn_id, account, amount)"
 
+/*
+ * One ledger transaction as the engine computed it, before it is written:
+ * the legs it declares to the commit check (check.c), zero legs left out
+ * as the statements leave them out.  Only the transaction id comes from
+ * the statement that writes it.
+ */
+typedef struct LedgerLegs
+{
+	int			nlegs;
+	int			position;		/* -1: none */
+	int			kind;			/* index in LedgerKinds */
+	int			account[3];		/* indexes in LedgerAccounts */
+	int64		cents[3];
+} LedgerLegs;
+
 typedef struct EngineWrite
 {
 	Datum		values[ENGINE_WRITE_ARGS];
 	char		nulls[ENGINE_WRITE_ARGS];
+	LedgerLegs	legs;			/* the ledger transaction it writes, if any */
 } EngineWrite;
 
 /* The end of an order as LedgerCompletePrepare computed it, before it is written. */
@@ -223,7 +239,7 @@ extern void EngineSetOrder(EngineOrder *o, int to, bool updated);
 /* ledger.c */
 extern void LedgerWriteLegs(EngineWrite *w, EngineOrder *o, int position, const char *kind,
 							const char *const *accounts, Datum *amounts, int nlegs);
-extern int64 LedgerDeclare(EngineOrder *o, int position, const char *kind);
+extern int64 LedgerDeclare(EngineOrder *o, const LedgerLegs *legs);
 extern void LedgerCompletePrepare(EngineOrder *o, EngineMilestone *m, StringInfo detail,
 								  LedgerPayout *p);
 extern void LedgerCompleteWrite(EngineOrder *o, EngineMilestone *m, const char *reason,

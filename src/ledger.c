@@ -5,9 +5,12 @@
  *		order and its payout.
  *
  * Every movement is one ledger transaction whose legs sum to zero
- * (SPEC section 4); each leg written is declared to the commit check
- * (check.c) with its transaction, kind, account and amount, so an order
- * the engine alone wrote needs no query at commit.
+ * (SPEC section 4); each leg is declared to the commit check (check.c)
+ * with its kind, account, position and amount as the engine computed them
+ * before the statement ran, and the transaction id the statement drew, so
+ * an order the engine alone wrote needs no query at commit, and a leg
+ * written otherwise than computed (a trigger that changed it) does not
+ * match its declaration.
  *
  *-------------------------------------------------------------------------
  */
@@ -33,6 +36,47 @@ static EnginePlan post_plan = {
 };
 
 /*
+ * LedgerLegsInit computes the legs of one ledger transaction from the
+ * engine's amounts, before anything is written: zero legs are left out
+ * (the statements skip them), every amount must be whole cents, and the
+ * legs must balance.
+ */
+static void
+LedgerLegsInit(LedgerLegs *legs, EngineOrder *o, int position, const char *kind,
+			   const char *const *accounts, Datum *amounts, int nlegs)
+{
+	int64		sum = 0;
+	int			i;
+
+	legs->nlegs = 0;
+	legs->position = position < 0 ? -1 : position;
+	legs->kind = LedgerCode(LedgerKinds, kind);
+	for (i = 0; i < nlegs; i++)
+	{
+		bool		exact;
+		int64		cents = NumericToCents(amounts[i], &exact);
+
+		if (!exact)
+			ereport(ERROR,
+					(errcode(ERRCODE_CHECK_VIOLATION),
+					 errmsg("ledger amount %s of order " INT64_FORMAT " is not a whole number of cents",
+							EngineNumericOut(amounts[i]), o->order_id),
+					 errdetail("Money is numeric with two decimals; the %s leg of the %s cannot be booked.",
+							   accounts[i], kind),
+					 errhint("Check the order's milestone amounts and fee rate.")));
+		if (cents == 0)
+			continue;
+		legs->account[legs->nlegs] = LedgerCode(LedgerAccounts, accounts[i]);
+		legs->cents[legs->nlegs] = cents;
+		legs->nlegs++;
+		sum += cents;
+	}
+	if (sum != 0)
+		elog(ERROR, "milestones engine: ledger transaction of order " INT64_FORMAT " does not balance",
+			 o->order_id);
+}
+
+/*
  * LedgerPost writes one balanced ledger transaction of up to three legs
  * (zero legs omitted, as 1.0's _post); position < 0 is NULL.  Returns the
  * transaction id, or 0 when every leg was zero.
@@ -44,8 +88,10 @@ LedgerPost(EngineOrder *o, int position, const char *kind,
 	Datum		values[11];
 	char		nulls[11];
 	int			i;
+	LedgerLegs	legs;
 
 	Assert(nlegs >= 1 && nlegs <= 3);
+	LedgerLegsInit(&legs, o, position, kind, accounts, amounts, nlegs);
 	memset(nulls, ' ', sizeof(nulls));
 	values[0] = Int64GetDatum(o->order_id);
 	values[1] = Int16GetDatum((int16) position);
@@ -68,7 +114,7 @@ LedgerPost(EngineOrder *o, int position, const char *kind,
 		}
 	}
 	EngineExec(&post_plan, values, nulls, SPI_OK_INSERT_RETURNING, 0);
-	return LedgerDeclare(o, position, kind);
+	return LedgerDeclare(o, &legs);
 }
 
 static EnginePlan post_charge_plan = {
@@ -95,26 +141,36 @@ LedgerPostCharge(EngineOrder *o, int position, const char *kind, Datum amount,
 	Datum		values[9];
 	Datum		minus = DirectFunctionCall1(numeric_uminus, amount);
 	bool		charge = strcmp(kind, "charge") == 0;
+	const char *const accounts[2] = {"buyer", "escrow"};
+	Datum		amounts[2];
+	LedgerLegs	legs;
 
 	values[0] = Int64GetDatum(o->order_id);
 	values[1] = Int16GetDatum((int16) position);
 	values[2] = CStringGetTextDatum(kind);
 	values[3] = CStringGetTextDatum(o->currency);
 	values[4] = TimestampTzGetDatum(MilestonesNow());
-	values[5] = charge ? minus : amount;	/* buyer */
-	values[6] = charge ? amount : minus;	/* escrow */
+	amounts[0] = charge ? minus : amount;	/* buyer */
+	amounts[1] = charge ? amount : minus;	/* escrow */
+	LedgerLegsInit(&legs, o, position, kind, accounts, amounts, 2);
+	if (legs.nlegs != 2)
+		elog(ERROR, "milestones engine: charge %lld of order " INT64_FORMAT " has no amount",
+			 (long long) charge_id, o->order_id);
+	values[5] = amounts[0];
+	values[6] = amounts[1];
 	values[7] = Int64GetDatum(charge_id);
 	values[8] = Int32GetDatum(attempt);
 	EngineExec(&post_charge_plan, values, NULL, SPI_OK_INSERT_RETURNING, 0);
 	if (SPI_processed != 2)
 		elog(ERROR, "milestones engine: charge %lld attempt %d of order " INT64_FORMAT " not booked",
 			 (long long) charge_id, attempt, o->order_id);
-	return LedgerDeclare(o, position, kind);
+	return LedgerDeclare(o, &legs);
 }
 
 /*
  * LedgerWriteLegs sets the ledger transaction of a combined write
- * statement ($11-$19 of WRITE_POST_CTE), as LedgerPost takes it.
+ * statement ($11-$19 of WRITE_POST_CTE), as LedgerPost takes it, and
+ * computes its legs (w->legs) for LedgerDeclare.
  */
 void
 LedgerWriteLegs(EngineWrite *w, EngineOrder *o, int position, const char *kind,
@@ -123,6 +179,7 @@ LedgerWriteLegs(EngineWrite *w, EngineOrder *o, int position, const char *kind,
 	int			i;
 
 	Assert(nlegs >= 1 && nlegs <= 3);
+	LedgerLegsInit(&w->legs, o, position, kind, accounts, amounts, nlegs);
 	EngineWriteSet(w, 11, Int16GetDatum((int16) position), position < 0);
 	EngineWriteSet(w, 12, CStringGetTextDatum(kind), false);
 	EngineWriteSet(w, 13, CStringGetTextDatum(o->currency), false);
@@ -134,47 +191,43 @@ LedgerWriteLegs(EngineWrite *w, EngineOrder *o, int position, const char *kind,
 }
 
 /*
- * LedgerDeclare declares to the commit check the ledger legs the last
- * statement wrote: its rows' columns 1-3 are txn_id, account and amount
- * (rows with a NULL txn_id are not legs), and checks that they balance.
- * Returns the transaction id, or 0 when no leg was written.
+ * LedgerDeclare declares to the commit check the legs the engine computed
+ * (LedgerLegsInit), under the transaction id the last statement drew: the
+ * first non-NULL value of its first column (its rows' txn_id; a row with a
+ * NULL there is not a leg).  Nothing else is taken from the statement: a
+ * leg it wrote otherwise does not match, and the order gets the full
+ * check.  Returns the transaction id, or 0 when no leg was written.
  */
 int64
-LedgerDeclare(EngineOrder *o, int position, const char *kind)
+LedgerDeclare(EngineOrder *o, const LedgerLegs *legs)
 {
 	uint64		r;
 	int64		txn = 0;
-	int64		sum = 0;
+	int			i;
 
-	for (r = 0; r < SPI_processed; r++)
+	for (r = 0; r < SPI_processed && txn == 0; r++)
 	{
-		HeapTuple	tup = SPI_tuptable->vals[r];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
 		bool		isnull;
-		bool		exact;
-		WriteFact	f;
-		Datum		id = SPI_getbinval(tup, desc, 1, &isnull);
+		Datum		id = SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 1, &isnull);
 
-		if (isnull)
-			continue;
+		if (!isnull)
+			txn = DatumGetInt64(id);
+	}
+	for (i = 0; i < legs->nlegs; i++)
+	{
+		WriteFact	f;
+
 		memset(&f, 0, sizeof(f));
 		f.table = FACT_LEDGER;
 		f.insert = 1;
 		f.from = f.to = -1;
-		f.position = position < 0 ? -1 : position;
-		f.kind = LedgerCode(LedgerKinds, kind);
-		f.txn = txn = DatumGetInt64(id);
-		f.account = LedgerCode(LedgerAccounts, SPI_getvalue(tup, desc, 2));
-		f.cents = NumericToCents(SPI_getbinval(tup, desc, 3, &isnull), &exact);
-		if (!exact)
-			elog(ERROR, "milestones engine: ledger amount of order " INT64_FORMAT " is not in cents",
-				 o->order_id);
-		sum += f.cents;
+		f.position = legs->position;
+		f.kind = legs->kind;
+		f.account = legs->account[i];
+		f.txn = txn;
+		f.cents = legs->cents[i];
 		CheckDeclare(o->order_id, &f);
 	}
-	if (sum != 0)
-		elog(ERROR, "milestones engine: ledger transaction of order " INT64_FORMAT " does not balance",
-			 o->order_id);
 	return txn;
 }
 
@@ -386,7 +439,7 @@ LedgerCompleteWrite(EngineOrder *o, EngineMilestone *m, const char *reason, Time
 			EngineSetMilestone(o, &o->ms[i], MS_SKIPPED);
 	EngineSetOrder(o, ORDER_COMPLETED, true);
 	EngineSetEnded(o, reason, NULL, at);
-	LedgerDeclare(o, -1, "payout");
+	LedgerDeclare(o, &w->legs);
 	/* Confirmed mode: the net becomes the seller's pending earning. */
 	if (o->confirmed && DatumGetInt32(DirectFunctionCall2(numeric_cmp, NumericGetDatum(p->net),
 														  NumericGetDatum(int64_to_numeric(0)))) > 0)
@@ -398,14 +451,15 @@ static EnginePlan start_plan = {
 	" due_at = pg_catalog.timezone('UTC', pg_catalog.timezone('UTC', $3)"
 	" OPERATOR(pg_catalog.+) pg_catalog.make_interval(days => days))"
 	" WHERE order_id OPERATOR(pg_catalog.=) $1 AND position OPERATOR(pg_catalog.=) $2"
-	" RETURNING amount, due_at",
+	" RETURNING due_at",
 	3, {INT8OID, INT2OID, TIMESTAMPTZOID}
 };
 
 /*
  * LedgerStart starts a pending milestone and charges the buyer for it
  * (R3, R4; 1.0's _start): due_at is computed in UTC, so the caller's
- * TimeZone (DST) cannot stretch or shrink it.  Returns the amount charged.
+ * TimeZone (DST) cannot stretch or shrink it.  Returns the amount charged:
+ * the milestone's amount as read under the order's lock.
  */
 Datum
 LedgerStart(EngineOrder *o, EngineMilestone *m)
@@ -413,8 +467,7 @@ LedgerStart(EngineOrder *o, EngineMilestone *m)
 	static const char *const accounts[] = {"buyer", "escrow"};
 	Datum		values[3];
 	Datum		amounts[2];
-	bool		isnull;
-	Datum		amount;
+	Datum		amount = m->amount;
 
 	values[0] = Int64GetDatum(o->order_id);
 	values[1] = Int16GetDatum((int16) m->position);
@@ -423,8 +476,7 @@ LedgerStart(EngineOrder *o, EngineMilestone *m)
 	if (SPI_processed != 1)
 		elog(ERROR, "milestones engine: milestone %d of order " INT64_FORMAT " not started",
 			 m->position, o->order_id);
-	amount = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-	m->due_at = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2,
+	m->due_at = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
 												  &m->due_at_null));
 	EngineSetMilestone(o, m, MS_IN_PROGRESS);
 	amounts[0] = DirectFunctionCall1(numeric_uminus, amount);

@@ -122,7 +122,8 @@ typedef enum FactTable
 	FACT_LEDGER = 3,
 	FACT_CHARGE = 4,			/* order_charges (1.2): txn is the charge_id */
 	FACT_ATTEMPT = 5,			/* charge_attempts: txn the charge_id, position the attempt */
-	FACT_REFUND = 6				/* order_refunds: txn the refund_id */
+	FACT_REFUND = 6,			/* order_refunds: txn the refund_id */
+	FACT_NTABLES = 7			/* array size: index 0 unused */
 } FactTable;
 
 typedef struct WriteFact
@@ -142,10 +143,26 @@ extern const char *const LedgerKinds[];	/* charge, payout, refund */
 extern const char *const LedgerAccounts[];	/* buyer, escrow, seller, platform */
 extern int	LedgerCode(const char *const *list, const char *name);
 
+/* The tables the commit check reads (CheckRelid). */
+typedef enum CheckRel
+{
+	CHECK_REL_ORDERS = FACT_ORDER,
+	CHECK_REL_MILESTONES = FACT_MILESTONE,
+	CHECK_REL_LEDGER = FACT_LEDGER,
+	CHECK_REL_CHARGES = FACT_CHARGE,
+	CHECK_REL_ATTEMPTS = FACT_ATTEMPT,
+	CHECK_REL_REFUNDS = FACT_REFUND,
+	CHECK_REL_UNCHECKED = FACT_NTABLES, /* milestones.unchecked_orders (1.2) */
+	CHECK_REL_COUNT = FACT_NTABLES + 1
+} CheckRel;
+
 extern void CheckInit(void);
-extern void CheckObserve(int64 order_id, const WriteFact *fact, bool money, bool updated);
+extern Oid	CheckRelid(CheckRel which, bool *children);
+extern void CheckObserve(FactTable table, int64 order_id, const WriteFact *fact, bool money,
+						 bool updated);
 extern void CheckDeclare(int64 order_id, const WriteFact *fact);
 extern void CheckFireDeferred(FunctionCallInfo fcinfo, int64 order_id, bool is_update);
+extern void CheckLockedOrder(int64 order_id, bool unchecked);
 extern WriteFact StateFact(FactTable table, bool insert, int from, int to, int position);
 extern int64 NumericToCents(Datum amount, bool *exact);
 
@@ -173,6 +190,9 @@ extern int	ColumnMapFind(ColumnMap *map, TupleDesc desc, Oid key, int32 keymod,
 						  const ColumnSpec *columns, int ncolumns);
 extern Relation KeyIndexOpen(Relation rel, int nkeys, const int *attnums, Oid keytype);
 extern bool TableIsPlain(Form_pg_class c);
+
+/* direct.c: whether an order is listed in milestones.unchecked_orders */
+extern int	EngineUncheckedDirect(int64 order_id);
 
 /* payout.c */
 extern void PayoutAmounts(Numeric gross_raw, Numeric rate,

@@ -19,7 +19,7 @@ dst_p=ms_dump_plain
 tmp=$(mktemp -d)
 trap 'dropdbs $src $dst_c $dst_p; rm -rf "$tmp"' EXIT
 
-plan 23
+plan 25
 
 newdb $src
 every_state_sql | psql -X -q -d $src >/dev/null 2>"$tmp/setup.err"
@@ -68,6 +68,8 @@ check() {
   [ -s "$tmp/$label.diff" ] && diag "$(head -40 "$tmp/$label.diff")"
   is "$(md5sum < "$tmp/$label.out")" "$(md5sum < "$tmp/src.out")" "$label: md5 of the ordered snapshot matches"
   is "$(q "$db" "SELECT count(*) FROM milestones.check_invariants()")" "0" "$label: check_invariants() is empty"
+  is "$(q "$db" "SELECT count(*) FROM milestones.unchecked_orders")" "0" \
+     "$label: no order is left unchecked (the ledger is restored before the milestones)"
   maxid=$(q "$db" "SELECT max(order_id) FROM milestones.orders")
   newid=$(offer3 "$db" 2>&1)
   ok $([ "$newid" -gt "$maxid" ] 2>/dev/null; echo $?) "$label: a new offer gets a fresh id ($newid > $maxid)"

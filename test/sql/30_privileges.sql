@@ -107,8 +107,8 @@ SELECT plan(
 );
 
 -- Inventory: the lists above cover what the extension has.
-SELECT is((SELECT count(*)::int FROM ext_funcs), 85, 'the extension has 85 functions and procedures');
-SELECT is((SELECT count(*)::int FROM ext_rels), 50, 'the extension has 50 tables, views and sequences');
+SELECT is((SELECT count(*)::int FROM ext_funcs), 86, 'the extension has 86 functions and procedures');
+SELECT is((SELECT count(*)::int FROM ext_rels), 51, 'the extension has 51 tables, views and sequences');
 SELECT is((SELECT count(*)::int FROM want_exec w WHERE NOT EXISTS (SELECT FROM ext_funcs f WHERE f.fn = w.fn)), 0,
           'every function named in the expected grants exists');
 SELECT is((SELECT count(*)::int FROM want_rel w WHERE NOT EXISTS (SELECT FROM ext_rels r WHERE r.rel = w.rel)), 0,

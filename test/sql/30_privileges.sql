@@ -74,7 +74,9 @@ INSERT INTO want_rel VALUES
   ('charges',              '{ms_t_app,ms_t_support,ms_t_reader,ms_t_payments}'),
   ('refunds',              '{ms_t_support,ms_t_reader,ms_t_payments}'),
   ('withdrawals',          '{ms_t_app,ms_t_support,ms_t_reader,ms_t_payments}'),
-  ('seller_balances',      '{ms_t_app,ms_t_support,ms_t_reader}');
+  ('seller_balances',      '{ms_t_app,ms_t_support,ms_t_reader}'),
+  ('payment_status',       '{ms_t_app,ms_t_support,ms_t_reader}'),
+  ('payment_totals',       '{ms_t_app,ms_t_support,ms_t_reader}');
 -- Everything else (orders, order_milestones, ledger_entries, events,
 -- settings, idempotency_keys, consumers, consumer_ticks, consumer_batches,
 -- the sequences): no privilege at all.
@@ -108,7 +110,7 @@ SELECT plan(
 
 -- Inventory: the lists above cover what the extension has.
 SELECT is((SELECT count(*)::int FROM ext_funcs), 86, 'the extension has 86 functions and procedures');
-SELECT is((SELECT count(*)::int FROM ext_rels), 51, 'the extension has 51 tables, views and sequences');
+SELECT is((SELECT count(*)::int FROM ext_rels), 53, 'the extension has 53 tables, views and sequences');
 SELECT is((SELECT count(*)::int FROM want_exec w WHERE NOT EXISTS (SELECT FROM ext_funcs f WHERE f.fn = w.fn)), 0,
           'every function named in the expected grants exists');
 SELECT is((SELECT count(*)::int FROM want_rel w WHERE NOT EXISTS (SELECT FROM ext_rels r WHERE r.rel = w.rel)), 0,

@@ -60,6 +60,7 @@
 #include "utils/json.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
+#include "utils/memutils.h"
 #include "utils/numeric.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
@@ -1159,7 +1160,10 @@ EventPayload(HeapTuple tuple, TupleDesc desc, const EventsColumns *col, const Or
 /*
  * BuildPayloads builds the payloads of the first n events (NULL for an
  * event whose order is gone: _payloads() joins the orders); false when an
- * event's payload cannot be built here.
+ * event's payload cannot be built here.  Each payload is written in a
+ * context of its own, reset after it (its fields' buffers are some kB),
+ * and only the result is kept: a batch costs its payloads, not their
+ * scaffolding.
  */
 static bool
 BuildPayloads(Oid nsp, Snapshot snap, Relation rel, const EventsColumns *col,
@@ -1168,15 +1172,20 @@ BuildPayloads(Oid nsp, Snapshot snap, Relation rel, const EventsColumns *col,
 	OrderParties *orders;
 	int			norders;
 	int			i;
+	bool		built = true;
+	MemoryContext outer = CurrentMemoryContext;
+	MemoryContext scratch;
 
 	if (!ReadOrders(nsp, snap, rel, col, events, n, &orders, &norders))
 		return false;
 
-	for (i = 0; i < n; i++)
+	scratch = AllocSetContextCreate(outer, "milestones relay payload", ALLOCSET_DEFAULT_SIZES);
+	for (i = 0; i < n && built; i++)
 	{
 		bool		isnull;
 		OrderParties key;
 		OrderParties *order;
+		char	   *payload;
 
 		key.order_id = DatumGetInt64(heap_getattr(events[i].tuple, col->order_id,
 												  RelationGetDescr(rel), &isnull));
@@ -1184,11 +1193,17 @@ BuildPayloads(Oid nsp, Snapshot snap, Relation rel, const EventsColumns *col,
 		payloads[i] = NULL;
 		if (order == NULL)
 			continue;
-		payloads[i] = EventPayload(events[i].tuple, RelationGetDescr(rel), col, order);
-		if (payloads[i] == NULL)
-			return false;
+		MemoryContextSwitchTo(scratch);
+		payload = EventPayload(events[i].tuple, RelationGetDescr(rel), col, order);
+		MemoryContextSwitchTo(outer);
+		if (payload == NULL)
+			built = false;
+		else
+			payloads[i] = pstrdup(payload);
+		MemoryContextReset(scratch);
 	}
-	return true;
+	MemoryContextDelete(scratch);
+	return built;
 }
 
 /*

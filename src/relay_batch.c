@@ -14,6 +14,10 @@
  *	- "anything new?" and the tick range through the events' transaction id
  *	  index (events_txid_idx), read in C with the same snapshot tests as
  *	  pg_visible_in_snapshot(), and the orders through their primary key;
+ *	- the range ends where it reaches a batch (sql/1.2/20_consumers.sql:
+ *	  the new tick cut by _range_bound()'s rule, WalkRange and CutTick
+ *	  here), so a backlog after a pause is sent a batch per transaction,
+ *	  each moving the position, holding at most a batch of rows in memory;
  *	- the payloads written in C, in the key order and the text jsonb gives
  *	  _payloads() (money as strings), without building jsonb values;
  *	- the consumer's new position in one statement from a saved plan: its
@@ -26,9 +30,11 @@
  * The common case is: no open batch, no range being drained, both ticks of
  * this cluster, every detail a JSON object.  Anything else (a restore from
  * another cluster, a range of more than milestones.relay_batch_size events
- * being drained, an open batch) is left to the SQL functions, which stay
- * the one definition of the mechanism; test/shell/23_relay.t checks that
- * the payloads sent are byte for byte those of _payloads().
+ * (one transaction larger than a batch) to be drained, an open batch) is
+ * left to the SQL functions, which stay the one definition of the
+ * mechanism; test/shell/23_relay.t checks that the payloads sent are byte
+ * for byte those of _payloads(), test/shell/28_backlog.t that the C path
+ * cuts its ranges as _range_bound() does.
  *
  *-------------------------------------------------------------------------
  */

@@ -157,11 +157,11 @@ grep -qs '^ready' "$tmp/listen.err" || bail "the listener did not start: $(cat "
 pause() {
   psql -X -q -d postgres -c "ALTER SYSTEM SET milestones.relay_max_queue_usage = 0" -c "SELECT pg_reload_conf()" >/dev/null
   rm -f "$tmp/stuck.go"
-  ( printf '%s\n' "LISTEN milestones;" "BEGIN;" "SELECT 'stuck';"
+  ( printf '%s\n' "LISTEN milestones;" "BEGIN;" "SELECT 'stuck ' || pg_backend_pid();"
     while [ ! -f "$tmp/stuck.go" ]; do sleep 0.05; done; echo "COMMIT;" ) | psql -X -q -A -t -d "$DB" >"$tmp/stuck.out" 2>&1 &
   stuck=$!
   pids+=($stuck)
-  for _ in $(seq 1 100); do grep -q '^stuck$' "$tmp/stuck.out" && break; sleep 0.05; done
+  for _ in $(seq 1 100); do grep -q '^stuck ' "$tmp/stuck.out" && break; sleep 0.05; done
   local i
   for i in $(seq 1 20); do
     q "$DB" "SELECT public.w(20)" >/dev/null
@@ -170,9 +170,12 @@ pause() {
   done
   return 1
 }
-# resume: the listener goes away and the threshold is back to its default.
+# resume: the threshold is back to its default and the listener goes away
+# (terminated: it would otherwise read, and psql print, the whole backlog
+# of notifications next to the catch-up being measured).
 resume() {
   psql -X -q -d postgres -c "ALTER SYSTEM RESET milestones.relay_max_queue_usage" -c "SELECT pg_reload_conf()" >/dev/null
+  q postgres "SELECT pg_terminate_backend($(sed -n 's/^stuck //p' "$tmp/stuck.out"))" >/dev/null
   touch "$tmp/stuck.go"
   wait "$stuck"
 }

@@ -161,7 +161,7 @@ test: all
 	test/tools/run-tests
 
 # bench: the performance benchmark (issue 6) in a throwaway cluster, about
-# 20 minutes (of which the backlog catch-up, test/bench/backlog, some 8);
+# 15 to 20 minutes (of which the backlog catch-up, test/bench/backlog, 4 to 8);
 # BENCH_QUICK=1 for a smoke run of a minute or two.  See doc/performance.md.
 # MILESTONES_DESTDIR: as for test.
 bench: all

@@ -182,8 +182,10 @@ test: all
 	test/tools/run-tests
 
 # bench: the performance benchmark (issue 6) in a throwaway cluster, about
-# 10 minutes; BENCH_QUICK=1 for a few-seconds smoke run.  See doc/performance.md.
-# MILESTONES_DESTDIR: installs and benchmarks that build, as for test.
+# 15 to 20 minutes (of which the backlog catch-up, test/bench/backlog, 4 to 8,
+# and the clearance sweep, test/bench/clearance, 1);
+# BENCH_QUICK=1 for a smoke run of a minute or two.  See doc/performance.md.
+# MILESTONES_DESTDIR: as for test.
 bench: all
 	$(MAKE) install $(if $(MILESTONES_DESTDIR),DESTDIR=$(MILESTONES_DESTDIR))
 	test/bench/run

@@ -26,9 +26,16 @@
  *	- above milestones.relay_max_queue_usage of the notification queue
  *	  (a listener that never reads) it pauses, with one WARNING, and goes on
  *	  when the queue drains;
- *	- when its database is dropped it exits for good (exit code 0: the
- *	  postmaster does not restart it); any other termination exits with 1
- *	  and the postmaster restarts it after bgw_restart_time.
+ *	- SIGTERM is die(), as in worker_spi: pg_terminate_backend() ends it
+ *	  even while it runs a statement or waits for a lock (a FATAL error);
+ *	  when its database is dropped (DROP DATABASE ... WITH (FORCE)) it
+ *	  exits for good (exit code 0: the postmaster does not restart it, or,
+ *	  when the signal came in the middle of a statement, the restarted
+ *	  worker exits with 0 before connecting); any other termination exits
+ *	  with 1 and the postmaster restarts it after bgw_restart_time;
+ *	- on every exit (normal, FATAL, the postmaster's death) it clears the
+ *	  pid and latch it published (a before_shmem_exit callback), so
+ *	  relay_status() never shows a process that is gone.
  *
  * Backends of the served database see the relay in shared memory and skip
  * the fallback NOTIFY (src/events.c); every other database, or a server
@@ -68,6 +75,7 @@
 #include "storage/proc.h"
 #include "storage/shmem.h"
 #include "storage/spin.h"
+#include "tcop/tcopprot.h"
 #include "utils/builtins.h"
 #include "utils/catcache.h"
 #include "utils/fmgroids.h"
@@ -147,7 +155,13 @@ static bool wake_at_commit = false;
 /* The worker: when it last warned of a full notification queue. */
 static TimestampTz last_pause_warning = 0;
 
-/* The worker: set by its signal handlers. */
+/*
+ * The worker: its exit was decided on the way out of its main loop
+ * (RelayShutdown), so RelayBeforeShmemExit only clears what it published.
+ */
+static bool exit_decided = false;
+
+/* The worker: a SIGTERM came (RelayDie). */
 static volatile sig_atomic_t got_sigterm = false;
 
 /* RelayShmemRequest asks for the relay's shared memory (PostgreSQL 15 hook). */
@@ -335,15 +349,16 @@ RelayWakeAtCommit(void)
 	wake_at_commit = true;
 }
 
-/* RelaySigterm only sets a flag and the latch; the main loop decides how to exit. */
+/*
+ * RelayDie is the SIGTERM handler: die(), as worker_spi's since PostgreSQL
+ * 13, so that the termination interrupts a statement or a lock wait too,
+ * and a note that it came, for the exit's log line.
+ */
 static void
-RelaySigterm(SIGNAL_ARGS)
+RelayDie(SIGNAL_ARGS)
 {
-	int			save_errno = errno;
-
 	got_sigterm = true;
-	SetLatch(MyLatch);
-	errno = save_errno;
+	die(postgres_signal_arg);
 }
 
 /* SetNote records the relay's last error (or clears it) for relay_status(). */
@@ -358,30 +373,105 @@ SetNote(const char *note)
 /*
  * DatabaseBeingDropped says whether a DROP DATABASE holds the lock on the
  * relay's database: DROP DATABASE ... WITH (FORCE) takes it, then signals
- * every backend of the database (the relay too) with SIGTERM.
+ * every backend of the database (the relay too) with SIGTERM.  A session
+ * lock, tried without waiting: it needs no transaction, so it also works
+ * on the way out of a FATAL error, whatever state the transaction is in.
  */
 static bool
 DatabaseBeingDropped(void)
 {
 	LOCKTAG		tag;
-	LockAcquireResult res;
 
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
 	SET_LOCKTAG_OBJECT(tag, InvalidOid, DatabaseRelationId, MyDatabaseId, 0);
-	res = LockAcquire(&tag, AccessShareLock, false, true);
-	if (res != LOCKACQUIRE_NOT_AVAIL)
-		LockRelease(&tag, AccessShareLock, false);
-	CommitTransactionCommand();
-	return res == LOCKACQUIRE_NOT_AVAIL;
+	if (LockAcquire(&tag, AccessShareLock, true, true) == LOCKACQUIRE_NOT_AVAIL)
+		return true;
+	LockRelease(&tag, AccessShareLock, true);
+	return false;
 }
 
-/* RelayShutdown ends the worker: for good when its database is being dropped. */
+/* LogDropped says, once, why the relay stops for good. */
+static void
+LogDropped(void)
+{
+	ereport(LOG,
+			(errmsg("milestones relay exiting: database \"%s\" is being dropped", relay_database_name),
+			 errdetail("The relay will not be restarted; notifications fall back to NOTIFY at commit until the server restarts.")));
+}
+
+/* LogTerminating says that the relay ends on request, and comes back. */
+static void
+LogTerminating(void)
+{
+	ereport(LOG,
+			(errmsg("milestones relay terminating on request"),
+			 errdetail("It is restarted by the postmaster and resumes from its saved position.")));
+}
+
+/*
+ * RelayBeforeShmemExit runs on every exit of the worker (before_shmem_exit,
+ * before its PGPROC and latch are released): a normal one, a FATAL error
+ * (pg_terminate_backend() while it runs a statement or waits for a lock:
+ * die() and ProcessInterrupts()), the postmaster's death.  It clears the
+ * pid and latch it published, so that relay_status() never shows a dead
+ * process and no backend sets a latch that another process may own next.
+ * When the exit was not decided by RelayShutdown and the database is being
+ * dropped, the relay gives up: the postmaster restarts it (exit code 1),
+ * and the new worker sees gave_up and exits for good (0) before it
+ * connects.
+ */
+static void
+RelayBeforeShmemExit(int code, Datum arg)
+{
+	bool		dropped = false;
+
+	if (!exit_decided && code != 0 && OidIsValid(MyDatabaseId))
+		dropped = DatabaseBeingDropped();
+	SpinLockAcquire(&relay->mutex);
+	if (relay->pid == MyProcPid)
+	{
+		relay->pid = 0;
+		relay->latch = NULL;
+	}
+	if (dropped)
+		relay->gave_up = true;
+	SpinLockRelease(&relay->mutex);
+	if (dropped)
+		LogDropped();
+	else if (!exit_decided && got_sigterm)
+		LogTerminating();
+}
+
+/*
+ * GaveUp says whether the relay gave up: its database was dropped.  Not
+ * inlined: a local of the worker's main function set before its PG_TRY
+ * would be a "clobbered by longjmp" warning.
+ */
+static pg_noinline bool
+GaveUp(void)
+{
+	bool		gave_up;
+
+	SpinLockAcquire(&relay->mutex);
+	gave_up = relay->gave_up;
+	SpinLockRelease(&relay->mutex);
+	return gave_up;
+}
+
+/*
+ * RelayShutdown ends the worker between two units, after a SIGTERM (die()
+ * set ProcDiePending): for good (exit code 0, the postmaster does not
+ * restart it) when its database is being dropped, else with 1 so that the
+ * postmaster restarts it.  Interrupts are held: CHECK_FOR_INTERRUPTS would
+ * turn the pending termination into a FATAL error and exit code 1.
+ */
 static void
 RelayShutdown(void)
 {
-	bool		dropped = DatabaseBeingDropped();
+	bool		dropped;
 
+	HOLD_INTERRUPTS();
+	dropped = DatabaseBeingDropped();
+	exit_decided = true;
 	SpinLockAcquire(&relay->mutex);
 	relay->pid = 0;
 	relay->latch = NULL;
@@ -390,14 +480,10 @@ RelayShutdown(void)
 	SpinLockRelease(&relay->mutex);
 	if (dropped)
 	{
-		ereport(LOG,
-				(errmsg("milestones relay exiting: database \"%s\" is being dropped", relay_database_name),
-				 errdetail("The relay will not be restarted; notifications fall back to NOTIFY at commit until the server restarts.")));
+		LogDropped();
 		proc_exit(0);			/* 0: the postmaster does not restart it */
 	}
-	ereport(LOG,
-			(errmsg("milestones relay terminating on request"),
-			 errdetail("It is restarted by the postmaster and resumes from its saved position.")));
+	LogTerminating();
 	proc_exit(1);
 }
 
@@ -684,12 +770,25 @@ milestones_relay_main(Datum main_arg)
 	MemoryContext loop_context;
 	bool		woken = false;	/* the latch was set: commits wrote events */
 
+	/*
+	 * SIGTERM: die() (RelayDie), so that pg_terminate_backend() and DROP
+	 * DATABASE ... WITH (FORCE) interrupt a statement or a lock wait too (a
+	 * FATAL error at the next CHECK_FOR_INTERRUPTS); between units the
+	 * main loop sees ProcDiePending first and chooses its exit code
+	 * (RelayShutdown).
+	 */
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
-	pqsignal(SIGTERM, RelaySigterm);
+	pqsignal(SIGTERM, RelayDie);
 	BackgroundWorkerUnblockSignals();
+
+	/* Its database was dropped while it ran a statement: stop for good. */
+	if (GaveUp())
+		proc_exit(0);
+
 	BackgroundWorkerInitializeConnection(relay_database_name, NULL, 0);
 	pgstat_report_appname(RELAY_WORKER_NAME);
 
+	before_shmem_exit(RelayBeforeShmemExit, (Datum) 0);
 	SpinLockAcquire(&relay->mutex);
 	relay->pid = MyProcPid;
 	relay->latch = MyLatch;
@@ -709,9 +808,9 @@ milestones_relay_main(Datum main_arg)
 		TimestampTz unit_start;
 		long		left;
 
-		CHECK_FOR_INTERRUPTS();
-		if (got_sigterm)
+		if (ProcDiePending)
 			RelayShutdown();
+		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
 		{
 			ConfigReloadPending = false;
@@ -749,7 +848,7 @@ milestones_relay_main(Datum main_arg)
 		MemoryContextReset(loop_context);
 
 		woken = true;
-		if (sent > 0 && sent >= Min(RELAY_COALESCE_BELOW, relay_batch_size) && !got_sigterm)
+		if (sent > 0 && sent >= Min(RELAY_COALESCE_BELOW, relay_batch_size) && !ProcDiePending)
 			continue;			/* a big batch: more are queued, take the next at once */
 
 		/*
@@ -759,7 +858,7 @@ milestones_relay_main(Datum main_arg)
 		 */
 		left = RELAY_PERIOD_MS -
 			(long) ((GetCurrentTimestamp() - unit_start) / 1000);
-		if (sent > 0 && !got_sigterm && left > 0)
+		if (sent > 0 && !ProcDiePending && left > 0)
 			(void) WaitLatch(MyLatch, WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, left, PG_WAIT_EXTENSION);
 
 		woken = false;

@@ -14,6 +14,10 @@
  *	- "anything new?" and the tick range through the events' transaction id
  *	  index (events_txid_idx), read in C with the same snapshot tests as
  *	  pg_visible_in_snapshot(), and the orders through their primary key;
+ *	- the range ends where it reaches a batch (sql/1.2/20_consumers.sql:
+ *	  the new tick cut by _range_bound()'s rule, WalkRange and CutTick
+ *	  here), so a backlog after a pause is sent a batch per transaction,
+ *	  each moving the position, holding at most a batch of rows in memory;
  *	- the payloads written in C, in the key order and the text jsonb gives
  *	  _payloads() (money as strings), without building jsonb values;
  *	- the consumer's new position in one statement from a saved plan: its
@@ -26,9 +30,11 @@
  * The common case is: no open batch, no range being drained, both ticks of
  * this cluster, every detail a JSON object.  Anything else (a restore from
  * another cluster, a range of more than milestones.relay_batch_size events
- * being drained, an open batch) is left to the SQL functions, which stay
- * the one definition of the mechanism; test/shell/23_relay.t checks that
- * the payloads sent are byte for byte those of _payloads().
+ * (one transaction larger than a batch) to be drained, an open batch) is
+ * left to the SQL functions, which stay the one definition of the
+ * mechanism; test/shell/23_relay.t checks that the payloads sent are byte
+ * for byte those of _payloads(), test/shell/28_backlog.t that the C path
+ * cuts its ranges as _range_bound() does.
  *
  *-------------------------------------------------------------------------
  */
@@ -60,6 +66,7 @@
 #include "utils/json.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
+#include "utils/memutils.h"
 #include "utils/numeric.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
@@ -77,10 +84,11 @@ typedef struct TickSnap
 	uint64	   *xip;			/* ascending, no duplicates */
 } TickSnap;
 
-/* One event of the range: its id and a copy of its row. */
+/* One event of the range: its id, its transaction and a copy of its row. */
 typedef struct RangeEvent
 {
 	int64		event_id;
+	uint64		txid;
 	HeapTuple	tuple;
 } RangeEvent;
 
@@ -393,15 +401,28 @@ CompareU64(const void *a, const void *b)
 	return x < y ? -1 : (x > y ? 1 : 0);
 }
 
+/* TickText is a tick's pg_snapshot text form, as pg_snapshot_out writes it. */
+static char *
+TickText(const TickSnap *tick)
+{
+	StringInfoData buf;
+	int			i;
+
+	initStringInfo(&buf);
+	appendStringInfo(&buf, UINT64_FORMAT ":" UINT64_FORMAT ":", tick->xmin, tick->xmax);
+	for (i = 0; i < tick->nxip; i++)
+		appendStringInfo(&buf, "%s" UINT64_FORMAT, i > 0 ? "," : "", tick->xip[i]);
+	return buf.data;
+}
+
 /*
- * TakeTick is _take_tick()'s snapshot, in memory: the snapshot taken now
- * (after this transaction got its id), with this transaction and every id
- * from the snapshot's xmax up to it counted as in progress, so that no
- * event of an id between them can pass for committed.  Returns the tick
- * and, in *text, its pg_snapshot text.
+ * TakeTick is _tick_snapshot(), in memory: the snapshot taken now (after
+ * this transaction got its id), with this transaction and every id from
+ * the snapshot's xmax up to it counted as in progress, so that no event of
+ * an id between them can pass for committed.
  */
 static void
-TakeTick(Snapshot snap, TickSnap *tick, char **text)
+TakeTick(Snapshot snap, TickSnap *tick)
 {
 	FullTransactionId next = ReadNextFullTransactionId();
 	uint64		me = U64FromFullTransactionId(GetTopFullTransactionId());
@@ -410,7 +431,6 @@ TakeTick(Snapshot snap, TickSnap *tick, char **text)
 	uint64		from = Min(xmax, me);
 	int			n = 0;
 	int			i;
-	StringInfoData buf;
 
 	tick->xip = palloc((snap->xcnt + (me - from) + 1) * sizeof(uint64));
 	for (i = 0; i < (int) snap->xcnt; i++)
@@ -424,12 +444,22 @@ TakeTick(Snapshot snap, TickSnap *tick, char **text)
 			tick->xip[tick->nxip++] = tick->xip[i];
 	tick->xmin = Min(xmin, me);
 	tick->xmax = Max(xmax, me + 1);
+}
 
-	initStringInfo(&buf);
-	appendStringInfo(&buf, UINT64_FORMAT ":" UINT64_FORMAT ":", tick->xmin, tick->xmax);
-	for (i = 0; i < tick->nxip; i++)
-		appendStringInfo(&buf, "%s" UINT64_FORMAT, i > 0 ? "," : "", tick->xip[i]);
-	*text = buf.data;
+/*
+ * CutTick is _tick_cut(): the tick cut at upto sees what it saw below
+ * upto, and nothing from upto on (unchanged when upto is at or past its
+ * xmax).  Its xip stays ascending.
+ */
+static void
+CutTick(TickSnap *tick, uint64 upto)
+{
+	if (upto >= tick->xmax)
+		return;
+	tick->xmin = Min(tick->xmin, upto);
+	tick->xmax = upto;
+	while (tick->nxip > 0 && tick->xip[tick->nxip - 1] >= upto)
+		tick->nxip--;
 }
 
 /*
@@ -507,10 +537,11 @@ OpenEvents(Oid nsp, Relation *rel, Relation *idx, EventsColumns *col)
 }
 
 /*
- * AnyPending is _has_pending()'s look along events_txid_idx, newest first:
- * is there an event of this cluster whose transaction the consumer's tick
- * does not see?  Read-only, so an idle database costs the relay no
- * transaction id.
+ * AnyPending is _has_pending()'s look along events_txid_idx: is there an
+ * event of this cluster whose transaction the consumer's tick does not
+ * see, one of a transaction in progress at the tick (a probe each) or one
+ * at or past its xmax (newest first)?  Read-only, so an idle database
+ * costs the relay no transaction id.
  */
 static bool
 AnyPending(Relation rel, Relation idx, const EventsColumns *col, const TickSnap *lo, int64 here)
@@ -519,17 +550,27 @@ AnyPending(Relation rel, Relation idx, const EventsColumns *col, const TickSnap 
 	IndexScanDesc scan;
 	TupleTableSlot *slot = table_slot_create(rel, NULL);
 	bool		found = false;
+	int			i;
 
-	ScanKeyInit(&key, 1, BTGreaterEqualStrategyNumber, F_XID8GE, UInt64GetDatum(lo->xmin));
 	scan = index_beginscan(rel, idx, GetActiveSnapshot(), 1, 0);
+	for (i = 0; i < lo->nxip && !found; i++)
+	{
+		ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_XID8EQ, UInt64GetDatum(lo->xip[i]));
+		index_rescan(scan, &key, 1, NULL, 0);
+		while (!found && index_getnext_slot(scan, ForwardScanDirection, slot))
+		{
+			bool		isnull;
+
+			found = DatumGetInt64(slot_getattr(slot, col->txid_cluster, &isnull)) == here;
+		}
+	}
+	ScanKeyInit(&key, 1, BTGreaterEqualStrategyNumber, F_XID8GE, UInt64GetDatum(lo->xmax));
 	index_rescan(scan, &key, 1, NULL, 0);
 	while (!found && index_getnext_slot(scan, BackwardScanDirection, slot))
 	{
 		bool		isnull;
-		uint64		txid = DatumGetUInt64(slot_getattr(slot, col->txid, &isnull));
-		int64		cluster = DatumGetInt64(slot_getattr(slot, col->txid_cluster, &isnull));
 
-		found = cluster == here && !TickSees(lo, txid);
+		found = DatumGetInt64(slot_getattr(slot, col->txid_cluster, &isnull)) == here;
 	}
 	index_endscan(scan);
 	ExecDropSingleTupleTableSlot(slot);
@@ -547,52 +588,157 @@ CompareEvents(const void *a, const void *b)
 }
 
 /*
- * ReadRange is _range_events() for two ticks of this cluster: the events
- * whose transaction is visible in hi but not in lo, in event_id order,
- * read along events_txid_idx between lo's xmin and hi's xmax with the
- * snapshot hi was taken from (so every event hi sees is there).
+ * RangeWalk is the state of WalkRange: the events collected so far (at
+ * most max of them, in walk order) and how many the range counts.
  */
-static int
-ReadRange(Relation rel, Relation idx, const EventsColumns *col, Snapshot snap,
-		  const TickSnap *lo, const TickSnap *hi, int64 here, RangeEvent **out)
+typedef struct RangeWalk
 {
-	ScanKeyData keys[2];
-	IndexScanDesc scan;
-	TupleTableSlot *slot = table_slot_create(rel, NULL);
-	int			n = 0;
-	int			cap = 64;
-	RangeEvent *events = palloc(cap * sizeof(RangeEvent));
+	Relation	rel;
+	const EventsColumns *col;
+	const TickSnap *hi;
+	int64		here;
+	TupleTableSlot *slot;
+	RangeEvent *events;
+	int			n;				/* collected */
+	int			max;
+} RangeWalk;
 
-	ScanKeyInit(&keys[0], 1, BTGreaterEqualStrategyNumber, F_XID8GE, UInt64GetDatum(lo->xmin));
-	ScanKeyInit(&keys[1], 1, BTLessStrategyNumber, F_XID8LT, UInt64GetDatum(hi->xmax));
-	scan = index_beginscan(rel, idx, snap, 2, 0);
-	index_rescan(scan, keys, 2, NULL, 0);
-	while (index_getnext_slot(scan, ForwardScanDirection, slot))
+/*
+ * WalkNext reads the next entry of an index scan that belongs to the
+ * range (an event of this cluster that hi sees; the caller's keys bound
+ * the transaction ids below hi's xmax), setting *txid; false at the end.
+ */
+static bool
+WalkNext(RangeWalk *w, IndexScanDesc scan, uint64 *txid)
+{
+	while (index_getnext_slot(scan, ForwardScanDirection, w->slot))
 	{
 		bool		isnull;
-		uint64		txid = DatumGetUInt64(slot_getattr(slot, col->txid, &isnull));
-		int64		cluster = DatumGetInt64(slot_getattr(slot, col->txid_cluster, &isnull));
-		int64		event_id;
 
-		if (cluster != here || TickSees(lo, txid) || !TickSees(hi, txid))
-			continue;
-		event_id = DatumGetInt64(slot_getattr(slot, col->event_id, &isnull));
-		if (event_id <= 0)
-			continue;			/* _range_events: event_id > COALESCE(after, 0) */
-		if (n == cap)
+		*txid = DatumGetUInt64(slot_getattr(w->slot, w->col->txid, &isnull));
+		if (DatumGetInt64(slot_getattr(w->slot, w->col->txid_cluster, &isnull)) == w->here &&
+			TickSees(w->hi, *txid))
+			return true;
+	}
+	return false;
+}
+
+/*
+ * WalkKeep keeps a copy of the event the walk stands on, while there is
+ * room (an event_id at or below 0 is counted, never handed out, as
+ * _range_events() reads event_id > 0).
+ */
+static void
+WalkKeep(RangeWalk *w, uint64 txid)
+{
+	bool		isnull;
+	int64		event_id = DatumGetInt64(slot_getattr(w->slot, w->col->event_id, &isnull));
+
+	if (event_id <= 0 || w->n >= w->max)
+		return;
+	w->events[w->n].event_id = event_id;
+	w->events[w->n].txid = txid;
+	w->events[w->n].tuple = ExecCopySlotHeapTuple(w->slot);
+	w->n++;
+}
+
+/*
+ * WalkRange is _range_bound() and _range_events() at once, for two ticks
+ * of this cluster: it walks events_txid_idx with the snapshot hi was taken
+ * from (so every event hi sees is there) by _range_bound()'s rule, first
+ * the transactions in progress at lo that hi sees, then the ids from
+ * lo.xmax up, and stops at the first event that would overflow a batch of
+ * max events.  It sets *upto to the transaction id at which hi is to be
+ * cut, and *out / *nout to the events of the range (lo, hi cut at *upto],
+ * in event_id order.  Memory: at most max copied rows.  false when the
+ * range holds more than max events (a transaction larger than a batch, or
+ * more events of transactions in progress at lo): the SQL functions drain
+ * such a range in several batches.
+ */
+static bool
+WalkRange(Relation rel, Relation idx, const EventsColumns *col, Snapshot snap,
+		  const TickSnap *lo, const TickSnap *hi, int64 here, int max,
+		  RangeEvent **out, int *nout, uint64 *upto)
+{
+	RangeWalk	w;
+	ScanKeyData keys[2];
+	IndexScanDesc scan;
+	int64		late = 0;
+	int64		walked = 0;
+	uint64		txid;
+	uint64		first = 0;
+	bool		over = false;
+	bool		fits = true;
+	int			i;
+
+	w.rel = rel;
+	w.col = col;
+	w.hi = hi;
+	w.here = here;
+	w.slot = table_slot_create(rel, NULL);
+	w.events = palloc(Max(max, 1) * sizeof(RangeEvent));
+	w.n = 0;
+	w.max = max;
+
+	/* 1. The transactions in progress at lo that hi sees. */
+	scan = index_beginscan(rel, idx, snap, 1, 0);
+	for (i = 0; i < lo->nxip && late <= max; i++)
+	{
+		if (lo->xip[i] >= hi->xmax)
+			break;
+		ScanKeyInit(&keys[0], 1, BTEqualStrategyNumber, F_XID8EQ, UInt64GetDatum(lo->xip[i]));
+		index_rescan(scan, keys, 1, NULL, 0);
+		while (late <= max && WalkNext(&w, scan, &txid))
 		{
-			cap *= 2;
-			events = repalloc(events, cap * sizeof(RangeEvent));
+			late++;
+			WalkKeep(&w, txid);
 		}
-		events[n].event_id = event_id;
-		events[n].tuple = ExecCopySlotHeapTuple(slot);
-		n++;
 	}
 	index_endscan(scan);
-	ExecDropSingleTupleTableSlot(slot);
-	qsort(events, n, sizeof(RangeEvent), CompareEvents);
-	*out = events;
-	return n;
+
+	if (late > max)
+		fits = false;
+	else if (late == max)
+		*upto = lo->xmax;
+	else
+	{
+		/* 2. From lo.xmax up, until an event would overflow the batch. */
+		ScanKeyInit(&keys[0], 1, BTGreaterEqualStrategyNumber, F_XID8GE, UInt64GetDatum(lo->xmax));
+		ScanKeyInit(&keys[1], 1, BTLessStrategyNumber, F_XID8LT, UInt64GetDatum(hi->xmax));
+		scan = index_beginscan(rel, idx, snap, 2, 0);
+		index_rescan(scan, keys, 2, NULL, 0);
+		while (WalkNext(&w, scan, &txid))
+		{
+			if (walked == 0)
+				first = txid;
+			if (late + walked == max)
+			{
+				over = true;
+				break;
+			}
+			walked++;
+			WalkKeep(&w, txid);
+		}
+		index_endscan(scan);
+		if (!over)
+			*upto = hi->xmax;	/* everything fits */
+		else if (late == 0 && txid == first)
+			fits = false;		/* one transaction larger than a batch */
+		else
+		{
+			/* Its transaction comes whole in a later range. */
+			*upto = txid;
+			while (w.n > 0 && w.events[w.n - 1].txid >= txid)
+				w.n--;
+		}
+	}
+	ExecDropSingleTupleTableSlot(w.slot);
+	if (!fits)
+		return false;
+	qsort(w.events, w.n, sizeof(RangeEvent), CompareEvents);
+	*out = w.events;
+	*nout = w.n;
+	return true;
 }
 
 /* CompareOrders orders the parties by order_id, for bsearch. */
@@ -1020,7 +1166,10 @@ EventPayload(HeapTuple tuple, TupleDesc desc, const EventsColumns *col, const Or
 /*
  * BuildPayloads builds the payloads of the first n events (NULL for an
  * event whose order is gone: _payloads() joins the orders); false when an
- * event's payload cannot be built here.
+ * event's payload cannot be built here.  Each payload is written in a
+ * context of its own, reset after it (its fields' buffers are some kB),
+ * and only the result is kept: a batch costs its payloads, not their
+ * scaffolding.
  */
 static bool
 BuildPayloads(Oid nsp, Snapshot snap, Relation rel, const EventsColumns *col,
@@ -1029,15 +1178,20 @@ BuildPayloads(Oid nsp, Snapshot snap, Relation rel, const EventsColumns *col,
 	OrderParties *orders;
 	int			norders;
 	int			i;
+	bool		built = true;
+	MemoryContext outer = CurrentMemoryContext;
+	MemoryContext scratch;
 
 	if (!ReadOrders(nsp, snap, rel, col, events, n, &orders, &norders))
 		return false;
 
-	for (i = 0; i < n; i++)
+	scratch = AllocSetContextCreate(outer, "milestones relay payload", ALLOCSET_DEFAULT_SIZES);
+	for (i = 0; i < n && built; i++)
 	{
 		bool		isnull;
 		OrderParties key;
 		OrderParties *order;
+		char	   *payload;
 
 		key.order_id = DatumGetInt64(heap_getattr(events[i].tuple, col->order_id,
 												  RelationGetDescr(rel), &isnull));
@@ -1045,11 +1199,17 @@ BuildPayloads(Oid nsp, Snapshot snap, Relation rel, const EventsColumns *col,
 		payloads[i] = NULL;
 		if (order == NULL)
 			continue;
-		payloads[i] = EventPayload(events[i].tuple, RelationGetDescr(rel), col, order);
-		if (payloads[i] == NULL)
-			return false;
+		MemoryContextSwitchTo(scratch);
+		payload = EventPayload(events[i].tuple, RelationGetDescr(rel), col, order);
+		MemoryContextSwitchTo(outer);
+		if (payload == NULL)
+			built = false;
+		else
+			payloads[i] = pstrdup(payload);
+		MemoryContextReset(scratch);
 	}
-	return true;
+	MemoryContextDelete(scratch);
+	return built;
 }
 
 /*
@@ -1178,9 +1338,9 @@ RelayBatchSend(Oid nsp, const char *schema, const char *consumer, bool woken,
 	Snapshot	snap;
 	RangeEvent *events;
 	char	  **payloads = NULL;
+	uint64		upto;
 	int			total;
 	int			n;
-	bool		ends_range;
 	bool		notify_on = true;
 	bool		moved;
 	bool		use_known;
@@ -1237,24 +1397,23 @@ RelayBatchSend(Oid nsp, const char *schema, const char *consumer, bool woken,
 	/*
 	 * The new tick: this transaction's id first, then a snapshot; the range
 	 * and the orders are read with that very snapshot, so every event the
-	 * tick sees, and its order, are there.
+	 * tick sees, and its order, are there.  The tick is then cut where the
+	 * range reaches a batch (_take_range_tick()'s rule), so that a backlog
+	 * is sent a batch at a time, each moving the consumer's position.  A
+	 * range longer than a batch (one huge transaction) is drained by the
+	 * SQL functions.
 	 */
 	(void) GetTopFullTransactionId();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	snap = GetActiveSnapshot();
-	TakeTick(snap, &hi, &hi_text);
-	total = ReadRange(rel, idx, &col, snap, &lo, &hi, here, &events);
-	n = Min(total, max_events);
-	ends_range = total <= max_events;
-	if (use_known && !ends_range)
+	TakeTick(snap, &hi);
+	if (!WalkRange(rel, idx, &col, snap, &lo, &hi, here, max_events, &events, &n, &upto))
 	{
-		/* A long range: read and lock the consumer, then drain it. */
 		PopActiveSnapshot();
-		known.valid = false;
-		index_close(idx, NoLock);
-		table_close(rel, NoLock);
-		return RelayBatchSend(nsp, schema, consumer, true, max_events, fallback);
+		goto sql;
 	}
+	CutTick(&hi, upto);
+	hi_text = TickText(&hi);
 
 	/* The payloads, before anything is written (unless notify is off). */
 	if (n > 0 && notify_on)
@@ -1269,10 +1428,9 @@ RelayBatchSend(Oid nsp, const char *schema, const char *consumer, bool woken,
 	PopActiveSnapshot();
 
 	/*
-	 * The tick and the consumer's new position.  A range that fits: the
-	 * consumer stands at the new tick and its old one is pruned (in one
-	 * update of the tick when possible).  A longer one: the new tick
-	 * bounds the range being drained, and the SQL functions drain the rest.
+	 * The tick and the consumer's new position: the consumer stands at the
+	 * new tick and its old one is pruned (in one update of the tick when
+	 * possible).
 	 */
 	values[0] = Int64GetDatum(tick_id);
 	values[1] = DirectFunctionCall1(pg_snapshot_in, CStringGetDatum(hi_text));
@@ -1295,7 +1453,7 @@ RelayBatchSend(Oid nsp, const char *schema, const char *consumer, bool woken,
 		notify_on = GetBool(0, 1);
 		moved = true;
 	}
-	else if (ends_range)
+	else
 	{
 		/* n == 0: nothing visible yet (an open transaction's events). */
 		RunBatchStmt(n > 0 ? BSTMT_MOVE_FINISH : BSTMT_TICK_MOVE, schema, values, NULL);
@@ -1309,13 +1467,8 @@ RelayBatchSend(Oid nsp, const char *schema, const char *consumer, bool woken,
 		if (SPI_processed != 1)
 			elog(ERROR, "milestones relay: no tick was stored");
 		new_tick_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-		if (ends_range)
-		{
-			SetPosition(schema, consumer_id, new_tick_id, 0, 0, n > 0 ? 1 : 0, n);
-			PruneTick(schema, tick_id);
-		}
-		else
-			SetPosition(schema, consumer_id, tick_id, new_tick_id, events[n - 1].event_id, 1, n);
+		SetPosition(schema, consumer_id, new_tick_id, 0, 0, n > 0 ? 1 : 0, n);
+		PruneTick(schema, tick_id);
 	}
 
 	/* Where the consumer stands once this commits: known to the next batch. */

@@ -13,7 +13,10 @@
 #     what it had not read before the dump, and events written here after
 #     the restore are not held back by the future-looking restored ids;
 #   - DROP DATABASE ... WITH (FORCE) of the relay's database: the worker
-#     exits cleanly, says so in the log, and is not restarted.
+#     exits cleanly, says so in the log, and is not restarted; the same
+#     (after a server restart) when the relay is in the middle of a
+#     statement at that moment: SIGTERM is die(), a FATAL error there, and
+#     the exit path sees the drop (issue 19, item 4).
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=lib.sh
@@ -43,7 +46,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-plan 17
+plan 24
 pm_pid=$(q postgres "SELECT split_part(pg_read_file('postmaster.pid'), E'\n', 1)")
 logfile=/proc/$pm_pid/fd/2
 newlog() { cat "$logfile" 2>/dev/null; }
@@ -133,5 +136,56 @@ is "$(q postgres "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'mi
 newlog | grep -q "milestones relay exiting: database \"$DB\" is being dropped"
 ok $? "the log says why it exits"
 is "$(newlog | grep -c "milestones relay started")" "$before" "it is not restarted into a database that is gone"
+
+# --- ... while the relay runs a statement -------------------------------------
+# A server restart brings the relay back (gave_up lives in shared memory);
+# the database is created again, with a DBA's trigger that makes the
+# relay's batch sleep: the drop comes in the middle of its statement, not
+# between two batches, so the termination reaches it as a FATAL error.
+# (A lock the relay waits for would be held by a session of the same
+# database, which the drop terminates too: either may go first.)
+ver=$(pg_lsclusters -h | awk '$2 == "regress" { print $1; exit }')
+pg_ctlcluster "$ver" regress restart >/dev/null 2>&1
+wait_for postgres "SELECT true"
+pm_pid=$(q postgres "SELECT split_part(pg_read_file('postmaster.pid'), E'\n', 1)")
+logfile=/proc/$pm_pid/fd/2
+createdb "$DB"
+psql -X -q -v ON_ERROR_STOP=1 -d "$DB" >/dev/null <<'SQL'
+CREATE EXTENSION milestones;
+SELECT milestones.set_seller_eligibility(10, true);
+SELECT milestones.set_category_eligibility('design', true);
+SQL
+wait_for "$DB" "SELECT relay_pid IS NOT NULL FROM milestones.relay_status()"
+ok $? "after a server restart the relay serves $DB, created again"
+psql -X -q -v ON_ERROR_STOP=1 -d "$DB" >/dev/null <<'SQL'
+CREATE FUNCTION public.slow_relay() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF (SELECT backend_type FROM pg_stat_activity WHERE pid = pg_backend_pid()) = 'milestones relay' THEN
+        PERFORM pg_sleep(60);
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER slow_relay AFTER INSERT OR UPDATE ON milestones.consumer_ticks
+    FOR EACH ROW EXECUTE FUNCTION public.slow_relay();
+SQL
+offer3 "$DB" 1 >/dev/null
+wait_for postgres "SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'milestones relay' AND wait_event = 'PgSleep'"
+ok $? "the relay is in the middle of its batch (a trigger on its tick table sleeps)"
+relay=$(q postgres "SELECT pid FROM pg_stat_activity WHERE backend_type = 'milestones relay'")
+before=$(newlog | grep -c "milestones relay started")
+dropped_before=$(newlog | grep -c "milestones relay exiting: database \"$DB\" is being dropped")
+psql -X -q -d postgres -c "DROP DATABASE $DB WITH (FORCE)"
+ok $? "DROP DATABASE $DB WITH (FORCE) succeeds while the relay runs its statement"
+sleep 3
+is "$(q postgres "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'milestones relay'")" 0 "the relay is gone"
+newlog | grep -q "\[$relay\] FATAL:  terminating background worker \"milestones relay\""
+ok $? "(the termination reached it in its statement: FATAL)"
+is "$(( $(newlog | grep -c "milestones relay exiting: database \"$DB\" is being dropped") - dropped_before ))-$(( $(newlog | grep -c "milestones relay started") - before ))" "1-0" \
+   "the log says why it exits, and it is not restarted into a database that is gone"
+createdb ms_relay_other
+q ms_relay_other "CREATE EXTENSION milestones" >/dev/null
+is "$(q ms_relay_other "SELECT mode || ': ' || reason FROM milestones.relay_status()")" \
+   "fallback: the relay stopped when its database ms_relaydb was dropped: NOTIFY at commit" \
+   "relay_status() elsewhere: the relay gave up, the fallback applies"
 
 [ "$TAP_FAILED" -eq 0 ]

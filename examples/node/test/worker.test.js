@@ -49,7 +49,7 @@ class WorkerProcess {
   constructor(args, consumer = CONSUMER) {
     this.records = [];
     this.stderr = '';
-    this.child = spawn(process.execPath, [join(here, '..', 'worker.js'), '--consumer', consumer, '--log', 'json',
+    this.child = spawn(process.execPath, [join(here, '..', 'worker.js'), '--mode', 'recorded', '--consumer', consumer, '--log', 'json',
       '--poll-ms', '300', ...args], { env: db.env('worker'), stdio: ['ignore', 'pipe', 'pipe'] });
     createInterface({ input: this.child.stdout }).on('line', (l) => {
       try { this.records.push(JSON.parse(l)); } catch { this.stderr += `${l}\n`; }

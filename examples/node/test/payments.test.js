@@ -267,3 +267,28 @@ test('the day\'s settlement report reconciles; one line altered is reported', as
     .filter((p) => earnings || !/its earning is missing/.test(p.problem));
   assert.deepEqual(problems, []);
 });
+
+test('mode both: a recorded-mode order is paid from its events, a confirmed-mode one through its requests', async () => {
+  // A login that reads order_status and reports payments: a marketplace
+  // whose orders in flight move from one mode to the other.
+  await db.admin.query(`GRANT milestones_payments TO ${db.roles.worker}`);
+  await db.admin.query("SELECT milestones.set_setting('payment_mode', 'recorded')");
+  const old = await api.createOffer({ sellerId: 10, buyerId: 306, category: 'design', milestones: OFFER3 });
+  assert.equal((await api.placeOrder(old, 306)).charged, '100.00', 'recorded: charged at once');
+  await db.admin.query("SELECT milestones.set_setting('payment_mode', 'confirmed')");
+  const order = await api.createOffer({ sellerId: 10, buyerId: 307, category: 'design', milestones: OFFER3 });
+  const { charge_id: charge } = await api.placeOrder(order, 307);
+  const records = [];
+  await new EventWorker({ consumer: 'payments', provider, mode: 'both', connection: db.connection('worker'),
+                          once: true, log: (r) => records.push(r) }).run();
+  const sent = records.filter((r) => r.type === 'event' && r.effects.length > 0)
+    .map((r) => [r.order_id, r.event, r.effects.map((e) => e.key ?? e.kind).join()]);
+  const [placedOld] = await q("SELECT event_id FROM milestones.events WHERE order_id = $1 AND event = 'placed'", [old]);
+  assert.deepEqual(sent, [
+    [old, 'placed', 'charge'],
+    [order, 'charge_requested', `charge-${charge}-1`],
+  ], 'the confirmed order\'s placed event asks for nothing more');
+  assert.deepEqual(await q('SELECT idempotency_key FROM payment_provider.requests WHERE order_id = $1', [old]),
+    [{ idempotency_key: `event-${placedOld.event_id}-charge` }]);
+  assert.equal((await api.orderStatus(order)).state, 'active');
+});

@@ -61,6 +61,21 @@ async function rejects(promise) {
   assert.fail('the call succeeded');
 }
 
+// atClock runs an owner's call (a sweep) with the clock moved to the time
+// the first query returns (milestones.fake_now, in that session only; the
+// database reads the time as text: a JavaScript Date has no microseconds).
+async function atClock(timeSql, args, callSql) {
+  const c = await db.admin.connect();
+  try {
+    const at = Object.values((await c.query(timeSql, args)).rows[0])[0];
+    await c.query("SELECT set_config('milestones.fake_now', $1, false)", [at]);
+    return (await c.query(callSql)).rows[0];
+  } finally {
+    await c.query('RESET milestones.fake_now');
+    c.release();
+  }
+}
+
 // paidOrder: an order whose first milestone the provider charged.
 async function paidOrder(buyer, milestones = OFFER3, seller = 10) {
   const order = await api.createOffer({ sellerId: seller, buyerId: buyer, category: 'design', milestones });
@@ -143,17 +158,9 @@ test('a payment window that passes: the order ends unpaid, the completed milesto
   await backOffice.answer('buyer', buyer, 'fail', 'insufficient_funds');
   assert.deepEqual(requests(await runWorker()).map((r) => r.status), ['failed']);
   // The buyer never tries again; the clock reaches pay_by and the sweep runs.
-  // (pay_by has microseconds, a JavaScript Date only milliseconds: the
-  // database sets the clock from its own value.)
-  const c = await db.admin.connect();
-  try {
-    await c.query(`SELECT set_config('milestones.fake_now', pay_by::text, false)
-                     FROM milestones.charges WHERE charge_id = $1`, [next.charge_id]);
-    assert.equal((await c.query('SELECT milestones.expire_overdue() AS n')).rows[0].n, 1);
-  } finally {
-    await c.query('RESET milestones.fake_now');
-    c.release();
-  }
+  const ended = await atClock('SELECT DISTINCT pay_by::text FROM milestones.charges WHERE charge_id = $1', [next.charge_id],
+    'SELECT milestones.expire_overdue() AS n');
+  assert.equal(ended.n, 1);
   const s = await api.orderStatus(order);
   assert.deepEqual([s.state, s.reason, s.charged, s.paid_out, s.refunded, s.charge_id],
     ['completed', 'unpaid', '100.00', '100.00', '0.00', null]);
@@ -241,8 +248,9 @@ test('sellers withdraw their cleared earnings; a closed bank account fails the w
     assert.equal((await api.accept(order, 305)).state, 'completed');
     let b = await api.sellerBalance(seller);
     assert.deepEqual([b.pending, b.available], ['180.00', '0.00'], 'the net is pending clearance');
-    // The clearance period passes (the sweep runs at next_clears_at).
-    await q('SELECT milestones.clear_earnings($1)', [b.next_clears_at]);
+    // The clearance period passes: the sweep runs at next_clears_at.
+    await atClock('SELECT next_clears_at::text FROM milestones.seller_balances WHERE seller_id = $1', [seller],
+      'SELECT milestones.clear_earnings() AS n');
     b = await api.sellerBalance(seller);
     assert.deepEqual([b.pending, b.available], ['0.00', '180.00']);
 

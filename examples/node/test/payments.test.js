@@ -17,9 +17,6 @@ import { OFFER3, TestDatabase } from './helpers.js';
 const db = new TestDatabase('ms_node_pay');
 await db.create();
 const q = async (sql, args = []) => (await db.admin.query(sql, args)).rows;
-// Seller earnings (withdrawals) may not be built yet: they say so.
-const earnings = await db.admin.query("SELECT milestones.seller_balance(0, 'USD')").then(
-  () => true, (err) => !/not implemented/.test(err.message));
 
 let api;          // the web application (milestones_app)
 let support;      // customer support (milestones_support)
@@ -240,51 +237,47 @@ test('support cancels; the refund fails (a closed card) and is sent again', { ti
   assert.deepEqual(row, { state: 'succeeded', attempt: 2 });
 });
 
-test('sellers withdraw their cleared earnings; a closed bank account fails the withdrawal',
-  { timeout: 30000, skip: earnings ? false : 'seller earnings (request_withdrawal, record_withdrawal) are not implemented in this build' }, async () => {
-    const seller = 11;
-    const order = await paidOrder(305, [{ name: 'Poster', days: 3, amount: '200.00' }], seller);
-    await api.deliver(order, seller);
-    assert.equal((await api.accept(order, 305)).state, 'completed');
-    let b = await api.sellerBalance(seller);
-    assert.deepEqual([b.pending, b.available], ['180.00', '0.00'], 'the net is pending clearance');
-    // The clearance period passes: the sweep runs at next_clears_at.
-    await atClock('SELECT next_clears_at::text FROM milestones.seller_balances WHERE seller_id = $1', [seller],
-      'SELECT milestones.clear_earnings() AS n');
-    b = await api.sellerBalance(seller);
-    assert.deepEqual([b.pending, b.available], ['0.00', '180.00']);
+test('sellers withdraw their cleared earnings; a closed bank account fails the withdrawal', { timeout: 30000 }, async () => {
+  const seller = 11;
+  const order = await paidOrder(305, [{ name: 'Poster', days: 3, amount: '200.00' }], seller);
+  await api.deliver(order, seller);
+  assert.equal((await api.accept(order, 305)).state, 'completed');
+  let b = await api.sellerBalance(seller);
+  assert.deepEqual([b.pending, b.available], ['180.00', '0.00'], 'the net is pending clearance');
+  // The clearance period passes: the sweep runs at next_clears_at.
+  await atClock('SELECT next_clears_at::text FROM milestones.seller_balances WHERE seller_id = $1', [seller],
+    'SELECT milestones.clear_earnings() AS n');
+  b = await api.sellerBalance(seller);
+  assert.deepEqual([b.pending, b.available], ['0.00', '180.00']);
 
-    const paid = await api.requestWithdrawal(seller, '100.00');
-    assert.deepEqual(requests(await runWorker()),
-      [{ key: `withdrawal-${paid}`, status: 'succeeded', failure: null, reported: 'succeeded' }]);
-    b = await api.sellerBalance(seller);
-    assert.deepEqual([b.available, b.withdrawing, b.withdrawn], ['80.00', '0.00', '100.00']);
+  const paid = await api.requestWithdrawal(seller, '100.00');
+  assert.deepEqual(requests(await runWorker()),
+    [{ key: `withdrawal-${paid}`, status: 'succeeded', failure: null, reported: 'succeeded' }]);
+  b = await api.sellerBalance(seller);
+  assert.deepEqual([b.available, b.withdrawing, b.withdrawn], ['80.00', '0.00', '100.00']);
 
-    await backOffice.answer('seller', seller, 'fail', 'account_closed');
-    const refused = await api.requestWithdrawal(seller, '80.00');
-    assert.equal((await api.sellerBalance(seller)).withdrawing, '80.00');
-    assert.deepEqual(requests(await runWorker()),
-      [{ key: `withdrawal-${refused}`, status: 'failed', failure: 'account_closed', reported: 'failed' }]);
-    b = await api.sellerBalance(seller);
-    assert.deepEqual([b.available, b.withdrawing, b.withdrawn], ['80.00', '0.00', '100.00'], 'back to available');
-    await backOffice.answer('seller', seller, null);
-  });
+  await backOffice.answer('seller', seller, 'fail', 'account_closed');
+  const refused = await api.requestWithdrawal(seller, '80.00');
+  assert.equal((await api.sellerBalance(seller)).withdrawing, '80.00');
+  assert.deepEqual(requests(await runWorker()),
+    [{ key: `withdrawal-${refused}`, status: 'failed', failure: 'account_closed', reported: 'failed' }]);
+  b = await api.sellerBalance(seller);
+  assert.deepEqual([b.available, b.withdrawing, b.withdrawn], ['80.00', '0.00', '100.00'], 'back to available');
+  await backOffice.answer('seller', seller, null);
+});
 
 test('the day\'s settlement report reconciles; one line altered is reported', { timeout: 30000 }, async () => {
   const report = await backOffice.settlementReport();
   const kinds = new Set(report.map((l) => l.kind));
   assert.ok(kinds.has('charge') && kinds.has('refund'), 'charges and refunds were settled');
-  if (earnings) assert.ok(kinds.has('withdrawal'), 'and withdrawals');
+  assert.ok(kinds.has('withdrawal'), 'and withdrawals');
   assert.deepEqual(await support.reconcile(report), [], 'both sides agree');
 
   const i = report.findIndex((l) => l.kind === 'charge' && l.amount === '100.00');
   const altered = report.map((l, j) => (j === i ? { ...l, amount: '99.00' } : l));
   assert.deepEqual(await support.reconcile(altered),
     [{ provider_ref: report[i].provider_ref, kind: 'charge', problem: 'amount differs', ours: '100.00', theirs: '99.00' }]);
-  // Until seller earnings are built, a confirmed-mode payout has no earning.
-  const problems = (await q('SELECT * FROM milestones.check_invariants()'))
-    .filter((p) => earnings || !/its earning is missing/.test(p.problem));
-  assert.deepEqual(problems, []);
+  assert.deepEqual(await q('SELECT * FROM milestones.check_invariants()'), []);
 });
 
 test('mode both: a recorded-mode order is paid from its events, a confirmed-mode one through its requests', { timeout: 30000 }, async () => {

@@ -158,9 +158,10 @@ proxy/sql/milestones_proxy--1.1--1.2.sql: $(PROXY_PARTS_12) $(srcdir)/proxy/sql/
 deps:
 	$(srcdir)/test/tools/ensure-deps
 
-# demo: a story of real orders printed as a DBA would look at them.
+# demo: a story of real orders printed as a DBA would look at them, then a
+# confirmed-mode story (MILESTONES_DESTDIR: as for make test).
 demo: all
-	$(MAKE) install
+	$(MAKE) install $(if $(MILESTONES_DESTDIR),DESTDIR=$(MILESTONES_DESTDIR))
 	test/tools/demo
 
 # scaleout-demo: four partitions and a proxy (milestones_proxy, PL/Proxy) in

@@ -181,8 +181,8 @@ DeclarePayment(EngineOrder *o, FactTable table, bool insert, int from, int to, i
 static EnginePlan request_plan = {
 	"WITH c AS (INSERT INTO milestones.order_charges (order_id, position, amount, currency,"
 	" requested_at, pay_by)"
-	" SELECT $1, $20, $15, $13, $10, pg_catalog.timezone('UTC', pg_catalog.timezone('UTC', $10)"
-	" OPERATOR(pg_catalog.+) s.payment_window) FROM milestones.settings s"
+	" VALUES ($1, $20, $15, $13, $10, pg_catalog.timezone('UTC', pg_catalog.timezone('UTC', $10)"
+	" OPERATOR(pg_catalog.+) (SELECT s.payment_window FROM milestones.settings s)))"
 	" RETURNING charge_id, pay_by),"
 	" a AS (INSERT INTO milestones.charge_attempts (charge_id, attempt, order_id, requested_at)"
 	" SELECT c.charge_id, 1, $1, $10 FROM c RETURNING 1),"
@@ -193,7 +193,7 @@ static EnginePlan request_plan = {
 	" SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9 OPERATOR(pg_catalog.||)"
 	" pg_catalog.jsonb_build_object('charge_id', c.charge_id, 'attempt', 1, 'pay_by', c.pay_by),"
 	" $10 FROM c RETURNING 1)"
-	" SELECT c.charge_id, c.pay_by, (SELECT pg_catalog.count(*) FROM m) FROM c, a, e",
+	" SELECT c.charge_id, c.pay_by, (SELECT pg_catalog.count(*) FROM m) FROM c",
 	ENGINE_WRITE_ARGS, ENGINE_WRITE_ARGTYPES
 };
 

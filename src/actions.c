@@ -408,6 +408,8 @@ milestones_deliver(PG_FUNCTION_ARGS)
 					  OrderNoteArgs(order_id, "seller_id", seller_id, note), &result))
 		PG_RETURN_DATUM(result);
 	EngineLockOrder(o, order_id, seller_id, "seller");
+	if (o->state == ORDER_OFFERED && o->awaiting >= 0)
+		PaymentsAwaitingError(o, "deliver");	/* placed; milestone 1 waits for the money */
 	if (o->state != ORDER_ACTIVE)
 		EngineStateError(o, "deliver", "an active order with a milestone in progress");
 	EngineReadMilestones(o);

@@ -702,19 +702,26 @@ EngineStateError(EngineOrder *o, const char *action, const char *needs)
 {
 	const char *state = StateName(&OrderMachine, o->state);
 	StringInfoData full;
+	char	   *hint;
 
 	initStringInfo(&full);
 	appendStringInfoString(&full, state);
 	if (o->reason != NULL)
 		appendStringInfo(&full, " (%s)", o->reason);
+	if (StateIsFinal(&OrderMachine, o->state))
+		hint = "An ended order never changes again.";
+	else if (o->state == ORDER_OFFERED && o->confirmed && o->charge_id != 0)
+		hint = psprintf("The buyer placed the order; its first milestone awaits payment (charge " INT64_FORMAT
+						"): the order starts when the payment provider confirms it.", o->charge_id);
+	else if (o->state == ORDER_OFFERED)
+		hint = "The buyer places the order first.";
+	else
+		hint = "The order is running; see milestones.order_status for its current milestone.";
 	ereport(ERROR,
 			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 			 errmsg("%s is not allowed: order " INT64_FORMAT " is %s", action, o->order_id, full.data),
 			 errdetail("%s needs %s; order " INT64_FORMAT " is %s.", action, needs, o->order_id, state),
-			 errhint("%s", StateIsFinal(&OrderMachine, o->state) ?
-					 "An ended order never changes again." :
-					 o->state == ORDER_OFFERED ? "The buyer places the order first." :
-					 "The order is running; see milestones.order_status for its current milestone.")));
+			 errhint("%s", hint)));
 	pg_unreachable();
 }
 

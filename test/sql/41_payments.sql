@@ -9,7 +9,7 @@
 -- (every other suite runs in it).
 BEGIN;
 \ir ../fixtures/setup.psql
-SELECT plan(176);
+SELECT plan(177);
 SET LOCAL timezone = 'UTC';
 
 CREATE ROLE t41_app NOLOGIN IN ROLE milestones_app;
@@ -138,7 +138,14 @@ SELECT is(pg_temp.err(format('SELECT milestones.place_order(%s, 20)', pg_temp.id
                  pg_temp.id('a'), pg_temp.ch('a')),
           'a second place_order while milestone 1 awaits payment: 55000 with the charge in DETAIL');
 SELECT is((milestones.place_order(pg_temp.id('a'), 20, 'place-a')).charge_id, pg_temp.ch('a'), 'a retry with the same key returns the first result');
-SELECT throws_ok(format('SELECT milestones.deliver(%s, 10)', pg_temp.id('a')), '55000', NULL, 'deliver before the order is paid is refused');
+SELECT is(pg_temp.err(format('SELECT milestones.deliver(%s, 10)', pg_temp.id('a'))),
+          format('55000 | deliver is not allowed: milestone 1 of order %s awaits payment | Charge %s (attempt 1) is requested; it must succeed by %s. | The milestone starts when the payment worker records the provider''s success; after a failed attempt the buyer calls retry_charge().',
+                 pg_temp.id('a'), pg_temp.ch('a'), (SELECT pay_by FROM milestones.order_charges WHERE charge_id = pg_temp.ch('a'))),
+          'deliver before the order is paid: 55000, milestone 1 awaits payment (the seller waits for the money)');
+SELECT is(pg_temp.err(format('SELECT milestones.accept(%s, 20)', pg_temp.id('a'))),
+          format('55000 | accept is not allowed: order %s is offered | accept needs an active order with a delivered milestone; order %s is offered. | The buyer placed the order; its first milestone awaits payment (charge %s): the order starts when the payment provider confirms it.',
+                 pg_temp.id('a'), pg_temp.id('a'), pg_temp.ch('a')),
+          'accept before the order is paid: 55000, and the hint says the order waits for the payment');
 
 -- --- A declined card, a retry, a success ----------------------------------------------------------
 SELECT is(ARRAY[r.state, r.attempt_state, r.failure], ARRAY['failed', 'failed', 'card declined'],

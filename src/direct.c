@@ -49,7 +49,11 @@
  * statement applies) and no inheritance children.  Otherwise the caller
  * runs the locking statement, which also gives REPEATABLE READ and
  * SERIALIZABLE their serialization failures (40001) and a read-only
- * transaction or a standby its 25006.
+ * transaction or a standby its 25006; its result is held to the same
+ * column list (engine.h), so a column retyped or made nullable by hand is
+ * refused there with a clear error (columns.c), never read as another
+ * type.  A table or schema the engine cannot find by name is an error
+ * here: every statement of the engine names it.
  *
  * The reads of eligibility and settings are probes by primary key under
  * one snapshot taken after their tables are locked, as one statement's

@@ -149,7 +149,7 @@ EngineTableOid(const char *name)
 				 errmsg("table milestones.%s does not exist", name),
 				 errdetail("The milestones engine reads and writes milestones.%s; it was renamed, moved or dropped.",
 						   name),
-				 errhint("Rename it back (ALTER TABLE milestones.... RENAME TO %s), or restore the extension's tables from a backup.",
+				 errhint("Rename it back (ALTER TABLE ... RENAME TO %s), or restore the extension's tables from a backup.",
 						 quote_identifier(name))));
 	return relid;
 }

@@ -124,7 +124,7 @@ ALTER TABLE milestones.orders RENAME TO orders_x;
 SELECT is(pg_temp.error_of(format('SELECT milestones.accept(%s, 20)', :o)),
           ARRAY['42P01', 'table milestones.orders does not exist',
                 'The milestones engine reads and writes milestones.orders; it was renamed, moved or dropped.',
-                'Rename it back (ALTER TABLE milestones.... RENAME TO orders), or restore the extension''s tables from a backup.'],
+                'Rename it back (ALTER TABLE ... RENAME TO orders), or restore the extension''s tables from a backup.'],
           'orders renamed: 42P01 naming the table the engine needs');
 ROLLBACK TO SAVEPOINT s;
 

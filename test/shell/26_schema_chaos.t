@@ -154,7 +154,7 @@ ok $([ $probe_rc -eq 0 ] && [ "$nmut" -gt 100 ]; echo $?) \
 # --- The calls: every API function, the views, the C entry points -------------
 OFFER='[{"name":"Storyboard","days":3,"amount":"100.00"},{"name":"Animation","days":7,"amount":"150.00"},{"name":"Final cut","days":5,"amount":"250.00"}]'
 # IMM: the commit check of what the call wrote, now (as at COMMIT).
-IMM='SET CONSTRAINTS ALL IMMEDIATE; SET CONSTRAINTS ALL DEFERRED;'
+IMM='SET CONSTRAINTS ALL IMMEDIATE \; SET CONSTRAINTS ALL DEFERRED;'
 cat > "$tmp/calls.sql" <<SQL
 SELECT milestones.create_offer(10, 20, 'design', :'offer', 1) AS o1 \gset
 $IMM

@@ -247,6 +247,7 @@ SELECT milestones.now();
 SELECT milestones._fee(100.00, 0.1);
 SELECT milestones._cluster_id() > 0;
 SELECT milestones._relay_serves();
+SELECT milestones._refuse_on_standby('chaos');
 SELECT * FROM milestones._relay_info();
 SELECT milestones._orders_row_valid(o) FROM milestones.orders o;
 SELECT milestones._milestones_row_valid(m) FROM milestones.order_milestones m;

@@ -1331,7 +1331,6 @@ milestones_create_offer(PG_FUNCTION_ARGS)
 	if ((int) SPI_processed != n)
 		elog(ERROR, "milestones engine: %d of %d milestones written", (int) SPI_processed, n);
 	ColumnsCheckResult(SPI_tuptable, n, 1, "orders", &EngineOrderColumns[OC_ORDER_ID], 1);
-	ColumnsCheckResult(SPI_tuptable, n, 2, "order_milestones", &EngineMilestoneColumns[MC_POSITION], 1);
 	order_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	f = StateFact(FACT_ORDER, true, -1, ORDER_OFFERED, -1);
 	CheckDeclare(order_id, &f);

@@ -80,6 +80,8 @@ WriteCharge(EngineWrite *w, EngineOrder *o, EngineMilestone *next)
 static void
 Started(EngineOrder *o, EngineMilestone *next, int col, EngineWrite *w)
 {
+	ColumnsCheckResult(SPI_tuptable, 1, col, "order_milestones",
+					   &EngineMilestoneColumns[MC_DUE_AT], 1);
 	next->due_at = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
 													 col, &next->due_at_null));
 	EngineSetMilestone(o, next, MS_IN_PROGRESS);
@@ -455,6 +457,14 @@ milestones_deliver(PG_FUNCTION_ARGS)
 	if (SPI_processed != 1)
 		elog(ERROR, "milestones engine: milestone %d of order " INT64_FORMAT " not delivered",
 			 m->position, order_id);
+	{
+		static const ColumnSpec delivered[2] =
+		{
+			{"respond_by", TIMESTAMPTZOID, true}, {"deliveries", INT4OID, true}
+		};
+
+		ColumnsCheckResult(SPI_tuptable, 1, 1, "order_milestones", delivered, 2);
+	}
 	respond_by = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	deliveries = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
 	EngineSetMilestone(o, m, MS_DELIVERED);
@@ -923,6 +933,7 @@ milestones_expire_overdue(PG_FUNCTION_ARGS)
 	values[1] = Int32GetDatum(batch);
 	EngineExec(&work_plan, values, NULL, SPI_OK_SELECT, 0);
 	nids = SPI_processed;
+	ColumnsCheckResult(SPI_tuptable, nids, 1, "orders", &EngineOrderColumns[OC_ORDER_ID], 1);
 	ids = palloc(sizeof(int64) * (nids + 1));
 	for (i = 0; i < nids; i++)
 	{
@@ -1264,11 +1275,18 @@ milestones_create_offer(PG_FUNCTION_ARGS)
 	}
 	else
 	{
+		static const ColumnSpec settings_columns[3] =
+		{
+			{"min_order_total", NUMERICOID, true}, {"max_milestones", INT4OID, true},
+			{"seller_fee_rate", NUMERICOID, true}
+		};
+
 		values[0] = Int64GetDatum(seller_id);
 		values[1] = PointerGetDatum(category);
 		EngineExec(&settings_plan, values, NULL, SPI_OK_SELECT, 0);
 		if (SPI_processed != 1)
-			elog(ERROR, "milestones engine: settings must have one row");
+			EngineSettingsRowsError((int) SPI_processed);
+		ColumnsCheckResult(SPI_tuptable, 1, 1, "settings", settings_columns, 3);
 		min_total = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 		max_milestones = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
 		fee_rate = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull);
@@ -1480,6 +1498,7 @@ milestones_create_offer(PG_FUNCTION_ARGS)
 	}
 	if ((int) SPI_processed != n)
 		elog(ERROR, "milestones engine: %d of %d milestones written", (int) SPI_processed, n);
+	ColumnsCheckResult(SPI_tuptable, n, 1, "orders", &EngineOrderColumns[OC_ORDER_ID], 1);
 	order_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	f = StateFact(FACT_ORDER, true, -1, ORDER_OFFERED, -1);
 	CheckDeclare(order_id, &f);

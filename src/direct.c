@@ -49,7 +49,11 @@
  * statement applies) and no inheritance children.  Otherwise the caller
  * runs the locking statement, which also gives REPEATABLE READ and
  * SERIALIZABLE their serialization failures (40001) and a read-only
- * transaction or a standby its 25006.
+ * transaction or a standby its 25006; its result is held to the same
+ * column list (engine.h), so a column retyped or made nullable by hand is
+ * refused there with a clear error (columns.c), never read as another
+ * type.  A table or schema the engine cannot find by name is an error
+ * here: every statement of the engine names it.
  *
  * The reads of eligibility and settings are probes by primary key under
  * one snapshot taken after their tables are locked, as one statement's
@@ -67,6 +71,7 @@
 #include "access/tableam.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_extension.h"
 #include "catalog/pg_type.h"
 #include "executor/tuptable.h"
 #include "storage/bufmgr.h"
@@ -82,45 +87,72 @@
 
 #include "engine.h"
 
-/*
- * The columns each direct read reads, by name and type (columns.c), NOT
- * NULL where the engine reads them without a null test, as the table
- * guarantees.  Those of orders, in EngineOrder order:
- */
-enum
-{
-	OC_ORDER_ID, OC_SELLER_ID, OC_BUYER_ID, OC_CATEGORY, OC_CURRENCY, OC_STATE,
-	OC_END_REASON, OC_CANCEL_REASON, OC_REVISIONS_ALLOWED, OC_REVISIONS_USED,
-	OC_FEE_RATE, OC_CREATED_AT, OC_PLACED_AT, OC_COMPLETED_AT, OC_PAYMENT_MODE, OC_COUNT
-};
-static const ColumnSpec order_columns[OC_COUNT] =
-{
-	{"order_id", INT8OID, true}, {"seller_id", INT8OID, true}, {"buyer_id", INT8OID, true},
-	{"category", TEXTOID, true}, {"currency", TEXTOID, true}, {"state", TEXTOID, true},
-	{"end_reason", TEXTOID, false}, {"cancel_reason", TEXTOID, false},
-	{"revisions_allowed", INT4OID, false}, {"revisions_used", INT4OID, true},
-	{"fee_rate", NUMERICOID, true}, {"created_at", TIMESTAMPTZOID, true},
-	{"placed_at", TIMESTAMPTZOID, false}, {"completed_at", TIMESTAMPTZOID, false},
-	{"payment_mode", TEXTOID, true, true}	/* 1.2; a 1.1 table has none */
-};
-
-/* The columns of order_milestones the engine reads. */
-enum
-{
-	MC_ORDER_ID, MC_POSITION, MC_STATE, MC_NAME, MC_FINAL, MC_AMOUNT, MC_RESPOND_BY,
-	MC_DELIVERED_AT, MC_DELIVERIES, MC_DUE_AT, MC_COUNT
-};
-static const ColumnSpec milestone_columns[MC_COUNT] =
-{
-	{"order_id", INT8OID, true}, {"position", INT2OID, true}, {"state", TEXTOID, true},
-	{"name", TEXTOID, true}, {"final", BOOLOID, true}, {"amount", NUMERICOID, true},
-	{"respond_by", TIMESTAMPTZOID, false}, {"delivered_at", TIMESTAMPTZOID, false},
-	{"deliveries", INT4OID, true}, {"due_at", TIMESTAMPTZOID, false}
-};
-
 /* Where each column sits, per table (columns.c). */
 static ColumnMap order_map;
 static ColumnMap milestone_map;
+
+/*
+ * ExtensionSchemaName is the name of the schema the extension milestones
+ * is in now, or NULL (for an error message: a catalog scan).
+ */
+static char *
+ExtensionSchemaName(void)
+{
+	Relation	rel;
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tuple;
+	Oid			nsp = InvalidOid;
+
+	rel = table_open(ExtensionRelationId, AccessShareLock);
+	ScanKeyInit(&key, Anum_pg_extension_extname, BTEqualStrategyNumber, F_NAMEEQ,
+				CStringGetDatum("milestones"));
+	scan = systable_beginscan(rel, ExtensionNameIndexId, true, NULL, 1, &key);
+	tuple = systable_getnext(scan);
+	if (HeapTupleIsValid(tuple))
+		nsp = ((Form_pg_extension) GETSTRUCT(tuple))->extnamespace;
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	return OidIsValid(nsp) ? get_namespace_name(nsp) : NULL;
+}
+
+/*
+ * EngineTableOid finds milestones.name, the table the engine's statements
+ * name, refusing with a clear error when the schema or the table is gone
+ * (renamed or dropped by hand): every statement of the engine would fail
+ * on it, and "relation does not exist" from deep inside an API call would
+ * not say why.
+ */
+static Oid
+EngineTableOid(const char *name)
+{
+	Oid			nsp = get_namespace_oid("milestones", true);
+	Oid			relid;
+
+	if (!OidIsValid(nsp))
+	{
+		char	   *now = ExtensionSchemaName();
+
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_SCHEMA_NAME),
+				 errmsg("schema \"milestones\" does not exist"),
+				 errdetail("The milestones engine keeps its tables in schema milestones%s.",
+						   now != NULL ? psprintf("; the extension's schema is now called %s",
+												  quote_identifier(now)) : ""),
+				 errhint("The extension cannot be relocated: rename its schema back with ALTER SCHEMA %s RENAME TO milestones.",
+						 now != NULL ? quote_identifier(now) : "...")));
+	}
+	relid = get_relname_relid(name, nsp);
+	if (!OidIsValid(relid))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("table milestones.%s does not exist", name),
+				 errdetail("The milestones engine reads and writes milestones.%s; it was renamed, moved or dropped.",
+						   name),
+				 errhint("Rename it back (ALTER TABLE ... RENAME TO %s), or restore the extension's tables from a backup.",
+						 quote_identifier(name))));
+	return relid;
+}
 
 /*
  * OpenDirect opens milestones.name with lockmode for a direct read: a
@@ -132,7 +164,7 @@ static Relation
 OpenDirect(const char *name, LOCKMODE lockmode, bool for_update, ColumnMap *map,
 		   const ColumnSpec *columns, int ncolumns)
 {
-	Oid			relid = get_relname_relid(name, get_namespace_oid("milestones", false));
+	Oid			relid = EngineTableOid(name);
 	Relation	rel;
 
 	/* a statement would check these privileges (the owner has them) */
@@ -150,15 +182,6 @@ OpenDirect(const char *name, LOCKMODE lockmode, bool for_update, ColumnMap *map,
 	return rel;
 }
 
-/* TextOrNull is the column's text as a C string in the current context. */
-static char *
-TextOrNull(TupleTableSlot *slot, int attnum)
-{
-	if (slot->tts_isnull[attnum])
-		return NULL;
-	return TextDatumGetCString(slot->tts_values[attnum]);
-}
-
 /*
  * ReadOrder copies the locked order's row into o; false when the row's
  * order_id is not the one asked for (the newest version of a row whose key
@@ -168,43 +191,15 @@ static bool
 ReadOrder(EngineOrder *o, int64 order_id, TupleTableSlot *slot)
 {
 	const int  *a = order_map.attnum;
-	char	   *state;
-	char	   *cancel_reason;
 
 	slot_getallattrs(slot);
 	if (slot->tts_isnull[a[OC_ORDER_ID]] ||
 		DatumGetInt64(slot->tts_values[a[OC_ORDER_ID]]) != order_id)
 		return false;
-	memset(o, 0, offsetof(EngineOrder, ms));
-	o->order_id = order_id;
-	o->seller_id = DatumGetInt64(slot->tts_values[a[OC_SELLER_ID]]);
-	o->buyer_id = DatumGetInt64(slot->tts_values[a[OC_BUYER_ID]]);
-	o->category = TextOrNull(slot, a[OC_CATEGORY]);
-	o->currency = TextOrNull(slot, a[OC_CURRENCY]);
-	state = TextOrNull(slot, a[OC_STATE]);
-	o->state = StateCode(&OrderMachine, state);
-	if (o->state < 0)
-		elog(ERROR, "milestones engine: order " INT64_FORMAT " has unknown state \"%s\"",
-			 order_id, state ? state : "(null)");
-	o->end_reason = TextOrNull(slot, a[OC_END_REASON]);
-	cancel_reason = TextOrNull(slot, a[OC_CANCEL_REASON]);
-	o->reason = o->end_reason != NULL ? o->end_reason : cancel_reason;
-	o->revisions_unlimited = slot->tts_isnull[a[OC_REVISIONS_ALLOWED]];
-	o->revisions_allowed = o->revisions_unlimited ? 0 :
-		DatumGetInt32(slot->tts_values[a[OC_REVISIONS_ALLOWED]]);
-	o->revisions_used = DatumGetInt32(slot->tts_values[a[OC_REVISIONS_USED]]);
-	o->fee_rate = datumCopy(slot->tts_values[a[OC_FEE_RATE]], false, -1);
-	o->created_at = DatumGetTimestampTz(slot->tts_values[a[OC_CREATED_AT]]);
-	o->placed_at_null = slot->tts_isnull[a[OC_PLACED_AT]];
-	o->placed_at = o->placed_at_null ? 0 : DatumGetTimestampTz(slot->tts_values[a[OC_PLACED_AT]]);
-	o->completed_at_null = slot->tts_isnull[a[OC_COMPLETED_AT]];
-	o->completed_at = o->completed_at_null ? 0 :
-		DatumGetTimestampTz(slot->tts_values[a[OC_COMPLETED_AT]]);
+	EngineOrderFromRow(o, slot->tts_values, slot->tts_isnull, a);
 	o->mode_known = true;
 	o->confirmed = a[OC_PAYMENT_MODE] >= 0 &&
-		strcmp(TextOrNull(slot, a[OC_PAYMENT_MODE]), "confirmed") == 0;
-	o->nmilestones = -1;
-	o->current = -1;
+		strcmp(TextDatumGetCString(slot->tts_values[a[OC_PAYMENT_MODE]]), "confirmed") == 0;
 	return true;
 }
 
@@ -212,43 +207,27 @@ ReadOrder(EngineOrder *o, int64 order_id, TupleTableSlot *slot)
 static void
 ReadMilestone(EngineOrder *o, EngineMilestone *m, TupleTableSlot *slot)
 {
-	const int  *a = milestone_map.attnum;
-	char	   *state;
-
 	slot_getallattrs(slot);
-	m->position = DatumGetInt16(slot->tts_values[a[MC_POSITION]]);
-	state = TextOrNull(slot, a[MC_STATE]);
-	m->state = StateCode(&MilestoneMachine, state);
-	if (m->state < 0)
-		elog(ERROR, "milestones engine: milestone %d of order " INT64_FORMAT " has unknown state \"%s\"",
-			 m->position, o->order_id, state ? state : "(null)");
-	m->name = TextOrNull(slot, a[MC_NAME]);
-	m->final = DatumGetBool(slot->tts_values[a[MC_FINAL]]);
-	m->amount = datumCopy(slot->tts_values[a[MC_AMOUNT]], false, -1);
-	m->respond_by_null = slot->tts_isnull[a[MC_RESPOND_BY]];
-	m->respond_by = m->respond_by_null ? 0 : DatumGetTimestampTz(slot->tts_values[a[MC_RESPOND_BY]]);
-	m->delivered_at_null = slot->tts_isnull[a[MC_DELIVERED_AT]];
-	m->delivered_at = m->delivered_at_null ? 0 :
-		DatumGetTimestampTz(slot->tts_values[a[MC_DELIVERED_AT]]);
-	m->deliveries = DatumGetInt32(slot->tts_values[a[MC_DELIVERIES]]);
-	m->due_at_null = slot->tts_isnull[a[MC_DUE_AT]];
-	m->due_at = m->due_at_null ? 0 : DatumGetTimestampTz(slot->tts_values[a[MC_DUE_AT]]);
-	if (m->state == MS_IN_PROGRESS || m->state == MS_DELIVERED)
-		o->current = (int) (m - o->ms);
+	EngineMilestoneFromRow(o, m, slot->tts_values, slot->tts_isnull, milestone_map.attnum);
 }
 
 /*
  * LockTheRow locks the order's row found at *tid for update and leaves its
- * newest version in slot; false when the row is gone.
+ * newest version in slot; false when the row is gone.  The flags are the
+ * executor's under READ COMMITTED (ExecLockRows in nodeLockRows.c): follow
+ * the update chain to the newest version, and lock an update in progress
+ * too where the lock modes allow.
  */
 static bool
-LockTheRow(Relation rel, ItemPointer tid, Snapshot snapshot, TupleTableSlot *slot)
+LockTheRow(Relation rel, ItemPointer tid, Snapshot snapshot, TupleTableSlot *slot,
+		   int64 order_id)
 {
 	TM_FailureData tmfd;
 	TM_Result	result;
 
 	result = table_tuple_lock(rel, tid, snapshot, slot, GetCurrentCommandId(true),
 							  LockTupleExclusive, LockWaitBlock,
+							  TUPLE_LOCK_FLAG_LOCK_UPDATE_IN_PROGRESS |
 							  TUPLE_LOCK_FLAG_FIND_LAST_VERSION, &tmfd);
 	switch (result)
 	{
@@ -261,8 +240,17 @@ LockTheRow(Relation rel, ItemPointer tid, Snapshot snapshot, TupleTableSlot *slo
 			/* the newest version is deleted: the order is gone */
 			return false;
 		case TM_Updated:
-			/* FIND_LAST_VERSION follows every update */
-			elog(ERROR, "milestones engine: unexpected concurrent update of an order's row");
+
+			/*
+			 * FIND_LAST_VERSION follows every update, so this is not
+			 * expected (the executor raises an internal error here); a
+			 * retry finds the newest version.
+			 */
+			ereport(ERROR,
+					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+					 errmsg("could not lock order " INT64_FORMAT " due to a concurrent update", order_id),
+					 errdetail("Its row was updated by another transaction while the lock was taken."),
+					 errhint("Retry the call.")));
 			return false;
 		case TM_Invisible:
 			elog(ERROR, "milestones engine: attempted to lock invisible tuple");
@@ -298,14 +286,14 @@ EngineLockOrderDirect(EngineOrder *o, int64 order_id)
 	 */
 	if (IsolationUsesXactSnapshot() || XactReadOnly)
 		return -1;
-	orders = OpenDirect("orders", RowShareLock, true, &order_map, order_columns, OC_COUNT);
+	orders = OpenDirect("orders", RowShareLock, true, &order_map, EngineOrderColumns, OC_DIRECT_COUNT);
 	if (orders == NULL)
 		return -1;
 	keycols[0] = order_map.attnum[OC_ORDER_ID];
 	index = KeyIndexOpen(orders, 1, keycols, INT8OID);
 	milestones = index == NULL ? NULL :
 		OpenDirect("order_milestones", AccessShareLock, false, &milestone_map,
-				   milestone_columns, MC_COUNT);
+				   EngineMilestoneColumns, MC_COUNT);
 	if (milestones == NULL)
 	{
 		if (index != NULL)
@@ -328,7 +316,7 @@ EngineLockOrderDirect(EngineOrder *o, int64 order_id)
 	index_close(index, NoLock);
 
 	/* 3: the lock */
-	found = found && LockTheRow(orders, &tid, GetActiveSnapshot(), slot) &&
+	found = found && LockTheRow(orders, &tid, GetActiveSnapshot(), slot, order_id) &&
 		ReadOrder(o, order_id, slot);
 	ExecDropSingleTupleTableSlot(slot);
 	PopActiveSnapshot();
@@ -536,8 +524,13 @@ EngineEligibleDirect(int64 seller_id, const char *category, bool *seller_ok,
 	PushActiveSnapshot(GetTransactionSnapshot());
 	*seller_ok = Probe(&sellers);
 	*category_ok = Probe(&categories);
-	if (settings != NULL && ReadSettings(settings_rel, settings) != 1)
-		elog(ERROR, "milestones engine: settings must have one row");
+	if (settings != NULL)
+	{
+		int			rows = ReadSettings(settings_rel, settings);
+
+		if (rows != 1)
+			EngineSettingsRowsError(rows);
+	}
 	PopActiveSnapshot();
 	CloseProbe(&sellers);
 	CloseProbe(&categories);

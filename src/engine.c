@@ -24,6 +24,7 @@
 #include "mb/pg_wchar.h"
 #include "utils/builtins.h"
 #include "utils/datetime.h"
+#include "utils/datum.h"
 #include "utils/json.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
@@ -369,6 +370,11 @@ EngineIdemClaim(bool keynull, text *key, const char *function,
 						   stored_function, stored_arguments, function, call_arguments),
 				 errhint("Use a new key for every distinct call; reuse a key only to retry the same call.")));
 	}
+	{
+		static const ColumnSpec result_column = {"result", JSONBOID, false};
+
+		ColumnsCheckResult(SPI_tuptable, 1, 4, "idempotency_keys", &result_column, 1);
+	}
 	*result = SPI_getbinval(tup, desc, 4, &isnull);
 	return !isnull;
 }
@@ -410,18 +416,19 @@ EngineIdemStore(text *key, Datum result)
  * UPDATEs of them take anyway): a row lock waits for a concurrent action
  * on the order and then returns the newest version of every locked row,
  * so the milestones are read as that action left them, as a second
- * statement after the lock would read them.  Columns 1-14: the order; 15:
- * place_order's eligibility; 16-24: the milestone.  An order without
+ * statement after the lock would read them.  Columns 1-14: the order
+ * (EngineOrderColumns); 15: place_order's eligibility; 16-25: the
+ * milestone (EngineMilestoneColumns).  An order without
  * milestones (no row joins) takes the two statements below.
  */
 #define ORDER_COLUMNS \
 	"SELECT o.order_id, o.seller_id, o.buyer_id, o.category, o.currency, o.state," \
-	" COALESCE(o.end_reason, o.cancel_reason), o.revisions_allowed, o.revisions_used, o.fee_rate," \
-	" o.end_reason, o.created_at, o.placed_at, o.completed_at"
+	" o.end_reason, o.cancel_reason, o.revisions_allowed, o.revisions_used, o.fee_rate," \
+	" o.created_at, o.placed_at, o.completed_at"
 #define ELIGIBLE_COLUMN \
 	"," SELLER_ELIGIBLE_SQL("o.seller_id") " AND" CATEGORY_ELIGIBLE_SQL("o.category")
 #define MILESTONE_COLUMNS \
-	" m.position, m.state, m.name, m.final, m.amount, m.respond_by, m.delivered_at," \
+	" m.order_id, m.position, m.state, m.name, m.final, m.amount, m.respond_by, m.delivered_at," \
 	" m.deliveries, m.due_at"
 #define ORDER_MILESTONES_FROM \
 	" FROM milestones.orders o JOIN milestones.order_milestones m" \
@@ -429,6 +436,104 @@ EngineIdemStore(text *key, Datum result)
 	" WHERE o.order_id OPERATOR(pg_catalog.=) $1 AND m.order_id OPERATOR(pg_catalog.=) $1" \
 	" ORDER BY m.position FOR UPDATE OF o FOR NO KEY UPDATE OF m"
 #define ORDER_COLUMN_MILESTONES 16
+
+/* The columns of orders and order_milestones the engine reads (engine.h). */
+const ColumnSpec EngineOrderColumns[OC_DIRECT_COUNT] =
+{
+	{"order_id", INT8OID, true}, {"seller_id", INT8OID, true}, {"buyer_id", INT8OID, true},
+	{"category", TEXTOID, true}, {"currency", TEXTOID, true}, {"state", TEXTOID, true},
+	{"end_reason", TEXTOID, false}, {"cancel_reason", TEXTOID, false},
+	{"revisions_allowed", INT4OID, false}, {"revisions_used", INT4OID, true},
+	{"fee_rate", NUMERICOID, true}, {"created_at", TIMESTAMPTZOID, true},
+	{"placed_at", TIMESTAMPTZOID, false}, {"completed_at", TIMESTAMPTZOID, false},
+	{"payment_mode", TEXTOID, true, true}
+};
+const ColumnSpec EngineMilestoneColumns[MC_COUNT] =
+{
+	{"order_id", INT8OID, true}, {"position", INT2OID, true}, {"state", TEXTOID, true},
+	{"name", TEXTOID, true}, {"final", BOOLOID, true}, {"amount", NUMERICOID, true},
+	{"respond_by", TIMESTAMPTZOID, false}, {"delivered_at", TIMESTAMPTZOID, false},
+	{"deliveries", INT4OID, true}, {"due_at", TIMESTAMPTZOID, false}
+};
+
+/* RowText is a text column's value as a C string, or NULL. */
+static char *
+RowText(const Datum *values, const bool *nulls, int a)
+{
+	return nulls[a] ? NULL : TextDatumGetCString(values[a]);
+}
+
+/*
+ * EngineOrderFromRow fills o from a row of the order's columns, whose
+ * values are values[att[OC_...]] (of the types of EngineOrderColumns,
+ * with a value wherever those are NOT NULL: the caller checked both).
+ */
+void
+EngineOrderFromRow(EngineOrder *o, const Datum *values, const bool *nulls, const int *att)
+{
+	char	   *state;
+	char	   *cancel_reason;
+
+	memset(o, 0, offsetof(EngineOrder, ms));
+	o->order_id = DatumGetInt64(values[att[OC_ORDER_ID]]);
+	o->seller_id = DatumGetInt64(values[att[OC_SELLER_ID]]);
+	o->buyer_id = DatumGetInt64(values[att[OC_BUYER_ID]]);
+	o->category = RowText(values, nulls, att[OC_CATEGORY]);
+	o->currency = RowText(values, nulls, att[OC_CURRENCY]);
+	state = RowText(values, nulls, att[OC_STATE]);
+	o->state = StateCode(&OrderMachine, state);
+	if (o->state < 0)
+		elog(ERROR, "milestones engine: order " INT64_FORMAT " has unknown state \"%s\"",
+			 o->order_id, state ? state : "(null)");
+	o->end_reason = RowText(values, nulls, att[OC_END_REASON]);
+	cancel_reason = RowText(values, nulls, att[OC_CANCEL_REASON]);
+	o->reason = o->end_reason != NULL ? o->end_reason : cancel_reason;
+	o->revisions_unlimited = nulls[att[OC_REVISIONS_ALLOWED]];
+	o->revisions_allowed = o->revisions_unlimited ? 0 :
+		DatumGetInt32(values[att[OC_REVISIONS_ALLOWED]]);
+	o->revisions_used = DatumGetInt32(values[att[OC_REVISIONS_USED]]);
+	o->fee_rate = datumCopy(values[att[OC_FEE_RATE]], false, -1);
+	o->created_at = DatumGetTimestampTz(values[att[OC_CREATED_AT]]);
+	o->placed_at_null = nulls[att[OC_PLACED_AT]];
+	o->placed_at = o->placed_at_null ? 0 : DatumGetTimestampTz(values[att[OC_PLACED_AT]]);
+	o->completed_at_null = nulls[att[OC_COMPLETED_AT]];
+	o->completed_at = o->completed_at_null ? 0 :
+		DatumGetTimestampTz(values[att[OC_COMPLETED_AT]]);
+	o->nmilestones = -1;
+	o->current = -1;
+}
+
+/*
+ * EngineMilestoneFromRow fills m, one of o's milestones, from a row of the
+ * milestone's columns (values[att[MC_...]], as EngineOrderFromRow), and
+ * makes it o's current one when it is in progress or delivered.
+ */
+void
+EngineMilestoneFromRow(EngineOrder *o, EngineMilestone *m, const Datum *values,
+					   const bool *nulls, const int *att)
+{
+	char	   *state;
+
+	m->position = DatumGetInt16(values[att[MC_POSITION]]);
+	state = RowText(values, nulls, att[MC_STATE]);
+	m->state = StateCode(&MilestoneMachine, state);
+	if (m->state < 0)
+		elog(ERROR, "milestones engine: milestone %d of order " INT64_FORMAT " has unknown state \"%s\"",
+			 m->position, o->order_id, state ? state : "(null)");
+	m->name = RowText(values, nulls, att[MC_NAME]);
+	m->final = DatumGetBool(values[att[MC_FINAL]]);
+	m->amount = datumCopy(values[att[MC_AMOUNT]], false, -1);
+	m->respond_by_null = nulls[att[MC_RESPOND_BY]];
+	m->respond_by = m->respond_by_null ? 0 : DatumGetTimestampTz(values[att[MC_RESPOND_BY]]);
+	m->delivered_at_null = nulls[att[MC_DELIVERED_AT]];
+	m->delivered_at = m->delivered_at_null ? 0 :
+		DatumGetTimestampTz(values[att[MC_DELIVERED_AT]]);
+	m->deliveries = DatumGetInt32(values[att[MC_DELIVERIES]]);
+	m->due_at_null = nulls[att[MC_DUE_AT]];
+	m->due_at = m->due_at_null ? 0 : DatumGetTimestampTz(values[att[MC_DUE_AT]]);
+	if (m->state == MS_IN_PROGRESS || m->state == MS_DELIVERED)
+		o->current = (int) (m - o->ms);
+}
 
 static EnginePlan lock_read_plan = {
 	ORDER_COLUMNS ", NULL::pg_catalog.bool," MILESTONE_COLUMNS ORDER_MILESTONES_FROM,
@@ -542,7 +647,6 @@ LockOrderRead(EngineOrder *o, int64 order_id, int64 actor_id, const char *role, 
 	HeapTuple	tup;
 	TupleDesc	desc;
 	bool		isnull;
-	char	   *state;
 	bool		joined = true;
 	bool		result = false;
 
@@ -582,29 +686,23 @@ LockOrderRead(EngineOrder *o, int64 order_id, int64 actor_id, const char *role, 
 	}
 	if (SPI_processed == 0)
 		NoSuchOrder(order_id);
+	/* A kept plan is planned again after ALTER TABLE: each column as specified? */
+	ColumnsCheckResult(SPI_tuptable, 1, 1, "orders", EngineOrderColumns, OC_COUNT);
 	tup = SPI_tuptable->vals[0];
 	desc = SPI_tuptable->tupdesc;
-	memset(o, 0, offsetof(EngineOrder, ms));
-	o->order_id = order_id;
-	o->seller_id = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
-	o->buyer_id = DatumGetInt64(SPI_getbinval(tup, desc, 3, &isnull));
-	o->category = SPI_getvalue(tup, desc, 4);
-	o->currency = SPI_getvalue(tup, desc, 5);
-	state = SPI_getvalue(tup, desc, 6);
-	o->state = StateCode(&OrderMachine, state);
-	if (o->state < 0)
-		elog(ERROR, "milestones engine: order " INT64_FORMAT " has unknown state \"%s\"",
-			 order_id, state ? state : "(null)");
-	o->reason = SPI_getvalue(tup, desc, 7);
-	o->revisions_allowed = DatumGetInt32(SPI_getbinval(tup, desc, 8, &o->revisions_unlimited));
-	o->revisions_used = DatumGetInt32(SPI_getbinval(tup, desc, 9, &isnull));
-	o->fee_rate = SPI_getbinval(tup, desc, 10, &isnull);
-	o->end_reason = SPI_getvalue(tup, desc, 11);
-	o->created_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 12, &isnull));
-	o->placed_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 13, &o->placed_at_null));
-	o->completed_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 14, &o->completed_at_null));
-	o->nmilestones = -1;
-	o->current = -1;
+	{
+		Datum		row[OC_COUNT];
+		bool		rownulls[OC_COUNT];
+		int			att[OC_COUNT];
+		int			c;
+
+		for (c = 0; c < OC_COUNT; c++)
+		{
+			row[c] = SPI_getbinval(tup, desc, c + 1, &rownulls[c]);
+			att[c] = c;
+		}
+		EngineOrderFromRow(o, row, rownulls, att);
+	}
 	if (eligible)
 		result = DatumGetBool(SPI_getbinval(tup, desc, 15, &isnull)) && !isnull;
 	CheckActor(o, actor_id, role);
@@ -644,35 +742,27 @@ static void
 ReadMilestoneRows(EngineOrder *o, int first)
 {
 	uint64		i;
+	int			att[MC_COUNT];
+	int			c;
 
 	if (SPI_processed > ENGINE_MAX_MILESTONES)
 		elog(ERROR, "milestones engine: order " INT64_FORMAT " has more than %d milestones",
 			 o->order_id, ENGINE_MAX_MILESTONES);
+	ColumnsCheckResult(SPI_tuptable, SPI_processed, first, "order_milestones",
+					   EngineMilestoneColumns, MC_COUNT);
+	for (c = 0; c < MC_COUNT; c++)
+		att[c] = c;
 	o->nmilestones = (int) SPI_processed;
 	o->current = -1;
 	for (i = 0; i < SPI_processed; i++)
 	{
-		HeapTuple	tup = SPI_tuptable->vals[i];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		EngineMilestone *m = &o->ms[i];
-		bool		isnull;
-		char	   *state;
+		Datum		row[MC_COUNT];
+		bool		rownulls[MC_COUNT];
 
-		m->position = DatumGetInt16(SPI_getbinval(tup, desc, first, &isnull));
-		state = SPI_getvalue(tup, desc, first + 1);
-		m->state = StateCode(&MilestoneMachine, state);
-		if (m->state < 0)
-			elog(ERROR, "milestones engine: milestone %d of order " INT64_FORMAT " has unknown state \"%s\"",
-				 m->position, o->order_id, state ? state : "(null)");
-		m->name = SPI_getvalue(tup, desc, first + 2);
-		m->final = DatumGetBool(SPI_getbinval(tup, desc, first + 3, &isnull));
-		m->amount = SPI_getbinval(tup, desc, first + 4, &isnull);
-		m->respond_by = DatumGetTimestampTz(SPI_getbinval(tup, desc, first + 5, &m->respond_by_null));
-		m->delivered_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, first + 6, &m->delivered_at_null));
-		m->deliveries = DatumGetInt32(SPI_getbinval(tup, desc, first + 7, &isnull));
-		m->due_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, first + 8, &m->due_at_null));
-		if (m->state == MS_IN_PROGRESS || m->state == MS_DELIVERED)
-			o->current = (int) i;
+		for (c = 0; c < MC_COUNT; c++)
+			row[c] = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, first + c,
+								   &rownulls[c]);
+		EngineMilestoneFromRow(o, &o->ms[i], row, rownulls, att);
 	}
 }
 
@@ -691,6 +781,22 @@ EngineReadMilestones(EngineOrder *o)
 	values[0] = Int64GetDatum(o->order_id);
 	EngineExec(&milestones_plan, values, NULL, SPI_OK_SELECT, 0);
 	ReadMilestoneRows(o, 1);
+}
+
+/*
+ * EngineSettingsRowsError refuses to read the settings when the table does
+ * not have exactly one row (a DBA removed it, or added one, with the
+ * table's guards switched off).
+ */
+void
+EngineSettingsRowsError(int rows)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("milestones.settings must have exactly one row"),
+			 errdetail("It has %d.", rows),
+			 errhint("Restore the row (INSERT INTO milestones.settings DEFAULT VALUES, then set each value with milestones.set_setting()), or remove the extra one.")));
+	pg_unreachable();
 }
 
 /*
@@ -872,9 +978,12 @@ EngineResultInt(int col)
 			return DatumGetInt16(d);
 		case INT4OID:
 			return DatumGetInt32(d);
-		default:
+		case INT8OID:
 			return DatumGetInt64(d);
+		default:
+			elog(ERROR, "milestones engine: column %d of the result is not an integer", col);
 	}
+	return -1;					/* keep compiler quiet */
 }
 
 /*

@@ -33,6 +33,34 @@
 	" EXISTS (SELECT FROM milestones.eligible_categories ec" \
 	" WHERE ec.category OPERATOR(pg_catalog.=) " category " AND ec.eligible)"
 
+/*
+ * The columns of orders and order_milestones the engine reads, in this
+ * order (by name and type, NOT NULL where the engine reads them without a
+ * null test, as the tables guarantee): direct.c finds them by name, the
+ * locking statements (engine.c) select them in this order, and one reader
+ * (EngineOrderFromRow, EngineMilestoneFromRow) turns either into the
+ * engine's picture.
+ */
+enum
+{
+	OC_ORDER_ID, OC_SELLER_ID, OC_BUYER_ID, OC_CATEGORY, OC_CURRENCY, OC_STATE,
+	OC_END_REASON, OC_CANCEL_REASON, OC_REVISIONS_ALLOWED, OC_REVISIONS_USED,
+	OC_FEE_RATE, OC_CREATED_AT, OC_PLACED_AT, OC_COMPLETED_AT, OC_COUNT,
+	/*
+	 * The direct read (direct.c) reads the payment mode with the order (a
+	 * 1.2 column, optional: a 1.1 table has none); the locking statements
+	 * leave it to PaymentsReadOrder.
+	 */
+	OC_PAYMENT_MODE = OC_COUNT, OC_DIRECT_COUNT
+};
+enum
+{
+	MC_ORDER_ID, MC_POSITION, MC_STATE, MC_NAME, MC_FINAL, MC_AMOUNT, MC_RESPOND_BY,
+	MC_DELIVERED_AT, MC_DELIVERIES, MC_DUE_AT, MC_COUNT
+};
+extern const ColumnSpec EngineOrderColumns[OC_DIRECT_COUNT];
+extern const ColumnSpec EngineMilestoneColumns[MC_COUNT];
+
 /* One SQL statement of the engine, prepared once per backend and kept. */
 typedef struct EnginePlan
 {
@@ -214,10 +242,15 @@ extern void EngineLockOrder(EngineOrder *o, int64 order_id, int64 actor_id,
 extern bool EngineLockOrderEligible(EngineOrder *o, int64 order_id, int64 actor_id,
 									const char *role);
 extern void EngineReadMilestones(EngineOrder *o);
+extern void EngineOrderFromRow(EngineOrder *o, const Datum *values, const bool *nulls,
+							   const int *att);
+extern void EngineMilestoneFromRow(EngineOrder *o, EngineMilestone *m, const Datum *values,
+								   const bool *nulls, const int *att);
 extern int	EngineLockOrderDirect(EngineOrder *o, int64 order_id);
 extern bool EngineEligibleDirect(int64 seller_id, const char *category, bool *seller_ok,
 								 bool *category_ok, EngineSettings *settings);
 extern bool EngineNotifyDirect(Oid events_nsp, bool *notify);
+extern void EngineSettingsRowsError(int rows) pg_attribute_noreturn();
 extern void EngineStateError(EngineOrder *o, const char *action, const char *needs) pg_attribute_noreturn();
 extern EngineMilestone *EngineOpenDelivery(EngineOrder *o, const char *action);
 extern void EngineEvent(EngineOrder *o, int position, const char *event,

@@ -54,27 +54,42 @@ milestones_cluster_id(PG_FUNCTION_ARGS)
 	PG_RETURN_INT64((int64) GetSystemIdentifier());
 }
 
+/* The columns RestoredRow reads (columns.c), and where they sit. */
+static const ColumnSpec restored_columns[2] =
+{
+	{"txid", XID8OID, false}, {"txid_cluster", INT8OID, false}
+};
+static ColumnMap restored_map;
+
 /*
  * RestoredRow says whether an inserted event carries another transaction's
  * id or another cluster's, as the rows pg_restore re-inserts do: their
- * notifications were sent when they were first written.
+ * notifications were sent when they were first written.  A table without
+ * the columns (dropped, renamed: as a 1.0 table) has no restored rows; a
+ * column of another type is refused (columns.c).
  */
 static bool
-RestoredRow(HeapTuple tuple, TupleDesc tupdesc)
+RestoredRow(Relation rel, HeapTuple tuple)
 {
-	int			txid_col = SPI_fnumber(tupdesc, "txid");
-	int			cluster_col = SPI_fnumber(tupdesc, "txid_cluster");
+	TupleDesc	tupdesc = RelationGetDescr(rel);
+	int			c = ColumnMapFind(&restored_map, tupdesc, RelationGetRelid(rel), 0,
+								  restored_columns, lengthof(restored_columns));
 	bool		isnull;
 	Datum		value;
 
-	if (txid_col <= 0 || cluster_col <= 0)
-		return false;			/* a table without the 1.1 columns */
-	value = heap_getattr(tuple, txid_col, tupdesc, &isnull);
+	if (c >= 0)
+	{
+		if (ColumnProblemOf(tupdesc, &restored_columns[0]) == COLUMN_MISSING ||
+			ColumnProblemOf(tupdesc, &restored_columns[1]) == COLUMN_MISSING)
+			return false;
+		ColumnRefuse(RelationGetRelationName(rel), &restored_columns[c], tupdesc);
+	}
+	value = heap_getattr(tuple, restored_map.attnum[0] + 1, tupdesc, &isnull);
 	if (isnull ||
 		U64FromFullTransactionId(DatumGetFullTransactionId(value)) !=
 		U64FromFullTransactionId(GetTopFullTransactionId()))
 		return true;
-	value = heap_getattr(tuple, cluster_col, tupdesc, &isnull);
+	value = heap_getattr(tuple, restored_map.attnum[1] + 1, tupdesc, &isnull);
 	return isnull || DatumGetInt64(value) != (int64) GetSystemIdentifier();
 }
 
@@ -181,7 +196,7 @@ milestones_events_notify(PG_FUNCTION_ARGS)
 				 errmsg("function \"milestones_events_notify\" must be fired AFTER INSERT ... FOR EACH ROW")));
 
 	tuple = trigdata->tg_trigtuple;
-	if (RestoredRow(tuple, RelationGetDescr(trigdata->tg_relation)))
+	if (RestoredRow(trigdata->tg_relation, tuple))
 		return PointerGetDatum(NULL);
 	if (RelayServesThisDatabase())
 		RelayWakeAtCommit();

@@ -90,39 +90,140 @@ CheckTriggerProtocol(FunctionCallInfo fcinfo, const char *funcname,
 	return trigdata;
 }
 
-/* ColumnNumber finds a column the guard relies on, or fails loudly. */
-static int
-ColumnNumber(TupleDesc tupdesc, const char *name)
+/*
+ * The columns each guard reads, by name and type (columns.c): a table of
+ * the guard, with where its columns sit in the relation it fires for.  The
+ * order and milestone guards read the state machine's immutable columns
+ * (states.c) too.  A column dropped, renamed or retyped by hand is refused
+ * (42703, 42804), whatever write it was: the guard cannot check a row it
+ * cannot read.
+ */
+typedef struct GuardTable
 {
-	int			attnum = SPI_fnumber(tupdesc, name);
+	const char *table;
+	const ColumnSpec *columns;
+	int			ncolumns;
+	ColumnMap	map;
+	TupleDesc	desc;			/* the relation's, for this call */
+} GuardTable;
 
-	if (attnum <= 0)
-		elog(ERROR, "milestones guard: column \"%s\" not found", name);
-	return attnum;
+static const ColumnSpec guard_order_columns[] =
+{
+	{"order_id", INT8OID}, {"state", TEXTOID}, {"revisions_used", INT4OID},
+	{"placed_at", TIMESTAMPTZOID}, {"seller_id", INT8OID}, {"buyer_id", INT8OID},
+	{"category", TEXTOID}, {"currency", TEXTOID}, {"revisions_allowed", INT4OID},
+	{"fee_rate", NUMERICOID}, {"created_at", TIMESTAMPTZOID},
+	{"payment_mode", TEXTOID, false, true}	/* 1.2; a 1.1 table has none */
+};
+static const ColumnSpec guard_milestone_columns[] =
+{
+	{"order_id", INT8OID}, {"position", INT2OID}, {"state", TEXTOID}, {"name", TEXTOID},
+	{"days", INT2OID}, {"amount", NUMERICOID}, {"final", BOOLOID}
+};
+static const ColumnSpec guard_ledger_columns[] =
+{
+	{"order_id", INT8OID}, {"position", INT2OID}, {"kind", TEXTOID}, {"account", TEXTOID},
+	{"txn_id", INT8OID}, {"amount", NUMERICOID}
+};
+static const ColumnSpec guard_order_id_column[] = {{"order_id", INT8OID}};
+
+static GuardTable guard_orders = {"orders", guard_order_columns, lengthof(guard_order_columns)};
+static GuardTable guard_milestones =
+{"order_milestones", guard_milestone_columns, lengthof(guard_milestone_columns)};
+static GuardTable guard_ledger = {"ledger_entries", guard_ledger_columns, lengthof(guard_ledger_columns)};
+/* The commit check's trigger reads order_id of the six tables it fires for. */
+static GuardTable guard_order_ids[6] =
+{
+	{"orders", guard_order_id_column, 1},
+	{"order_milestones", guard_order_id_column, 1},
+	{"ledger_entries", guard_order_id_column, 1},
+	{"order_charges", guard_order_id_column, 1},
+	{"charge_attempts", guard_order_id_column, 1},
+	{"order_refunds", guard_order_id_column, 1}
+};
+
+/* The tables of confirmed payments (1.2): their state and immutable columns. */
+static const ColumnSpec guard_charge_columns[] =
+{
+	{"charge_id", INT8OID}, {"order_id", INT8OID}, {"position", INT2OID}, {"state", TEXTOID},
+	{"amount", NUMERICOID}, {"currency", TEXTOID}, {"requested_at", TIMESTAMPTZOID},
+	{"pay_by", TIMESTAMPTZOID}
+};
+static const ColumnSpec guard_attempt_columns[] =
+{
+	{"charge_id", INT8OID}, {"attempt", INT4OID}, {"order_id", INT8OID}, {"state", TEXTOID},
+	{"requested_at", TIMESTAMPTZOID}
+};
+static const ColumnSpec guard_refund_columns[] =
+{
+	{"refund_id", INT8OID}, {"order_id", INT8OID}, {"position", INT2OID}, {"state", TEXTOID},
+	{"charge_id", INT8OID}, {"charge_attempt", INT4OID}, {"buyer_id", INT8OID},
+	{"amount", NUMERICOID}, {"currency", TEXTOID}, {"reason", TEXTOID},
+	{"requested_at", TIMESTAMPTZOID}, {"ledger_txn", INT8OID}
+};
+static GuardTable guard_charges = {"order_charges", guard_charge_columns, lengthof(guard_charge_columns)};
+static GuardTable guard_attempts = {"charge_attempts", guard_attempt_columns, lengthof(guard_attempt_columns)};
+static GuardTable guard_refunds = {"order_refunds", guard_refund_columns, lengthof(guard_refund_columns)};
+
+/*
+ * GuardOpen makes g ready for a row of rel: every column of g found as
+ * specified (ColumnMapRequire: found by name once per backend, a
+ * comparison of names and type oids on every call), or the write refused.
+ */
+static GuardTable *
+GuardOpen(GuardTable *g, Relation rel)
+{
+	g->desc = RelationGetDescr(rel);
+	ColumnMapRequire(&g->map, g->desc, RelationGetRelid(rel), 0, RelationGetRelationName(rel),
+					 g->columns, g->ncolumns);
+	return g;
+}
+
+/* GuardColumn is the index in g's list of the column named name. */
+static int
+GuardColumn(GuardTable *g, const char *name)
+{
+	int			c;
+
+	for (c = 0; c < g->ncolumns; c++)
+		if (strcmp(g->columns[c].name, name) == 0)
+			return c;
+	elog(ERROR, "milestones guard: column \"%s\" of %s is not in the guard's list", name, g->table);
+	return -1;					/* keep compiler quiet */
+}
+
+/* ColumnNumber is the attribute number (1-based) of a column of g. */
+static int
+ColumnNumber(GuardTable *g, const char *name)
+{
+	return g->map.attnum[GuardColumn(g, name)] + 1;
 }
 
 /* TextColumn returns a text column as a C string, or NULL. */
 static char *
-TextColumn(HeapTuple tuple, TupleDesc tupdesc, const char *name)
+TextColumn(HeapTuple tuple, GuardTable *g, const char *name)
 {
+	int			c = GuardColumn(g, name);
 	bool		isnull;
-	Datum		d = heap_getattr(tuple, ColumnNumber(tupdesc, name), tupdesc, &isnull);
+	Datum		d;
 
+	if (g->columns[c].type != TEXTOID)
+		elog(ERROR, "milestones guard: column \"%s\" is not read as text", name);
+	d = heap_getattr(tuple, g->map.attnum[c] + 1, g->desc, &isnull);
 	return isnull ? NULL : TextDatumGetCString(d);
 }
 
-/* Int64Column returns a bigint (or smaller integer) column. */
+/* IntColumn returns a bigint, integer or smallint column (NULL as 0). */
 static int64
-IntColumn(HeapTuple tuple, TupleDesc tupdesc, const char *name)
+IntColumn(HeapTuple tuple, GuardTable *g, const char *name)
 {
-	int			attnum = ColumnNumber(tupdesc, name);
+	int			c = GuardColumn(g, name);
 	bool		isnull;
-	Datum		d = heap_getattr(tuple, attnum, tupdesc, &isnull);
-	Oid			typid = TupleDescAttr(tupdesc, attnum - 1)->atttypid;
+	Datum		d = heap_getattr(tuple, g->map.attnum[c] + 1, g->desc, &isnull);
 
 	if (isnull)
 		return 0;
-	switch (typid)
+	switch (g->columns[c].type)
 	{
 		case INT8OID:
 			return DatumGetInt64(d);
@@ -131,7 +232,7 @@ IntColumn(HeapTuple tuple, TupleDesc tupdesc, const char *name)
 		case INT2OID:
 			return DatumGetInt16(d);
 		default:
-			elog(ERROR, "milestones guard: column \"%s\" is not an integer", name);
+			elog(ERROR, "milestones guard: column \"%s\" is not read as an integer", name);
 	}
 	return 0;					/* keep compiler quiet */
 }
@@ -141,15 +242,14 @@ IntColumn(HeapTuple tuple, TupleDesc tupdesc, const char *name)
  * row (NULL-aware, comparison of the values' images).
  */
 static bool
-ColumnChanged(HeapTuple oldtup, HeapTuple newtup, TupleDesc tupdesc,
-			  const char *name)
+ColumnChanged(HeapTuple oldtup, HeapTuple newtup, GuardTable *g, const char *name)
 {
-	int			attnum = ColumnNumber(tupdesc, name);
-	Form_pg_attribute att = TupleDescAttr(tupdesc, attnum - 1);
+	int			attnum = ColumnNumber(g, name);
+	Form_pg_attribute att = TupleDescAttr(g->desc, attnum - 1);
 	bool		oldnull,
 				newnull;
-	Datum		oldval = heap_getattr(oldtup, attnum, tupdesc, &oldnull);
-	Datum		newval = heap_getattr(newtup, attnum, tupdesc, &newnull);
+	Datum		oldval = heap_getattr(oldtup, attnum, g->desc, &oldnull);
+	Datum		newval = heap_getattr(newtup, attnum, g->desc, &newnull);
 
 	if (oldnull || newnull)
 		return oldnull != newnull;
@@ -222,7 +322,7 @@ GuardRow(FunctionCallInfo fcinfo, const char *funcname,
 {
 	TriggerData *trigdata = CheckTriggerProtocol(fcinfo, funcname, true);
 	Relation	rel = trigdata->tg_relation;
-	TupleDesc	tupdesc = RelationGetDescr(rel);
+	GuardTable *tupdesc;		/* the row's columns, as the guard reads them */
 	HeapTuple	newtup;
 	HeapTuple	oldtup;
 	char	   *oldstate;
@@ -241,6 +341,7 @@ GuardRow(FunctionCallInfo fcinfo, const char *funcname,
 		RefuseDelete(rel, true);
 	if (TRIGGER_FIRED_BY_DELETE(trigdata->tg_event))
 		RefuseDelete(rel, false);
+	tupdesc = GuardOpen(is_milestone ? &guard_milestones : &guard_orders, rel);
 
 	if (TRIGGER_FIRED_BY_INSERT(trigdata->tg_event))
 	{
@@ -307,7 +408,7 @@ GuardRow(FunctionCallInfo fcinfo, const char *funcname,
 				 errhint("Use the milestones API functions to change orders.")));
 
 	for (immutable = machine->immutable; *immutable != NULL; immutable++)
-		if (SPI_fnumber(tupdesc, *immutable) > 0 &&	/* 1.1 tables lack 1.2's columns */
+		if (tupdesc->map.attnum[GuardColumn(tupdesc, *immutable)] >= 0 &&	/* 1.1 tables lack 1.2's columns */
 			ColumnChanged(oldtup, newtup, tupdesc, *immutable))
 			ereport(ERROR,
 					(errcode(ERRCODE_CHECK_VIOLATION),
@@ -352,13 +453,14 @@ typedef struct PaymentTable
 	FactTable	fact;
 	const char *id;
 	const char *position;
+	GuardTable *columns;
 } PaymentTable;
 
 static const PaymentTable payment_tables[] = {
-	{"order_charges", &ChargeMachine, FACT_CHARGE, "charge_id", "position"},
-	{"charge_attempts", &AttemptMachine, FACT_ATTEMPT, "charge_id", "attempt"},
-	{"order_refunds", &RefundMachine, FACT_REFUND, "refund_id", "position"},
-	{NULL, NULL, 0, NULL, NULL}
+	{"order_charges", &ChargeMachine, FACT_CHARGE, "charge_id", "position", &guard_charges},
+	{"charge_attempts", &AttemptMachine, FACT_ATTEMPT, "charge_id", "attempt", &guard_attempts},
+	{"order_refunds", &RefundMachine, FACT_REFUND, "refund_id", "position", &guard_refunds},
+	{NULL, NULL, 0, NULL, NULL, NULL}
 };
 
 /*
@@ -373,7 +475,7 @@ milestones_guard_payment(PG_FUNCTION_ARGS)
 {
 	TriggerData *trigdata = CheckTriggerProtocol(fcinfo, "milestones_guard_payment", true);
 	Relation	rel = trigdata->tg_relation;
-	TupleDesc	tupdesc = RelationGetDescr(rel);
+	GuardTable *tupdesc;		/* the row's columns, as the guard reads them */
 	const PaymentTable *t;
 	HeapTuple	newtup;
 	HeapTuple	oldtup;
@@ -398,6 +500,7 @@ milestones_guard_payment(PG_FUNCTION_ARGS)
 		RefuseDelete(rel, true);
 	if (TRIGGER_FIRED_BY_DELETE(trigdata->tg_event))
 		RefuseDelete(rel, false);
+	tupdesc = GuardOpen(t->columns, rel);
 
 	newtup = TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event) ? trigdata->tg_newtuple : trigdata->tg_trigtuple;
 	newstate = TextColumn(newtup, tupdesc, "state");
@@ -476,7 +579,7 @@ milestones_guard_ledger(PG_FUNCTION_ARGS)
 {
 	TriggerData *trigdata = CheckTriggerProtocol(fcinfo, "milestones_guard_ledger", true);
 	Relation	rel = trigdata->tg_relation;
-	TupleDesc	tupdesc = RelationGetDescr(rel);
+	GuardTable *tupdesc;		/* the row's columns, as the guard reads them */
 	HeapTuple	tuple = trigdata->tg_trigtuple;
 	WriteFact	fact;
 	bool		isnull;
@@ -490,18 +593,19 @@ milestones_guard_ledger(PG_FUNCTION_ARGS)
 				 errdetail("Ledger entries are never updated, deleted or truncated."),
 				 errhint("Correct a mistake with a new balancing transaction.")));
 
+	tupdesc = GuardOpen(&guard_ledger, rel);
 	memset(&fact, 0, sizeof(fact));
 	fact.table = FACT_LEDGER;
 	fact.insert = 1;
 	fact.from = fact.to = -1;
 	fact.position = -1;
-	heap_getattr(tuple, ColumnNumber(tupdesc, "position"), tupdesc, &isnull);
+	heap_getattr(tuple, ColumnNumber(tupdesc, "position"), tupdesc->desc, &isnull);
 	if (!isnull)
 		fact.position = (int16) IntColumn(tuple, tupdesc, "position");
 	fact.kind = LedgerCode(LedgerKinds, TextColumn(tuple, tupdesc, "kind"));
 	fact.account = LedgerCode(LedgerAccounts, TextColumn(tuple, tupdesc, "account"));
 	fact.txn = IntColumn(tuple, tupdesc, "txn_id");
-	amount = heap_getattr(tuple, ColumnNumber(tupdesc, "amount"), tupdesc, &isnull);
+	amount = heap_getattr(tuple, ColumnNumber(tupdesc, "amount"), tupdesc->desc, &isnull);
 	if (!isnull)
 		fact.cents = NumericToCents(amount, &exact);
 	CheckObserve(FACT_LEDGER, IntColumn(tuple, tupdesc, "order_id"),
@@ -522,6 +626,28 @@ milestones_guard_append_only(PG_FUNCTION_ARGS)
 				 errmsg("%s is append-only", RelationGetRelationName(rel)),
 				 errdetail("Its rows are a history: they are never updated, deleted or truncated.")));
 	return PointerGetDatum(trigdata->tg_trigtuple);
+}
+
+/*
+ * GuardOrderIds is the order_id column of rel (orders, order_milestones or
+ * ledger_entries) for the commit check's trigger: one column map per
+ * table, so that a transaction writing all three finds each column once.
+ */
+static GuardTable *
+GuardOrderIds(Relation rel)
+{
+	static int	next = 0;
+	int			i;
+
+	for (i = 0; i < (int) lengthof(guard_order_ids); i++)
+		if (guard_order_ids[i].map.key == RelationGetRelid(rel))
+			return GuardOpen(&guard_order_ids[i], rel);
+	/* first use for this table: a slot by the table's name, else in turn */
+	for (i = 0; i < (int) lengthof(guard_order_ids); i++)
+		if (strcmp(guard_order_ids[i].table, RelationGetRelationName(rel)) == 0)
+			return GuardOpen(&guard_order_ids[i], rel);
+	next = (next + 1) % lengthof(guard_order_ids);
+	return GuardOpen(&guard_order_ids[next], rel);
 }
 
 /*
@@ -548,8 +674,7 @@ milestones_check_order(PG_FUNCTION_ARGS)
 
 	tuple = TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event) ?
 		trigdata->tg_newtuple : trigdata->tg_trigtuple;
-	CheckFireDeferred(fcinfo,
-					  IntColumn(tuple, RelationGetDescr(trigdata->tg_relation), "order_id"),
+	CheckFireDeferred(fcinfo, IntColumn(tuple, GuardOrderIds(trigdata->tg_relation), "order_id"),
 					  TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event));
 	return PointerGetDatum(NULL);
 }

@@ -190,6 +190,9 @@ LedgerWriteLegs(EngineWrite *w, EngineOrder *o, int position, const char *kind,
 	}
 }
 
+/* The column of the legs a statement returns that LedgerDeclare reads. */
+static const ColumnSpec leg_txn_column = {"txn_id", INT8OID, false};
+
 /*
  * LedgerDeclare declares to the commit check the legs the engine computed
  * (LedgerLegsInit), under the transaction id the last statement drew: the
@@ -205,6 +208,7 @@ LedgerDeclare(EngineOrder *o, const LedgerLegs *legs)
 	int64		txn = 0;
 	int			i;
 
+	ColumnsCheckResult(SPI_tuptable, SPI_processed, 1, "ledger_entries", &leg_txn_column, 1);
 	for (r = 0; r < SPI_processed && txn == 0; r++)
 	{
 		bool		isnull;
@@ -264,6 +268,8 @@ LedgerSkipPending(EngineOrder *o)
 	values[0] = Int64GetDatum(o->order_id);
 	EngineExec(o->awaiting >= 0 ? &skip_awaiting_plan : &skip_plan, values, NULL,
 			   SPI_OK_UPDATE_RETURNING, 0);
+	ColumnsCheckResult(SPI_tuptable, SPI_processed, 1, "order_milestones",
+					   &EngineMilestoneColumns[MC_POSITION], 1);
 	if ((int) SPI_processed != expected)
 		elog(ERROR, "milestones engine: order " INT64_FORMAT " skipped %d milestones, expected %d",
 			 o->order_id, (int) SPI_processed, expected);
@@ -476,6 +482,7 @@ LedgerStart(EngineOrder *o, EngineMilestone *m)
 	if (SPI_processed != 1)
 		elog(ERROR, "milestones engine: milestone %d of order " INT64_FORMAT " not started",
 			 m->position, o->order_id);
+	ColumnsCheckResult(SPI_tuptable, 1, 1, "order_milestones", &EngineMilestoneColumns[MC_DUE_AT], 1);
 	m->due_at = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
 												  &m->due_at_null));
 	EngineSetMilestone(o, m, MS_IN_PROGRESS);

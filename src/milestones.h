@@ -166,12 +166,19 @@ extern void CheckLockedOrder(int64 order_id, bool unchecked);
 extern WriteFact StateFact(FactTable table, bool insert, int from, int to, int position);
 extern int64 NumericToCents(Datum amount, bool *exact);
 
-/* columns.c: a table's columns found by name, and its primary key */
+/*
+ * columns.c: the columns the C code reads, found and checked by name and
+ * type, and a table's primary key.  Every read of a column of the
+ * extension's tables goes through a ColumnSpec: by name (ColumnMap) or by
+ * position in a statement's result (ColumnsCheckResult).  A column that is
+ * missing, of another type or NULL where a value is needed is refused with
+ * ColumnRefuse's error, never read as something else.
+ */
 #define COLUMN_MAP_MAX 20
 
 typedef struct ColumnSpec
 {
-	const char *name;
+	const char *name;			/* NULL: an expression, not checked */
 	Oid			type;
 	bool		notnull;		/* must be NOT NULL (read without a null test) */
 	bool		optional;		/* may be missing (a 1.2 column in an older
@@ -186,8 +193,24 @@ typedef struct ColumnMap
 	int			attnum[COLUMN_MAP_MAX]; /* 0-based, in ColumnSpec order */
 } ColumnMap;
 
+/* What is wrong with a column, as ColumnProblemOf finds it. */
+typedef enum ColumnProblem
+{
+	COLUMN_OK,
+	COLUMN_MISSING,				/* dropped or renamed */
+	COLUMN_TYPE,				/* another type */
+	COLUMN_NULLABLE,			/* not NOT NULL where the spec needs it */
+	COLUMN_NULL					/* a NULL read where a value is needed */
+} ColumnProblem;
+
 extern int	ColumnMapFind(ColumnMap *map, TupleDesc desc, Oid key, int32 keymod,
 						  const ColumnSpec *columns, int ncolumns);
+extern void ColumnMapRequire(ColumnMap *map, TupleDesc desc, Oid key, int32 keymod,
+							 const char *table, const ColumnSpec *columns, int ncolumns);
+extern ColumnProblem ColumnProblemOf(TupleDesc desc, const ColumnSpec *spec);
+extern void ColumnRefuse(const char *table, const ColumnSpec *spec, TupleDesc desc) pg_attribute_noreturn();
+extern void ColumnsCheckResult(SPITupleTable *result, uint64 nrows, int first,
+							   const char *table, const ColumnSpec *columns, int ncolumns);
 extern Relation KeyIndexOpen(Relation rel, int nkeys, const int *attnums, Oid keytype);
 extern bool TableIsPlain(Form_pg_class c);
 

@@ -31,6 +31,13 @@ PG_FUNCTION_INFO_V1(milestones_fee);
 
 static SPIPlanPtr payout_plan = NULL;
 
+/* The columns payout()'s statement reads (columns.c). */
+static const ColumnSpec payout_order_columns[2] =
+{
+	{"currency", TEXTOID, true}, {"fee_rate", NUMERICOID, true}
+};
+static const ColumnSpec payout_amount_column = {"amount", NUMERICOID, true};
+
 /*
  * ComputeFee returns gross * rate rounded half-up to two decimals.
  * numeric_round rounds halves away from zero, which is half-up for the
@@ -142,7 +149,7 @@ milestones_payout(PG_FUNCTION_ARGS)
 						   "   FROM milestones.order_milestones m"
 						   "  WHERE m.order_id OPERATOR(pg_catalog.=) o.order_id"
 						   "    AND m.state OPERATOR(pg_catalog.=) 'completed'),"
-						   "  0::pg_catalog.numeric)"
+						   "  0)"
 						   " FROM milestones.orders o"
 						   " WHERE o.order_id OPERATOR(pg_catalog.=) $1",
 						   1, argtypes);
@@ -164,11 +171,16 @@ milestones_payout(PG_FUNCTION_ARGS)
 				 errmsg("order " INT64_FORMAT " does not exist", order_id),
 				 errdetail("No milestone order has id " INT64_FORMAT ".", order_id)));
 
+	/*
+	 * The kept plan is planned again after ALTER TABLE: a retyped column
+	 * would arrive as its new type (a sum of another type too: the
+	 * COALESCE's 0 adopts the sum's type).
+	 */
+	ColumnsCheckResult(SPI_tuptable, 1, 1, "orders", payout_order_columns, 2);
+	ColumnsCheckResult(SPI_tuptable, 1, 3, "order_milestones", &payout_amount_column, 1);
 	currency = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
 	rate = DatumGetNumeric(SPI_getbinval(SPI_tuptable->vals[0],
 										 SPI_tuptable->tupdesc, 2, &isnull));
-	if (isnull)
-		elog(ERROR, "milestones.payout: order " INT64_FORMAT " has no fee rate", order_id);
 	gross = DatumGetNumeric(SPI_getbinval(SPI_tuptable->vals[0],
 										  SPI_tuptable->tupdesc, 3, &isnull));
 

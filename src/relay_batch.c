@@ -276,9 +276,46 @@ static const char *const detail_money_keys[] = {"total", "charged", "refunded", 
 static const char *const payout_money_keys[] = {"gross", "fee", "net", NULL};
 
 /*
+ * The table columns the batch's statements return, read by position
+ * (columns.c checks each result before it is read; a kept plan is planned
+ * again after ALTER TABLE).
+ */
+static const ColumnSpec consumer_result[2] =
+{
+	{"consumer_id", INT8OID, true}, {"tick_id", INT8OID, true}
+};
+static const ColumnSpec tick_cluster_result = {"cluster_id", INT8OID, true};
+static const ColumnSpec tick_id_result = {"tick_id", INT8OID, true};
+static const ColumnSpec notify_result = {"notify", BOOLOID, false};
+
+/* CheckBatchResult checks the result of statement stmt before it is read. */
+static void
+CheckBatchResult(BatchStmt stmt)
+{
+	switch (stmt)
+	{
+		case BSTMT_CONSUMER:
+		case BSTMT_LOCK:
+			ColumnsCheckResult(SPI_tuptable, SPI_processed, 1, "consumers", consumer_result, 2);
+			ColumnsCheckResult(SPI_tuptable, SPI_processed, 5, "consumer_ticks", &tick_cluster_result, 1);
+			if (stmt == BSTMT_LOCK)
+				ColumnsCheckResult(SPI_tuptable, SPI_processed, 6, "settings", &notify_result, 1);
+			break;
+		case BSTMT_TICK:
+			ColumnsCheckResult(SPI_tuptable, SPI_processed, 1, "consumer_ticks", &tick_id_result, 1);
+			break;
+		case BSTMT_MOVE_KNOWN:
+			ColumnsCheckResult(SPI_tuptable, SPI_processed, 1, "settings", &notify_result, 1);
+			break;
+		default:
+			break;
+	}
+}
+
+/*
  * RunBatchStmt runs one of the batch's statements from its kept plan
  * (RelayPlan; generic plans, the batch's arguments vary) and checks its
- * result code.
+ * result code and the types of what it returns.
  */
 static void
 RunBatchStmt(BatchStmt stmt, const char *schema, Datum *values, const char *nulls)
@@ -292,6 +329,7 @@ RunBatchStmt(BatchStmt stmt, const char *schema, Datum *values, const char *null
 	if (ret != batch_stmts[stmt].expect)
 		elog(ERROR, "milestones relay: batch statement %d failed: %s",
 			 (int) stmt, SPI_result_code_string(ret));
+	CheckBatchResult(stmt);
 }
 
 /* GetInt64 reads a NOT NULL bigint column of SPI's current result. */
@@ -527,6 +565,7 @@ OpenEvents(Oid nsp, Relation *rel, Relation *idx, EventsColumns *col)
 	if (!EventsColumnsFind(*rel, col))
 	{
 		table_close(*rel, AccessShareLock);
+		*rel = NULL;			/* the caller's cleanup must not close it again */
 		return false;
 	}
 	*idx = index_open(idxid, AccessShareLock);
@@ -536,6 +575,8 @@ OpenEvents(Oid nsp, Relation *rel, Relation *idx, EventsColumns *col)
 	{
 		index_close(*idx, AccessShareLock);
 		table_close(*rel, AccessShareLock);
+		*idx = NULL;
+		*rel = NULL;
 		return false;
 	}
 	return true;

@@ -850,22 +850,15 @@ static RowTable event_table = {"events", event_columns, lengthof(event_columns),
 
 /*
  * RowMap finds the attribute number of each of the table's columns in the
- * row type (ColumnMapFind: by name, once per backend and again whenever
- * the row type changed); a column that is missing or of another type is an
- * error (the rules cannot be checked, so the row is not written).
+ * row type (ColumnMapRequire: by name, once per backend and again whenever
+ * the row type changed); a column that is missing or of another type is
+ * refused with columns.c's error (the rules cannot be checked, so the row
+ * is not written).
  */
 static void
 RowMap(RowTable *t, TupleDesc tupdesc, Oid typid, int32 typmod)
 {
-	int			c = ColumnMapFind(&t->map, tupdesc, typid, typmod, t->columns, t->ncolumns);
-
-	if (c >= 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("the row rules of %s need column \"%s\" of type %s",
-						t->table, t->columns[c].name, format_type_be(t->columns[c].type)),
-				 errdetail("The table's columns were changed by hand."),
-				 errhint("Restore the column, or reinstall the extension's objects from a backup.")));
+	ColumnMapRequire(&t->map, tupdesc, typid, typmod, t->table, t->columns, t->ncolumns);
 }
 
 /*

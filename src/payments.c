@@ -64,6 +64,42 @@ static EnginePlan mode_plan = {
 };
 
 /*
+ * The columns of the payment tables the statements below return, each
+ * checked (ColumnsCheckResult) before it is read by position: a column a
+ * DBA retyped or emptied is refused (42804, 22004), never misread.
+ */
+static const ColumnSpec open_charge_columns[] =
+{
+	{"charge_id", INT8OID, false}, {"attempts", INT4OID, false}, {"state", TEXTOID, false},
+	{"pay_by", TIMESTAMPTZOID, false}, {"amount", NUMERICOID, false}
+};
+static const ColumnSpec requested_charge_columns[] =
+{
+	{"charge_id", INT8OID, true}, {"pay_by", TIMESTAMPTZOID, true}
+};
+static const ColumnSpec paid_charge_columns[] =
+{
+	{"charge_id", INT8OID, true}, {"attempt", INT4OID, true}
+};
+static const ColumnSpec refund_id_column[] = {{"refund_id", INT8OID, true}};
+static const ColumnSpec order_id_column[] = {{"order_id", INT8OID, true}};
+static const ColumnSpec charge_read_columns[] =
+{
+	{"state", TEXTOID, true}, {"attempts", INT4OID, true}, {"position", INT2OID, true},
+	{"amount", NUMERICOID, true}
+};
+static const ColumnSpec attempt_read_columns[] =
+{
+	{"state", TEXTOID, false}, {"wanted", BOOLOID, false}
+};
+static const ColumnSpec refund_read_columns[] =
+{
+	{"state", TEXTOID, true}, {"attempts", INT4OID, true}, {"position", INT2OID, true},
+	{"amount", NUMERICOID, true}
+};
+static const ColumnSpec due_at_column[] = {{"due_at", TIMESTAMPTZOID, false}};
+
+/*
  * The order's open charge (requested or failed) and the sum of its late
  * successes (booked and refunded), in one row.
  */
@@ -119,6 +155,8 @@ PaymentsReadOrder(EngineOrder *o)
 	EngineExec(&open_charge_plan, values, NULL, SPI_OK_SELECT, 1);
 	if (SPI_processed != 1)
 		elog(ERROR, "milestones engine: no charge row for order " INT64_FORMAT, o->order_id);
+	ColumnsCheckResult(SPI_tuptable, 1, 1, "order_charges", open_charge_columns,
+					   lengthof(open_charge_columns));
 	{
 		HeapTuple	tup = SPI_tuptable->vals[0];
 		TupleDesc	desc = SPI_tuptable->tupdesc;
@@ -230,6 +268,8 @@ PaymentsRequest(EngineOrder *o, EngineMilestone *m, const char *actor_role, bool
 	if (SPI_processed != 1 || EngineResultInt(3) != (move ? 1 : 0))
 		elog(ERROR, "milestones engine: the charge of milestone %d of order " INT64_FORMAT " was not requested",
 			 m->position, o->order_id);
+	ColumnsCheckResult(SPI_tuptable, 1, 1, "order_charges", requested_charge_columns,
+					   lengthof(requested_charge_columns));
 	o->charge_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	o->pay_by = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
 	o->charge_attempts = 1;
@@ -463,6 +503,7 @@ Refund(EngineOrder *o, int position, int milestone_state, int64 charge_id, int32
 	EngineExec(&refund_insert_plan, values, NULL, SPI_OK_INSERT_RETURNING, 0);
 	if (SPI_processed != 1)
 		elog(ERROR, "milestones engine: refund of charge " INT64_FORMAT " not written", charge_id);
+	ColumnsCheckResult(SPI_tuptable, 1, 1, "order_refunds", refund_id_column, 1);
 	refund_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	DeclarePayment(o, FACT_REFUND, true, -1, PAY_REQUESTED, position, refund_id);
 	initStringInfo(&detail);
@@ -499,6 +540,8 @@ PaymentsRefundMilestone(EngineOrder *o, EngineMilestone *m, const char *reason, 
 	if (SPI_processed != 1)
 		elog(ERROR, "milestones engine: milestone %d of order " INT64_FORMAT " has %d paid charges",
 			 m->position, o->order_id, (int) SPI_processed);
+	ColumnsCheckResult(SPI_tuptable, 1, 1, "order_charges", paid_charge_columns,
+					   lengthof(paid_charge_columns));
 	charge_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	attempt = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
 	Refund(o, m->position, m->state, charge_id, attempt, m->amount, reason, "support", true, 0, agent);
@@ -705,6 +748,7 @@ Succeeded(EngineOrder *o, int64 charge_id, int32 attempt, int position, Datum am
 		if (SPI_processed != 1)
 			elog(ERROR, "milestones engine: milestone %d of order " INT64_FORMAT " not started",
 				 position, o->order_id);
+		ColumnsCheckResult(SPI_tuptable, 1, 1, "order_milestones", due_at_column, 1);
 		m->due_at = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
 													  &m->due_at_null));
 		EngineSetMilestone(o, m, MS_IN_PROGRESS);
@@ -804,6 +848,7 @@ milestones_record_charge(PG_FUNCTION_ARGS)
 				 errmsg("charge " INT64_FORMAT " does not exist", charge_id),
 				 errdetail("No charge has id " INT64_FORMAT ".", charge_id),
 				 errhint("Report the charge_id of the charge_requested event.")));
+	ColumnsCheckResult(SPI_tuptable, 1, 1, "order_charges", order_id_column, 1);
 	order_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	EngineLockOrder(o, order_id, 0, "payments");
 
@@ -811,6 +856,10 @@ milestones_record_charge(PG_FUNCTION_ARGS)
 	EngineExec(&charge_read_plan, values, NULL, SPI_OK_SELECT, 1);
 	if (SPI_processed != 1)
 		elog(ERROR, "milestones engine: charge " INT64_FORMAT " vanished", charge_id);
+	ColumnsCheckResult(SPI_tuptable, 1, 1, "order_charges", charge_read_columns,
+					   lengthof(charge_read_columns));
+	ColumnsCheckResult(SPI_tuptable, 1, 5, "charge_attempts", attempt_read_columns,
+					   lengthof(attempt_read_columns));
 	{
 		HeapTuple	tup = SPI_tuptable->vals[0];
 		TupleDesc	desc = SPI_tuptable->tupdesc;
@@ -1020,11 +1069,14 @@ LockRefund(EngineOrder *o, int64 refund_id, RefundRow *r)
 				 errmsg("refund " INT64_FORMAT " does not exist", refund_id),
 				 errdetail("No refund has id " INT64_FORMAT ".", refund_id),
 				 errhint("Use the refund_id of the refund_requested event, or see milestones.refunds.")));
+	ColumnsCheckResult(SPI_tuptable, 1, 1, "order_refunds", order_id_column, 1);
 	EngineLockOrder(o, DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)),
 					0, "payments");
 	EngineExec(&refund_read_plan, values, NULL, SPI_OK_SELECT, 1);
 	if (SPI_processed != 1)
 		elog(ERROR, "milestones engine: refund " INT64_FORMAT " vanished", refund_id);
+	ColumnsCheckResult(SPI_tuptable, 1, 1, "order_refunds", refund_read_columns,
+					   lengthof(refund_read_columns));
 	state = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
 	r->refund_id = refund_id;
 	r->state = StateCode(&RefundMachine, state);

@@ -203,6 +203,10 @@ typedef enum CheckRel
 	CHECK_REL_COUNT = FACT_NTABLES + 1
 } CheckRel;
 
+/* guard.c: whether a BEFORE ROW trigger firing after the guard may change the row */
+struct TriggerData;
+extern bool LaterTriggerMayRewrite(struct TriggerData *trigdata);
+
 extern void CheckInit(void);
 extern Oid	CheckRelid(CheckRel which, bool *children);
 extern void CheckObserve(FactTable table, int64 order_id, const WriteFact *fact, bool money,

@@ -128,7 +128,8 @@ static RowSet SellerRows = ROWSET(SellerRelNames, SROW_NTABLES, SROW_NTABLES, 0)
 static HTAB *dirty_sellers = NULL;
 static SPIPlanPtr check_plan = NULL;
 static int	writing = 0;		/* inside an earnings function's write statement */
-static RowBalance writing_before;	/* under replica: the balance before it */
+static bool writing_replica = false;	/* it started under replica ... */
+static RowBalance writing_before;	/* ... and the row balance was this */
 static bool callbacks_registered = false;
 
 /* SellerXactCallback forgets the touched sellers when the transaction ends. */
@@ -322,22 +323,24 @@ ForgetFacts(DirtySeller *entry)
 void
 SellerCheckWriting(bool on, int64 seller_id, const char *currency)
 {
-	bool		replica = (SessionReplicationRole == SESSION_REPLICATION_ROLE_REPLICA);
-
 	RegisterCallbacks();
 	if (on)
 	{
-		if (replica && writing == 0)
+		if (writing == 0)
 		{
-			CheckBeforeReplicaWrite(GetEntry(seller_id, currency));
-			RowBalanceNow(&SellerRows, &writing_before);
+			writing_replica = (SessionReplicationRole == SESSION_REPLICATION_ROLE_REPLICA);
+			if (writing_replica)
+			{
+				CheckBeforeReplicaWrite(GetEntry(seller_id, currency));
+				RowBalanceNow(&SellerRows, &writing_before);
+			}
 		}
 		writing++;
 	}
 	else if (writing > 0)
 	{
 		writing--;
-		if (replica && writing == 0)
+		if (writing == 0 && writing_replica)
 			RowSetSeeSince(&SellerRows, &writing_before);
 	}
 }

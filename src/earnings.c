@@ -80,9 +80,15 @@ PG_FUNCTION_INFO_V1(milestones_guard_seller);
  *-------------------------------------------------------------------------
  */
 
-/* The account of a seller and currency, opened empty when it is missing. */
+/*
+ * The account of a seller and currency, opened empty when it is missing.
+ * Only then is a row proposed: the guard trigger fires for a row that ON
+ * CONFLICT DO NOTHING then drops, which the row balance would count as a
+ * write the guard saw but nobody made (sellercheck.c: the full check).
+ */
 static EnginePlan account_open_plan = {
-	"INSERT INTO milestones.seller_accounts (seller_id, currency, opened_at) VALUES ($1, $2, $3)"
+	"INSERT INTO milestones.seller_accounts (seller_id, currency, opened_at) SELECT $1, $2, $3"
+	" WHERE NOT EXISTS (SELECT FROM milestones.seller_accounts c WHERE" ACCOUNT_IS("$1", "$2") ")"
 	" ON CONFLICT (seller_id, currency) DO NOTHING",
 	3, {INT8OID, TEXTOID, TIMESTAMPTZOID}
 };
@@ -356,16 +362,18 @@ ResultInt64(uint64 r, int col)
 }
 
 /*
- * WriteExec runs one of the write statements above, inside the commit
- * check's writing mark (sellercheck.c): the facts the guard observes
- * meanwhile are the ones the caller declares next.
+ * WriteExec runs one of the write statements above, of the account of
+ * seller_id in currency, inside the commit check's writing mark
+ * (sellercheck.c): the facts the guard observes meanwhile are the ones the
+ * caller declares next.
  */
 static void
-WriteExec(EnginePlan *p, Datum *values, const char *nulls, int expect)
+WriteExec(EnginePlan *p, Datum *values, const char *nulls, int expect, int64 seller_id,
+		  const char *currency)
 {
-	SellerCheckWriting(true);
+	SellerCheckWriting(true, seller_id, currency);
 	EngineExec(p, values, nulls, expect, 0);
-	SellerCheckWriting(false);
+	SellerCheckWriting(false, seller_id, currency);
 }
 
 /* DeclareLegs declares a journal transaction of two legs: from -> to, cents. */
@@ -526,7 +534,8 @@ ClearDue(int64 seller_id, const char *currency, TimestampTz cleared_at, Timestam
 	values[2] = TimestampTzGetDatum(cleared_at);
 	values[3] = TimestampTzGetDatum(due);
 	values[4] = Int64GetDatum(earning_id);
-	WriteExec(earning_id > 0 ? &clear_one_plan : &clear_account_plan, values, NULL, SPI_OK_SELECT);
+	WriteExec(earning_id > 0 ? &clear_one_plan : &clear_account_plan, values, NULL, SPI_OK_SELECT,
+			  seller_id, currency);
 	n = SPI_processed;
 	if (n == 0)
 		return 0;
@@ -650,7 +659,7 @@ EarningsCredit(EngineOrder *o, Numeric net, TimestampTz ended_at)
 	values[0] = Int64GetDatum(o->seller_id);
 	values[1] = CStringGetTextDatum(o->currency);
 	values[2] = TimestampTzGetDatum(now);
-	WriteExec(&account_open_plan, values, NULL, SPI_OK_INSERT);
+	WriteExec(&account_open_plan, values, NULL, SPI_OK_INSERT, o->seller_id, o->currency);
 	if (!LockAccount(o->seller_id, o->currency, NULL))
 		elog(ERROR, "milestones earnings: the account of seller " INT64_FORMAT " in %s is missing",
 			 o->seller_id, o->currency);
@@ -659,7 +668,7 @@ EarningsCredit(EngineOrder *o, Numeric net, TimestampTz ended_at)
 	values[3] = NumericGetDatum(net);
 	values[4] = TimestampTzGetDatum(ended_at);
 	values[5] = TimestampTzGetDatum(now);
-	WriteExec(&credit_plan, values, NULL, SPI_OK_SELECT);
+	WriteExec(&credit_plan, values, NULL, SPI_OK_SELECT, o->seller_id, o->currency);
 	if (SPI_processed != 1 || ResultInt64(0, 4) != 2 || ResultInt64(0, 5) != 1)
 		elog(ERROR, "milestones earnings: the earning of order " INT64_FORMAT " was not written",
 			 o->order_id);
@@ -1019,7 +1028,7 @@ milestones_request_withdrawal(PG_FUNCTION_ARGS)
 	values[2] = amount;
 	values[3] = available;
 	values[4] = TimestampTzGetDatum(now);
-	WriteExec(&withdraw_plan, values, NULL, SPI_OK_SELECT);
+	WriteExec(&withdraw_plan, values, NULL, SPI_OK_SELECT, seller_id, currency);
 	if (SPI_processed != 1 || ResultInt64(0, 3) != 2 || ResultInt64(0, 4) != 1 || ResultInt64(0, 5) != 1)
 		elog(ERROR, "milestones earnings: the withdrawal of seller " INT64_FORMAT " was not written", seller_id);
 	withdrawal_id = ResultInt64(0, 1);
@@ -1186,7 +1195,7 @@ milestones_record_withdrawal(PG_FUNCTION_ARGS)
 		values[11] = succeeded ? amount : NumZero();
 		values[12] = CStringGetTextDatum(succeeded ? "withdrawal_succeeded" : "withdrawal_failed");
 		values[13] = EngineJsonb(detail.data);
-		WriteExec(&report_plan, values, nulls, SPI_OK_SELECT);
+		WriteExec(&report_plan, values, nulls, SPI_OK_SELECT, seller_id, currency);
 		if (SPI_processed != 1 || ResultInt64(0, 2) != 1 || ResultInt64(0, 3) != 2 ||
 			ResultInt64(0, 4) != 1 || ResultInt64(0, 5) != 1)
 			elog(ERROR, "milestones earnings: the report of withdrawal " INT64_FORMAT " was not written",
@@ -1577,7 +1586,8 @@ GuardWithdrawal(HeapTuple oldtup, HeapTuple newtup, TupleDesc desc)
  * clears, a hold only when released, a withdrawal only as WithdrawalMachine
  * allows, an account's identity never; no DELETE or TRUNCATE.  Every write
  * it allows is a fact of its seller and currency for the commit check
- * (sellercheck.c).
+ * (sellercheck.c), and a row it saw for the row balance; a row a later
+ * BEFORE trigger may rewrite is no fact (the seller gets the full check).
  */
 Datum
 milestones_guard_seller(PG_FUNCTION_ARGS)
@@ -1588,6 +1598,7 @@ milestones_guard_seller(PG_FUNCTION_ARGS)
 	const char *table;
 	HeapTuple	oldtup = NULL;
 	HeapTuple	newtup;
+	SellerRowTable rows;
 
 	if (!CALLED_AS_TRIGGER(fcinfo))
 		ereport(ERROR,
@@ -1634,14 +1645,37 @@ milestones_guard_seller(PG_FUNCTION_ARGS)
 					 errdetail("Journal entries are never updated, deleted or truncated."),
 					 errhint("Correct a mistake with a new balancing transaction.")));
 		GuardLedger(rel, newtup, desc);
+		rows = SROW_LEDGER;
 	}
 	else if (strcmp(table, "seller_accounts") == 0)
+	{
 		GuardAccount(oldtup, newtup, desc);
+		rows = SROW_ACCOUNTS;
+	}
 	else if (strcmp(table, "seller_earnings") == 0)
+	{
 		GuardEarning(oldtup, newtup, desc);
+		rows = SROW_EARNINGS;
+	}
 	else if (strcmp(table, "seller_withdrawals") == 0)
+	{
 		GuardWithdrawal(oldtup, newtup, desc);
-	else if (oldtup != NULL)
-		GuardHold(oldtup, newtup, desc);
+		rows = SROW_WITHDRAWALS;
+	}
+	else
+	{
+		if (oldtup != NULL)
+			GuardHold(oldtup, newtup, desc);
+		return PointerGetDatum(newtup);
+	}
+
+	/*
+	 * The row balance counts the row as seen.  A BEFORE trigger firing
+	 * after this one may still change it, so what the guard observed may
+	 * not be what is written: the seller gets the full check.
+	 */
+	SellerCheckSeen(rows);
+	if (LaterTriggerMayRewrite(trigdata))
+		SellerCheckTaint(GuardInt(newtup, desc, "seller_id", NULL), GuardText(newtup, desc, "currency"));
 	return PointerGetDatum(newtup);
 }

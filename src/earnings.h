@@ -22,6 +22,20 @@ typedef enum SellerFactTable
 } SellerFactTable;
 
 /*
+ * The tables of the seller facts, for their row balance (sellercheck.c):
+ * the guard counts every row of them it allows.  (seller_holds is guarded
+ * too, but moves no money.)
+ */
+typedef enum SellerRowTable
+{
+	SROW_ACCOUNTS,
+	SROW_LEDGER,
+	SROW_EARNINGS,
+	SROW_WITHDRAWALS,
+	SROW_NTABLES
+} SellerRowTable;
+
+/*
  * The accounts of the seller journal: the four balance columns of
  * seller_accounts, in this order, then the journal's source.
  */
@@ -81,6 +95,7 @@ extern void SellerCheckObserve(int64 seller_id, const char *currency, const Sell
 							   bool updated);
 extern void SellerCheckTaint(int64 seller_id, const char *currency);
 extern void SellerCheckDeclare(int64 seller_id, const char *currency, const SellerFact *fact);
-extern void SellerCheckWriting(bool on);
+extern void SellerCheckWriting(bool on, int64 seller_id, const char *currency);
+extern void SellerCheckSeen(SellerRowTable table);
 
 #endif							/* MILESTONES_EARNINGS_H */

@@ -277,11 +277,11 @@ RefuseDelete(Relation rel, bool truncate)
  * LaterTriggerMayRewrite says whether another BEFORE ROW trigger of this
  * event fires after the guard (triggers fire in name order, the order of
  * trigdesc) and so may change the row the guard has checked: then the
- * guard's fact of it is not what is written, and its order gets the full
- * check at commit.  Scanned from the end: few triggers sort after the
- * guard.
+ * guard's fact of it is not what is written, and its order (or seller:
+ * earnings.c) gets the full check at commit.  Scanned from the end: few
+ * triggers sort after the guard.
  */
-static bool
+bool
 LaterTriggerMayRewrite(TriggerData *trigdata)
 {
 	TriggerDesc *trigdesc = trigdata->tg_relation->trigdesc;

@@ -112,6 +112,53 @@ extern bool StateTransitionAllowed(const StateMachine *machine, int from, int to
 extern void StateAssertTransition(const StateMachine *machine, int from, int to);
 
 /*
+ * rowbalance.c: the row balance of a set of guarded tables -- per table,
+ * the rows this transaction wrote (the statistics collector's pending
+ * counts) minus the rows the guard saw.  A set is a static RowSet of the
+ * check that uses it: its relation names in schema milestones, of which
+ * the first ntables are balanced (the others are only looked up with
+ * them), and from first_optional on may be missing (a newer version's
+ * tables: no writes).  The other fields are kept by rowbalance.c.
+ */
+#define ROWSET_MAX_RELS 8
+
+typedef struct RowBalance
+{
+	bool		known;			/* false: the counts cannot be had */
+	int64		diff[ROWSET_MAX_RELS];	/* written - seen, per table */
+} RowBalance;
+
+typedef struct RowSetSeen RowSetSeen;
+
+typedef struct RowSet
+{
+	const char *const *names;
+	int			nrels;
+	int			ntables;
+	int			first_optional;
+	/* kept by rowbalance.c */
+	bool		linked;
+	bool		valid;
+	Oid			oids[ROWSET_MAX_RELS];
+	bool		children[ROWSET_MAX_RELS];
+	RowSetSeen *seen;			/* per subtransaction, in TopTransactionContext */
+	int			nseen;
+	int			maxseen;
+	struct RowSet *next;
+} RowSet;
+
+#define ROWSET(names, nrels, ntables, first_optional) \
+	{(names), (nrels), (ntables), (first_optional), false, false, {0}, {0}, NULL, 0, 0, NULL}
+
+extern void RowBalanceInit(void);
+extern Oid	RowSetRelid(RowSet *set, int which, bool *children);
+extern void RowSetSee(RowSet *set, int table);
+extern void RowSetSeeSince(RowSet *set, const RowBalance *before);
+extern void RowBalanceNow(RowSet *set, RowBalance *b);
+extern void RowBalanceStart(RowBalance *b);
+extern bool RowBalanceSame(const RowBalance *a, const RowBalance *b);
+
+/*
  * check.c: one row write to an order, as the guard triggers saw it or as
  * an engine action declares it.  Two facts are equal when all fields are.
  */
@@ -155,6 +202,10 @@ typedef enum CheckRel
 	CHECK_REL_UNCHECKED = FACT_NTABLES, /* milestones.unchecked_orders (1.2) */
 	CHECK_REL_COUNT = FACT_NTABLES + 1
 } CheckRel;
+
+/* guard.c: whether a BEFORE ROW trigger firing after the guard may change the row */
+struct TriggerData;
+extern bool LaterTriggerMayRewrite(struct TriggerData *trigdata);
 
 extern void CheckInit(void);
 extern Oid	CheckRelid(CheckRel which, bool *children);

@@ -15,18 +15,24 @@
  * seller and currency):
  *
  *	- observed facts == declared facts (as multisets), every journal
- *	  transaction among them balances, and each balance column changed by
- *	  exactly what the journal legs on that account add up to: the seller
- *	  was written by the earnings functions only, from a state that
- *	  satisfied the invariants (committed by a transaction that passed
- *	  this check), so its accounts still equal its journal and it passes
- *	  without a query;
+ *	  transaction among them balances, each balance column changed by
+ *	  exactly what the journal legs on that account add up to, and the
+ *	  guard saw every row this transaction wrote to the four tables (the
+ *	  row balance of rowbalance.c, which the order check shares, is what
+ *	  it was when the seller's facts started): the seller was written by
+ *	  the earnings functions only, from a state that satisfied the
+ *	  invariants (committed by a transaction that passed this check), so
+ *	  its accounts still equal its journal and it passes without a query;
  *	- anything else (a hand-written statement, a write the guard saw
  *	  outside an earnings function, a restore's INSERTs, a subtransaction
- *	  rolled back) falls back to the full check of those sellers:
- *	  milestones._seller_problems(), the very rules check_invariants()
- *	  reports, in one query for all sellers that need it; its problems are
- *	  raised as one error (23514).
+ *	  rolled back, a write no guard saw: session_replication_role =
+ *	  replica, a disabled guard, a BEFORE trigger that fires after the
+ *	  guard and may rewrite the row) falls back to the full check of those
+ *	  sellers: milestones._seller_problems(), the very rules
+ *	  check_invariants() reports, in one query for all sellers that need
+ *	  it; its problems are raised as one error (23514).  A write no guard
+ *	  saw cannot be traced to its seller: every seller the transaction
+ *	  touched gets the full check.
  *
  * A seller whose rows were only INSERTed in this transaction and who has
  * no journal yet is not checked: pg_restore loads seller_accounts and
@@ -37,6 +43,12 @@
  * seller's facts are forgotten, and later API writes in the same
  * transaction are judged against it.  A mismatch only ever costs a query;
  * it never lets a seller through.
+ *
+ * Under session_replication_role = replica no trigger fires: neither the
+ * guard nor this check.  The earnings functions count their own writes as
+ * seen, and before each write statement check the seller in full when a
+ * write of this transaction went unseen since the seller's facts started
+ * (SellerCheckWriting), as the engine does for orders.
  *
  *-------------------------------------------------------------------------
  */
@@ -94,13 +106,30 @@ typedef struct DirtySeller
 	int			maxdeclared;
 	SellerFact *observed;		/* what the guard trigger allowed */
 	SellerFact *declared;		/* what the earnings functions say they wrote */
+	RowBalance	base;			/* the row balance the facts start from */
+	RowBalance	at_check;		/* the row balance when last checked */
+	CommandId	check_cid;		/* the command in which it was last checked */
 } DirtySeller;
 
 static void ForgetFacts(DirtySeller *entry);
+static void CheckBeforeReplicaWrite(DirtySeller *entry);
+
+/*
+ * The tables of the seller facts, by SellerRowTable: their row balance
+ * (rowbalance.c) says whether the guard saw every row this transaction
+ * wrote to them.  A database at 1.0 or 1.1 has none of them (and no
+ * trigger that calls this file).
+ */
+static const char *const SellerRelNames[SROW_NTABLES] = {
+	"seller_accounts", "seller_ledger", "seller_earnings", "seller_withdrawals"
+};
+static RowSet SellerRows = ROWSET(SellerRelNames, SROW_NTABLES, SROW_NTABLES, 0);
 
 static HTAB *dirty_sellers = NULL;
 static SPIPlanPtr check_plan = NULL;
 static int	writing = 0;		/* inside an earnings function's write statement */
+static bool writing_replica = false;	/* it started under replica ... */
+static RowBalance writing_before;	/* ... and the row balance was this */
 static bool callbacks_registered = false;
 
 /* SellerXactCallback forgets the touched sellers when the transaction ends. */
@@ -238,6 +267,10 @@ GetEntry(int64 seller_id, const char *currency)
 		entry->nobserved = entry->ndeclared = 0;
 		entry->maxobserved = entry->maxdeclared = 0;
 		entry->observed = entry->declared = NULL;
+		/* the facts start at the transaction's start, where all is seen */
+		RowBalanceStart(&entry->base);
+		entry->at_check = entry->base;
+		entry->check_cid = InvalidCommandId;
 	}
 	if (!usable)
 		entry->tainted = true;
@@ -277,18 +310,49 @@ ForgetFacts(DirtySeller *entry)
 
 /*
  * SellerCheckWriting marks the start (on) and end of an earnings
- * function's write statement: only the facts the guard observes inside
- * one can match a declaration.  An error ends the statement without the
- * end mark; the (sub)transaction abort resets it.
+ * function's write statement for a seller and currency: only the facts the
+ * guard observes inside one can match a declaration.  An error ends the
+ * statement without the end mark; the (sub)transaction abort resets it.
+ *
+ * Under session_replication_role = replica no trigger fires, so there
+ * will be no commit check: before the statement the seller is checked in
+ * full when a write of this transaction went unseen since its facts
+ * started, and the statement's own rows count as seen (the function made
+ * them) and are no fact (a later commit check of the seller is full).
  */
 void
-SellerCheckWriting(bool on)
+SellerCheckWriting(bool on, int64 seller_id, const char *currency)
 {
 	RegisterCallbacks();
 	if (on)
+	{
+		if (writing == 0)
+		{
+			writing_replica = (SessionReplicationRole == SESSION_REPLICATION_ROLE_REPLICA);
+			if (writing_replica)
+			{
+				CheckBeforeReplicaWrite(GetEntry(seller_id, currency));
+				RowBalanceNow(&SellerRows, &writing_before);
+			}
+		}
 		writing++;
+	}
 	else if (writing > 0)
+	{
 		writing--;
+		if (writing == 0 && writing_replica)
+			RowSetSeeSince(&SellerRows, &writing_before);
+	}
+}
+
+/*
+ * SellerCheckSeen counts a row of table the guard allowed (milestones_guard_seller),
+ * for the row balance.
+ */
+void
+SellerCheckSeen(SellerRowTable table)
+{
+	RowSetSee(&SellerRows, table);
 }
 
 /*
@@ -330,12 +394,22 @@ SellerCheckTaint(int64 seller_id, const char *currency)
 	ForgetFacts(entry);
 }
 
-/* SellerCheckDeclare records a row write an earnings function made. */
+/*
+ * SellerCheckDeclare records a row write an earnings function made.  Under
+ * session_replication_role = replica no guard saw it: the seller's facts
+ * can no longer match, and a later check of it in this transaction is the
+ * full one.
+ */
 void
 SellerCheckDeclare(int64 seller_id, const char *currency, const SellerFact *fact)
 {
 	DirtySeller *entry = GetEntry(seller_id, currency);
 
+	if (SessionReplicationRole == SESSION_REPLICATION_ROLE_REPLICA && !entry->tainted)
+	{
+		entry->tainted = true;
+		ForgetFacts(entry);
+	}
 	if (!entry->tainted)
 		AppendFact(&entry->declared, &entry->ndeclared, &entry->maxdeclared, fact);
 }
@@ -573,6 +647,80 @@ FullCheck(CheckSeller *sellers, int n, Oid owner)
 	SetUserIdAndSecContext(save_userid, save_sec_context);
 }
 
+/* MarkChecked marks a seller checked as of now (row balance b). */
+static void
+MarkChecked(DirtySeller *entry, const RowBalance *b)
+{
+	entry->checked = true;
+	entry->at_check = *b;
+	entry->check_cid = GetCurrentCommandId(false);
+}
+
+/*
+ * StillChecked says whether a seller is checked: since its last check the
+ * guard saw no write of it (that unchecks it), and no write went unseen
+ * (the row balance is as it was then).  Within one command nothing can be
+ * written between two events, so the balance is only read (into now, once:
+ * have_now) when the command changed.
+ */
+static bool
+StillChecked(DirtySeller *entry, RowBalance *now, bool *have_now)
+{
+	if (!entry->checked)
+		return false;
+	if (entry->check_cid == GetCurrentCommandId(false))
+		return true;
+	if (!*have_now)
+		RowBalanceNow(&SellerRows, now);
+	*have_now = true;
+	if (RowBalanceSame(now, &entry->at_check))
+	{
+		entry->check_cid = GetCurrentCommandId(false);
+		return true;
+	}
+	entry->checked = false;
+	return false;
+}
+
+/*
+ * Vouched says whether the seller's facts vouch for it (FactsVouch) and the
+ * guard saw every write since they started (the row balance is the one
+ * they start from); reads the balance into now once (have_now).
+ */
+static bool
+Vouched(DirtySeller *entry, RowBalance *now, bool *have_now)
+{
+	if (!FactsVouch(entry))
+		return false;
+	if (!*have_now)
+		RowBalanceNow(&SellerRows, now);
+	*have_now = true;
+	return RowBalanceSame(now, &entry->base);
+}
+
+/*
+ * CheckBeforeReplicaWrite: under session_replication_role = replica, an
+ * earnings function is about to write the seller and no check will fire
+ * at commit.  When a write of this transaction went unseen since the
+ * seller's facts started, the seller is checked in full now, as the
+ * current user (the function's owner), before the write; that state is
+ * its new start.
+ */
+static void
+CheckBeforeReplicaWrite(DirtySeller *entry)
+{
+	RowBalance	now;
+	CheckSeller one;
+
+	RowBalanceNow(&SellerRows, &now);
+	if (RowBalanceSame(&now, &entry->base))
+		return;
+	one.seller_id = entry->key.seller_id;
+	one.updated = true;
+	FullCheck(&one, 1, GetUserId());
+	entry->base = now;
+}
+
 /*
  * SellerCheckFire is the body of the deferred constraint trigger for one
  * row event of a seller and currency: the first event since the seller's
@@ -587,64 +735,57 @@ SellerCheckFire(FunctionCallInfo fcinfo, int64 seller_id, const char *currency, 
 	DirtySeller *entry = NULL;
 	HASH_SEQ_STATUS status;
 	CheckSeller *sellers;
+	RowBalance	now;
+	bool		have_now = false;
 	int			n = 0;
-	long		max;
+	DirtySeller *e;
 
 	if (dirty_sellers != NULL && MakeKey(&key, seller_id, currency))
 		entry = (DirtySeller *) hash_search(dirty_sellers, &key, HASH_FIND, NULL);
-	if (entry != NULL && entry->checked)
+	if (entry != NULL && StillChecked(entry, &now, &have_now))
 		return;					/* already checked since its last write */
-	if (entry != NULL && FactsVouch(entry))
+	if (entry != NULL && Vouched(entry, &now, &have_now))
 	{
-		entry->checked = true;
+		MarkChecked(entry, &now);
 		return;
 	}
-
-	max = (dirty_sellers != NULL ? hash_get_num_entries(dirty_sellers) : 0) + 1;
-	sellers = palloc(sizeof(CheckSeller) * max);
 	if (entry == NULL)
 	{
-		/* no guard saw the write (the guard trigger was disabled) */
-		sellers[n].seller_id = seller_id;
-		sellers[n].updated = is_update;
-		n++;
+		/* no guard saw the write: nothing of it can be vouched for */
+		entry = GetEntry(seller_id, currency);
+		entry->tainted = true;
+		entry->updated = is_update;
 	}
-	if (dirty_sellers != NULL)
-	{
-		DirtySeller *e;
 
-		hash_seq_init(&status, dirty_sellers);
-		while ((e = (DirtySeller *) hash_seq_search(&status)) != NULL)
+	sellers = palloc(sizeof(CheckSeller) * hash_get_num_entries(dirty_sellers));
+	hash_seq_init(&status, dirty_sellers);
+	while ((e = (DirtySeller *) hash_seq_search(&status)) != NULL)
+	{
+		if (StillChecked(e, &now, &have_now))
+			continue;
+		if (Vouched(e, &now, &have_now))
 		{
-			if (e->checked)
-				continue;
-			if (FactsVouch(e))
-			{
-				e->checked = true;
-				continue;
-			}
-			sellers[n].seller_id = e->key.seller_id;
-			sellers[n].updated = e->updated;
-			n++;
+			MarkChecked(e, &now);
+			continue;
 		}
+		sellers[n].seller_id = e->key.seller_id;
+		sellers[n].updated = e->updated;
+		n++;
 	}
 	FullCheck(sellers, n, FunctionOwner(fcinfo->flinfo->fn_oid));
 
 	/* Sound sellers: later API writes in this transaction start here. */
-	if (dirty_sellers != NULL)
+	RowBalanceNow(&SellerRows, &now);
+	hash_seq_init(&status, dirty_sellers);
+	while ((e = (DirtySeller *) hash_seq_search(&status)) != NULL)
 	{
-		DirtySeller *e;
-
-		hash_seq_init(&status, dirty_sellers);
-		while ((e = (DirtySeller *) hash_seq_search(&status)) != NULL)
-		{
-			if (e->checked)
-				continue;
-			ForgetFacts(e);
-			e->tainted = false;
-			e->checked = true;
-			e->subid = GetCurrentSubTransactionId();
-		}
+		if (e->checked)
+			continue;
+		ForgetFacts(e);
+		e->tainted = false;
+		e->base = now;
+		MarkChecked(e, &now);
+		e->subid = GetCurrentSubTransactionId();
 	}
 	pfree(sellers);
 }

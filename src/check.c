@@ -117,9 +117,9 @@ static SPIPlanPtr check_plan = NULL;
 static SPIPlanPtr list_plan = NULL;
 static SPIPlanPtr unlist_plan = NULL;
 
-/* The owner of the trigger function, looked up once (FunctionOwner). */
-static Oid	cached_fn = InvalidOid;
-static Oid	cached_owner = InvalidOid;
+/* The owners of the checks' trigger functions, looked up once (CheckFunctionOwner). */
+static Oid	cached_fn[2] = {InvalidOid, InvalidOid};
+static Oid	cached_owner[2];
 
 /* CheckXactCallback forgets the touched orders when the transaction ends. */
 static void
@@ -183,7 +183,7 @@ CheckRelid(CheckRel which, bool *children)
 static void
 FunctionOwnerInvalidate(Datum arg, int cacheid, uint32 hashvalue)
 {
-	cached_fn = InvalidOid;
+	cached_fn[0] = cached_fn[1] = InvalidOid;
 }
 
 /* CheckInit registers the transaction callbacks; called from _PG_init. */
@@ -406,24 +406,29 @@ FactsMatch(DirtyOrder *entry)
 }
 
 /*
- * FunctionOwner returns the owner of the trigger function (the extension
- * owner), looked up once per backend and again after a change of any
- * function's catalog row (FunctionOwnerInvalidate).
+ * CheckFunctionOwner returns the owner of a trigger function of the commit
+ * checks (the extension owner), looked up once per backend for each of
+ * them (the order and the seller check) and again after a change of any
+ * function's catalog row (FunctionOwnerInvalidate): a pooled backend must
+ * not switch to a role that REASSIGN OWNED and DROP ROLE removed.
  */
-static Oid
-FunctionOwner(Oid fn_oid)
+Oid
+CheckFunctionOwner(Oid fn_oid)
 {
 	HeapTuple	tup;
+	int			slot;
 
-	if (fn_oid == cached_fn)
-		return cached_owner;
+	for (slot = 0; slot < (int) lengthof(cached_fn); slot++)
+		if (cached_fn[slot] == fn_oid)
+			return cached_owner[slot];
+	slot = OidIsValid(cached_fn[0]) ? 1 : 0;
 	tup = SearchSysCache1(PROCOID, ObjectIdGetDatum(fn_oid));
 	if (!HeapTupleIsValid(tup))
 		elog(ERROR, "cache lookup failed for function %u", fn_oid);
-	cached_owner = ((Form_pg_proc) GETSTRUCT(tup))->proowner;
-	cached_fn = fn_oid;
+	cached_owner[slot] = ((Form_pg_proc) GETSTRUCT(tup))->proowner;
+	cached_fn[slot] = fn_oid;
 	ReleaseSysCache(tup);
-	return cached_owner;
+	return cached_owner[slot];
 }
 
 /* KeptPlan prepares a statement of the check once per backend. */
@@ -666,7 +671,7 @@ CheckFireDeferred(FunctionCallInfo fcinfo, int64 order_id, bool is_update)
 		entry->money = entry->updated = is_update;
 	}
 	result = FullCheck(order_id, entry->money, entry->updated,
-					   FunctionOwner(fcinfo->flinfo->fn_oid));
+					   CheckFunctionOwner(fcinfo->flinfo->fn_oid));
 	RowBalanceNow(&OrderRows, &now);
 	if (result == CHECKED_ALL)
 	{

@@ -1223,15 +1223,39 @@ milestones_record_withdrawal(PG_FUNCTION_ARGS)
  *-------------------------------------------------------------------------
  */
 
-/* GuardColumn finds a column the guard relies on, or fails loudly. */
+/* The seller table the guard fires for (set per call), for its errors. */
+static const char *guard_table = NULL;
+
+/*
+ * GuardColumn finds a column the guard relies on, of the given type: a
+ * column dropped, renamed or retyped by hand is refused as every reader of
+ * the engine refuses it (columns.c: 42703, 42804), whatever the write was.
+ */
 static int
-GuardColumn(TupleDesc desc, const char *name)
+GuardColumn(TupleDesc desc, const char *name, Oid type)
 {
 	int			attnum = SPI_fnumber(desc, name);
 
-	if (attnum <= 0)
-		elog(ERROR, "milestones guard: column \"%s\" not found", name);
+	if (attnum <= 0 || TupleDescAttr(desc, attnum - 1)->atttypid != type)
+	{
+		ColumnSpec	spec = {name, type, false};
+
+		ColumnRefuse(guard_table ? guard_table : "seller tables", &spec, desc);
+	}
 	return attnum;
+}
+
+/* WithdrawalColumnType is the type of an immutable column of seller_withdrawals. */
+static Oid
+WithdrawalColumnType(const char *name)
+{
+	if (strcmp(name, "currency") == 0)
+		return TEXTOID;
+	if (strcmp(name, "amount") == 0 || strcmp(name, "available_before") == 0)
+		return NUMERICOID;
+	if (strcmp(name, "requested_at") == 0)
+		return TIMESTAMPTZOID;
+	return INT8OID;				/* withdrawal_id, seller_id */
 }
 
 /* GuardText returns a text column as a C string, or NULL. */
@@ -1239,7 +1263,7 @@ static char *
 GuardText(HeapTuple tuple, TupleDesc desc, const char *name)
 {
 	bool		isnull;
-	Datum		d = heap_getattr(tuple, GuardColumn(desc, name), desc, &isnull);
+	Datum		d = heap_getattr(tuple, GuardColumn(desc, name, TEXTOID), desc, &isnull);
 
 	return isnull ? NULL : TextDatumGetCString(d);
 }
@@ -1248,7 +1272,7 @@ GuardText(HeapTuple tuple, TupleDesc desc, const char *name)
 static int64
 GuardInt(HeapTuple tuple, TupleDesc desc, const char *name, bool *isnull)
 {
-	int			attnum = GuardColumn(desc, name);
+	int			attnum = GuardColumn(desc, name, INT8OID);
 	bool		null;
 	Datum		d = heap_getattr(tuple, attnum, desc, &null);
 
@@ -1256,8 +1280,6 @@ GuardInt(HeapTuple tuple, TupleDesc desc, const char *name, bool *isnull)
 		*isnull = null;
 	if (null)
 		return 0;
-	if (TupleDescAttr(desc, attnum - 1)->atttypid != INT8OID)
-		elog(ERROR, "milestones guard: column \"%s\" is not a bigint", name);
 	return DatumGetInt64(d);
 }
 
@@ -1268,12 +1290,12 @@ GuardInt(HeapTuple tuple, TupleDesc desc, const char *name, bool *isnull)
 static int64
 GuardCents(HeapTuple tuple, TupleDesc desc, const char *name, bool *exact)
 {
-	int			attnum = GuardColumn(desc, name);
+	int			attnum = GuardColumn(desc, name, NUMERICOID);
 	bool		isnull;
 	Datum		d = heap_getattr(tuple, attnum, desc, &isnull);
 
 	*exact = false;
-	if (isnull || TupleDescAttr(desc, attnum - 1)->atttypid != NUMERICOID)
+	if (isnull)
 		return 0;
 	return NumericToCents(d, exact);
 }
@@ -1432,7 +1454,7 @@ GuardEarning(HeapTuple oldtup, HeapTuple newtup, TupleDesc desc)
 	int64		seller_id = GuardInt(newtup, desc, "seller_id", NULL);
 	char	   *currency = GuardText(newtup, desc, "currency");
 	int64		earning_id = GuardInt(newtup, desc, "earning_id", NULL);
-	int			cleared_col = GuardColumn(desc, "cleared_at");
+	int			cleared_col = GuardColumn(desc, "cleared_at", TIMESTAMPTZOID);
 	bool		new_pending;
 	bool		old_pending = true;
 	bool		exact;
@@ -1482,7 +1504,7 @@ static void
 GuardHold(HeapTuple oldtup, HeapTuple newtup, TupleDesc desc)
 {
 	static const char *const changeable[] = {"released_at", NULL};
-	int			released_col = GuardColumn(desc, "released_at");
+	int			released_col = GuardColumn(desc, "released_at", TIMESTAMPTZOID);
 	bool		old_open;
 	const char *changed;
 	char		label[64];
@@ -1540,7 +1562,7 @@ GuardWithdrawal(HeapTuple oldtup, HeapTuple newtup, TupleDesc desc)
 					(errcode(ERRCODE_CHECK_VIOLATION),
 					 errmsg("%s has an unknown state \"%s\"", label, oldstate ? oldstate : "(null)")));
 		for (imm = WithdrawalMachine.immutable; *imm != NULL; imm++)
-			if (GuardChanged(oldtup, newtup, desc, GuardColumn(desc, *imm)))
+			if (GuardChanged(oldtup, newtup, desc, GuardColumn(desc, *imm, WithdrawalColumnType(*imm))))
 				GuardImmutable(*imm, label);
 		changed = GuardOtherChanged(oldtup, newtup, desc, answer);
 		if (changed != NULL)
@@ -1616,6 +1638,7 @@ milestones_guard_seller(PG_FUNCTION_ARGS)
 	rel = trigdata->tg_relation;
 	desc = RelationGetDescr(rel);
 	table = RelationGetRelationName(rel);
+	guard_table = table;
 	if (strcmp(table, "seller_accounts") != 0 && strcmp(table, "seller_ledger") != 0 &&
 		strcmp(table, "seller_earnings") != 0 && strcmp(table, "seller_holds") != 0 &&
 		strcmp(table, "seller_withdrawals") != 0)

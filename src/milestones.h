@@ -209,6 +209,7 @@ extern bool LaterTriggerMayRewrite(struct TriggerData *trigdata);
 
 extern void CheckInit(void);
 extern Oid	CheckRelid(CheckRel which, bool *children);
+extern Oid	CheckFunctionOwner(Oid fn_oid);
 extern void CheckObserve(FactTable table, int64 order_id, const WriteFact *fact, bool money,
 						 bool updated);
 extern void CheckDeclare(int64 order_id, const WriteFact *fact);

@@ -495,28 +495,6 @@ FactsVouch(DirtySeller *entry)
 	return true;
 }
 
-/*
- * FunctionOwner returns the owner of the trigger function (the extension
- * owner), looked up once per backend.
- */
-static Oid
-FunctionOwner(Oid fn_oid)
-{
-	static Oid	cached_fn = InvalidOid;
-	static Oid	cached_owner = InvalidOid;
-	HeapTuple	tup;
-
-	if (fn_oid == cached_fn)
-		return cached_owner;
-	tup = SearchSysCache1(PROCOID, ObjectIdGetDatum(fn_oid));
-	if (!HeapTupleIsValid(tup))
-		elog(ERROR, "cache lookup failed for function %u", fn_oid);
-	cached_owner = ((Form_pg_proc) GETSTRUCT(tup))->proowner;
-	cached_fn = fn_oid;
-	ReleaseSysCache(tup);
-	return cached_owner;
-}
-
 /* A seller to check in full, and whether any of its rows was UPDATEd. */
 typedef struct CheckSeller
 {
@@ -772,7 +750,7 @@ SellerCheckFire(FunctionCallInfo fcinfo, int64 seller_id, const char *currency, 
 		sellers[n].updated = e->updated;
 		n++;
 	}
-	FullCheck(sellers, n, FunctionOwner(fcinfo->flinfo->fn_oid));
+	FullCheck(sellers, n, CheckFunctionOwner(fcinfo->flinfo->fn_oid));
 
 	/* Sound sellers: later API writes in this transaction start here. */
 	RowBalanceNow(&SellerRows, &now);

@@ -9,7 +9,8 @@
 # and 8 clients, the floor's control, confirmed mode or the line that says
 # why it is skipped, the books).  The numbers of a quick run mean nothing;
 # the verdict's rule is checked on saved rounds read back
-# (BENCH_COMPARE_REPLAY): head slower in every round, faster, and mixed.
+# (BENCH_COMPARE_REPLAY): head slower in every round, faster, and two
+# overlapping spreads.
 # The comparison makes its own two clusters (fsync on), next to ours.
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
@@ -24,7 +25,7 @@ err=$tmp/err
 num='[0-9]+(\.[0-9]+)?'
 spread="$num \[$num-$num\]"
 
-plan 23
+plan 24
 
 # -- a ref that is not a commit: refused before anything is built
 BENCH_BASE=no-such-ref-4711 "$top/test/bench/compare" >"$tmp/bad.out" 2>&1
@@ -82,20 +83,27 @@ is "$leftover" "" "its temporary folders (builds, clusters) are removed"
 replay() {   # replay NAME: the output of BENCH_COMPARE_REPLAY on $tmp/NAME
   BENCH_COMPARE_REPLAY="$tmp/$1" "$top/test/bench/compare" 2>&1
 }
-# head slower in every round at 1 client, faster at 8
+# head slower in every round at 1 client, faster at 8; at 4 clients the
+# head's median is below the base's slowest round, but the base's median is
+# within the head's spread
 cat > "$tmp/slow" <<'EOF'
 round 1/3, 1 client, load 0.50: base recorded 300.0 (1900) | head recorded 250.0 (2300)
 round 1/3, 8 clients, load 0.50: base recorded 500.0 (1800) | head recorded 600.0 (1700)
+round 1/3, 4 clients, load 0.50: base recorded 300.0 (1900) | head recorded 250.0 (2300)
 round 2/3, 1 client, load 0.50: head recorded 255.0 (2250) | base recorded 310.0 (1850)
 round 2/3, 8 clients, load 0.50: head recorded 610.0 (1650) | base recorded 520.0 (1790)
+round 2/3, 4 clients, load 0.50: head recorded 340.0 (1800) | base recorded 310.0 (1850)
 round 3/3, 1 client, load 0.50: base recorded 290.0 (1950) | head recorded 260.0 (2200)
 round 3/3, 8 clients, load 0.50: base recorded 510.0 (1810) | head recorded 590.0 (1690)
+round 3/3, 4 clients, load 0.50: base recorded 290.0 (1950) | head recorded 255.0 (2200)
 EOF
 replay slow > "$tmp/slow.out"
 grep -qxF "recorded mode head vs base, 1 client: 0.85 lifecycles/s (head 255 [250-260], base 300 [290-310]; per round 0.83 0.82 0.90), CPU per lifecycle 1.18: slower" "$tmp/slow.out"
 ok $? "replay: head below the base's slowest round is 'slower' (medians, spread, per-round ratios)"
 grep -qE '^recorded mode head vs base, 8 clients: 1\.18 lifecycles/s .*: faster$' "$tmp/slow.out"
 ok $? "replay: head above the base's fastest round is 'faster'"
+grep -qE '^recorded mode head vs base, 4 clients: 0\.85 lifecycles/s \(head 255 \[250-340\], base 300 \[290-310\];.*: within spread$' "$tmp/slow.out"
+ok $? "replay: one median outside the other's spread, but not both: 'within spread'"
 [ "$(grep -c '^  [18] ' "$tmp/slow.out")" = 4 ] && ! grep -q '^floor head vs base' "$tmp/slow.out"
 ok $? "replay: without floor runs, no floor rows or line"
 # mixed: the head's median inside the base's spread; confirmed mode in the head

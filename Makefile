@@ -187,9 +187,20 @@ test: all
 # and the clearance sweep, test/bench/clearance, 1);
 # BENCH_QUICK=1 for a smoke run of a minute or two.  See doc/performance.md.
 # MILESTONES_DESTDIR: as for test.
+# BENCH_BASE=<git ref>: instead, two builds side by side (issue 20), the ref
+# and this working tree (or BENCH_HEAD=<git ref>), each built and installed
+# into a temporary folder of its own and run in a cluster of its own, rounds
+# interleaved (test/bench/compare; about 10 minutes; nothing is installed
+# into the server's folders).
+BENCH_BASE ?=
+BENCH_HEAD ?=
 bench: all
+ifneq ($(strip $(BENCH_BASE)),)
+	BENCH_BASE='$(BENCH_BASE)' BENCH_HEAD='$(BENCH_HEAD)' test/bench/compare
+else
 	$(MAKE) install $(if $(MILESTONES_DESTDIR),DESTDIR=$(MILESTONES_DESTDIR))
 	test/bench/run
+endif
 
 # fuzz: SQLsmith against a database with the extension and orders in every
 # state, in a throwaway cluster; fails if the server crashed even once.

@@ -31,6 +31,11 @@ ok $? "prints the machine (CPUs, model, memory)"
 grep -qE '^server: .*fsync=on, synchronous_commit=on' "$out"
 ok $? "runs with durable commits (fsync=on) and says so"
 
+# The build under test: make test's (MILESTONES_DESTDIR's) when set, not
+# whatever the server's own folders hold.
+lib=$(sed -n 's/^build: *milestones [0-9.]*, library \(.*\)$/\1/p' "$out")
+is "$lib" "$(ms_libdir)/milestones.so" "runs the build under test (its library: ${lib:-none printed})"
+
 rows=$(grep -cE "^  (1|8|8\*|8\*\*) +$num +$num +$num$" "$out")
 is "$rows" 4 "API and floor lifecycles/s and their ratio at 1 and 8 clients (and 8 with synchronous_commit=off, and with notify off)"
 

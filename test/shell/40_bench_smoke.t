@@ -17,7 +17,7 @@ out=$(mktemp)
 err=$(mktemp)
 trap 'rm -f "$out" "$err"' EXIT
 
-plan 21
+plan 22
 num='[0-9]+(\.[0-9]+)?'
 
 BENCH_QUICK=1 BENCH_CLIENTS="1 8" "$top/test/bench/run" >"$out" 2>"$err"

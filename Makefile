@@ -45,7 +45,13 @@ PGFILEDESC = "milestones - milestone orders for a freelance marketplace"
 # milestones' own files in share/extension, so make install, make deb and
 # the Debian package carry them as soon as they exist.  A script built by
 # make goes into DATA_built instead (with its rule here, like milestones').
-COMPANION_DATA = $(patsubst $(srcdir)/%,%,$(wildcard $(srcdir)/proxy/*.control $(srcdir)/proxy/sql/*--*.sql))
+COMPANION_DATA = $(filter-out proxy/sql/milestones_proxy--1.2.sql proxy/sql/milestones_proxy--1.1--1.2.sql, \
+                 $(patsubst $(srcdir)/%,%,$(wildcard $(srcdir)/proxy/*.control $(srcdir)/proxy/sql/*--*.sql)))
+# milestones_proxy 1.2 is built like milestones' own scripts: the released
+# 1.1 script plus proxy/sql/1.2/ is the install script, proxy/sql/1.2/ the
+# 1.1 -> 1.2 upgrade.
+PROXY_PARTS_12 = $(sort $(wildcard $(srcdir)/proxy/sql/1.2/*.sql))
+DATA_built    += proxy/sql/milestones_proxy--1.2.sql proxy/sql/milestones_proxy--1.1--1.2.sql
 
 # Monitoring (SPEC section 13): the queries file of
 # prometheus-postgres-exporter and the Prometheus alerting rules, installed
@@ -133,13 +139,29 @@ sql/milestones--1.1--1.2.sql: $(UPGRADE_PARTS_12) $(srcdir)/sql/1.2
 	  printf '%s\n' '$(SCRIPT_GUARD)'; \
 	  cat $(UPGRADE_PARTS_12); } > $@
 
+PROXY_GUARD = \echo Use "CREATE EXTENSION milestones_proxy CASCADE" to load this file. \quit
+
+proxy/sql/milestones_proxy--1.2.sql: $(srcdir)/proxy/sql/milestones_proxy--1.1.sql $(PROXY_PARTS_12) $(srcdir)/proxy/sql/1.2
+	@mkdir -p proxy/sql
+	{ echo '/* proxy/sql/milestones_proxy--1.2.sql - install script of milestones_proxy 1.2, built by make from milestones_proxy--1.1.sql and proxy/sql/1.2/ */'; \
+	  printf '%s\n' '$(PROXY_GUARD)'; \
+	  grep -v '^\\echo ' $<; \
+	  cat $(PROXY_PARTS_12); } > $@
+
+proxy/sql/milestones_proxy--1.1--1.2.sql: $(PROXY_PARTS_12) $(srcdir)/proxy/sql/1.2
+	@mkdir -p proxy/sql
+	{ echo '/* proxy/sql/milestones_proxy--1.1--1.2.sql - upgrade script 1.1 -> 1.2 of milestones_proxy, built by make from proxy/sql/1.2/ */'; \
+	  printf '%s\n' '$(PROXY_GUARD)'; \
+	  cat $(PROXY_PARTS_12); } > $@
+
 # deps: install every package the targets below need (as root).
 deps:
 	$(srcdir)/test/tools/ensure-deps
 
-# demo: a story of real orders printed as a DBA would look at them.
+# demo: a story of real orders printed as a DBA would look at them, then a
+# confirmed-mode story (MILESTONES_DESTDIR: as for make test).
 demo: all
-	$(MAKE) install
+	$(MAKE) install $(if $(MILESTONES_DESTDIR),DESTDIR=$(MILESTONES_DESTDIR))
 	test/tools/demo
 
 # scaleout-demo: four partitions and a proxy (milestones_proxy, PL/Proxy) in
@@ -161,12 +183,24 @@ test: all
 	test/tools/run-tests
 
 # bench: the performance benchmark (issue 6) in a throwaway cluster, about
-# 15 to 20 minutes (of which the backlog catch-up, test/bench/backlog, 4 to 8);
+# 15 to 20 minutes (of which the backlog catch-up, test/bench/backlog, 4 to 8,
+# and the clearance sweep, test/bench/clearance, 1);
 # BENCH_QUICK=1 for a smoke run of a minute or two.  See doc/performance.md.
 # MILESTONES_DESTDIR: as for test.
+# BENCH_BASE=<git ref>: instead, two builds side by side (issue 20), the ref
+# and this working tree (or BENCH_HEAD=<git ref>), each built and installed
+# into a temporary folder of its own and run in a cluster of its own, rounds
+# interleaved (test/bench/compare; about 10 minutes; nothing is installed
+# into the server's folders).
+BENCH_BASE ?=
+BENCH_HEAD ?=
 bench: all
+ifneq ($(strip $(BENCH_BASE)),)
+	BENCH_BASE='$(BENCH_BASE)' BENCH_HEAD='$(BENCH_HEAD)' test/bench/compare
+else
 	$(MAKE) install $(if $(MILESTONES_DESTDIR),DESTDIR=$(MILESTONES_DESTDIR))
 	test/bench/run
+endif
 
 # fuzz: SQLsmith against a database with the extension and orders in every
 # state, in a throwaway cluster; fails if the server crashed even once.

@@ -221,6 +221,14 @@ EndOffer(FunctionCallInfo fcinfo, const char *role, const char *idkey,
 	if (o->state != ORDER_OFFERED)
 		EngineStateError(o, function, "an offered order that was not placed");
 	EngineReadMilestones(o);
+	/*
+	 * Confirmed mode: a checkout not paid yet is still an offer; its charge
+	 * is voided (expired when its pay_by passed, as the sweep leaves it).
+	 */
+	if (PaymentsDeadlinePassed(o))
+		PaymentsExpire(o, "system");
+	PaymentsVoid(o, to == ORDER_WITHDRAWN ? "withdrawn" : "declined", MilestonesNow(), role, false,
+				 actor_id, NULL);
 	values[0] = Int64GetDatum(order_id);
 	EngineExec(&skip_all_plan, values, NULL, SPI_OK_UPDATE, 0);
 	if ((int) SPI_processed != o->nmilestones)
@@ -301,6 +309,30 @@ milestones_place_order(PG_FUNCTION_ARGS)
 				 errdetail("Seller " INT64_FORMAT " or category %s is no longer eligible for milestones.",
 						   o->seller_id, quote_literal_cstr(o->category))));
 	EngineReadMilestones(o);
+	if (o->confirmed)
+	{
+		/*
+		 * Confirmed mode (SPEC section 11): milestone 1's charge is
+		 * requested; the order is placed when the provider's success is
+		 * reported.  An offer whose charge passed pay_by gets a new one.
+		 */
+		if (o->awaiting >= 0 && !PaymentsDeadlinePassed(o))
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("place_order is not allowed: milestone 1 of order " INT64_FORMAT " awaits payment", order_id),
+					 errdetail("Charge " INT64_FORMAT " (attempt %d) is %s and must succeed by %s.",
+							   o->charge_id, o->charge_attempts, StateName(&ChargeMachine, o->charge_state),
+							   EngineTimestampOut(false, o->pay_by)),
+					 errhint("The order is placed when the payment worker records the provider's success; after a failed attempt the buyer calls retry_charge().")));
+		if (o->awaiting >= 0)
+			PaymentsExpire(o, "system");
+		if (o->nmilestones < 1 || o->ms[0].state != MS_PENDING)
+			elog(ERROR, "milestones engine: offered order " INT64_FORMAT " has no pending milestone 1", order_id);
+		PaymentsRequest(o, &o->ms[0], "buyer", false, buyer_id);
+		result = EngineStatus(fcinfo, caller, o, key);
+		EngineFinish();
+		PG_RETURN_DATUM(result);
+	}
 	if (o->nmilestones < 1 || o->ms[0].state != MS_PENDING)
 		elog(ERROR, "milestones engine: offered order " INT64_FORMAT " has no pending milestone 1", order_id);
 	initStringInfo(&detail);
@@ -378,10 +410,14 @@ milestones_deliver(PG_FUNCTION_ARGS)
 					  OrderNoteArgs(order_id, "seller_id", seller_id, note), &result))
 		PG_RETURN_DATUM(result);
 	EngineLockOrder(o, order_id, seller_id, "seller");
+	if (o->state == ORDER_OFFERED && o->awaiting >= 0)
+		PaymentsAwaitingError(o, "deliver");	/* placed; milestone 1 waits for the money */
 	if (o->state != ORDER_ACTIVE)
 		EngineStateError(o, "deliver", "an active order with a milestone in progress");
 	EngineReadMilestones(o);
 	m = o->current >= 0 ? &o->ms[o->current] : NULL;
+	if (m == NULL && o->awaiting >= 0)
+		PaymentsAwaitingError(o, "deliver");	/* the seller waits for the money */
 	if (m == NULL || m->state != MS_IN_PROGRESS)
 	{
 		char		pos[32];
@@ -488,6 +524,15 @@ milestones_accept(PG_FUNCTION_ARGS)
 		ENGINE_WRITE_ARGS, ENGINE_WRITE_ARGTYPES
 	};
 
+	/* Confirmed mode: m ($20) completes, the event; the charge of the next follows. */
+	static EnginePlan accept_await_plan = {
+		"WITH " WRITE_EVENT_CTE ","
+		" s AS (UPDATE milestones.order_milestones SET state = 'completed', completed_at = $10"
+		" WHERE order_id OPERATOR(pg_catalog.=) $1 AND position OPERATOR(pg_catalog.=) $20 RETURNING 1)"
+		" SELECT 1 FROM e, s",
+		ENGINE_WRITE_ARGS, ENGINE_WRITE_ARGTYPES
+	};
+
 	EngineRefuseOnStandby("accept");
 	if (idnull || order_id <= 0)
 		EngineCheckId(idnull, order_id, "order_id");
@@ -520,6 +565,21 @@ milestones_accept(PG_FUNCTION_ARGS)
 		EngineWriteInit(&w, o, m->position, "accepted", "buyer", false, buyer_id, NULL,
 						ORDER_COMPLETED, MS_COMPLETED, JsonClose(&detail));
 		LedgerCompleteWrite(o, m, "finished", MilestonesNow(), &w, &payout);
+	}
+	else if (o->confirmed)
+	{
+		/*
+		 * Confirmed mode: m completes and the next milestone's charge is
+		 * requested; it starts when the provider's success is reported.
+		 */
+		JsonAddInt(&detail, "next", false, next->position);
+		EngineWriteInit(&w, o, m->position, "accepted", "buyer", false, buyer_id, NULL,
+						o->state, MS_COMPLETED, JsonClose(&detail));
+		EngineWriteSet(&w, WP_POS_A, Int16GetDatum((int16) m->position), false);
+		EngineWriteExec(&accept_await_plan, &w);
+		EngineSetMilestone(o, m, MS_COMPLETED);
+		o->current = -1;
+		PaymentsRequest(o, next, "buyer", false, buyer_id);
 	}
 	else
 	{
@@ -640,6 +700,24 @@ milestones_stop(PG_FUNCTION_ARGS)
 	if (EngineRetried(fcinfo, caller, key, "stop", OrderArgs(order_id, "buyer_id", buyer_id), &result))
 		PG_RETURN_DATUM(result);
 	EngineLockOrder(o, order_id, buyer_id, "buyer");
+	if (o->state == ORDER_ACTIVE && o->awaiting >= 0)
+	{
+		/*
+		 * Confirmed mode: the buyer stops while the next milestone awaits
+		 * payment (its delivery was accepted); the charge is voided.
+		 */
+		if (PaymentsDeadlinePassed(o))
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("stop is not allowed: the payment window of order " INT64_FORMAT " has closed", order_id),
+					 errdetail("Charge " INT64_FORMAT " of milestone %d had to be paid by %s.",
+							   o->charge_id, o->ms[o->awaiting].position, EngineTimestampOut(false, o->pay_by)),
+					 errhint("The order is in effect completed as unpaid; the expiry sweep records it.")));
+		PaymentsStop(o, buyer_id);
+		result = EngineStatus(fcinfo, caller, o, key);
+		EngineFinish();
+		PG_RETURN_DATUM(result);
+	}
 	m = EngineOpenDelivery(o, "stop");
 	initStringInfo(&detail);
 	LedgerCompletePrepare(o, m, &detail, &payout);
@@ -710,6 +788,19 @@ milestones_cancel(PG_FUNCTION_ARGS)
 	if (o->state != ORDER_OFFERED && o->state != ORDER_ACTIVE)
 		EngineStateError(o, "cancel", "an offered or active order");
 	EngineReadMilestones(o);
+	/* Confirmed mode: a charge past its pay_by, as the sweep leaves it. */
+	if (PaymentsDeadlinePassed(o))
+	{
+		if (o->state == ORDER_ACTIVE)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("cancel is not allowed: order " INT64_FORMAT " is unpaid", order_id),
+					 errdetail("Charge " INT64_FORMAT " of milestone %d had to be paid by %s.",
+							   o->charge_id, o->ms[o->awaiting].position, EngineTimestampOut(false, o->pay_by)),
+					 errhint("The order is in effect completed as unpaid; the expiry sweep records it.")));
+		PaymentsExpire(o, "system");
+	}
+	PaymentsVoid(o, "cancelled", MilestonesNow(), "support", true, 0, agent_s);
 	m = o->current >= 0 ? &o->ms[o->current] : NULL;
 	if (m != NULL && m->state == MS_DELIVERED && MilestonesNow() >= m->respond_by)
 		ereport(ERROR,
@@ -732,9 +823,14 @@ milestones_cancel(PG_FUNCTION_ARGS)
 			elog(ERROR, "milestones engine: milestone %d of order " INT64_FORMAT " not refunded",
 				 m->position, order_id);
 		EngineSetMilestone(o, m, MS_REFUNDED);
-		amounts[0] = DirectFunctionCall1(numeric_uminus, m->amount);
-		amounts[1] = m->amount;
-		LedgerPost(o, m->position, "refund", accounts, amounts, 2);
+		if (o->confirmed)
+			PaymentsRefundMilestone(o, m, "cancelled", agent_s);
+		else
+		{
+			amounts[0] = DirectFunctionCall1(numeric_uminus, m->amount);
+			amounts[1] = m->amount;
+			LedgerPost(o, m->position, "refund", accounts, amounts, 2);
+		}
 		JsonAddNumeric(&detail, "refunded", m->amount);
 	}
 	skipped = LedgerSkipPending(o);
@@ -798,6 +894,14 @@ milestones_expire_overdue(PG_FUNCTION_ARGS)
 		" JOIN milestones.order_milestones w ON w.order_id OPERATOR(pg_catalog.=) ord.order_id"
 		" WHERE w.state OPERATOR(pg_catalog.=) 'delivered' AND w.respond_by OPERATOR(pg_catalog.<=) $1"
 		" ORDER BY w.respond_by LIMIT $2 FOR UPDATE OF ord SKIP LOCKED",
+		2, {TIMESTAMPTZOID, INT4OID}
+	};
+	static EnginePlan unpaid_plan = {
+		"SELECT ord.order_id FROM milestones.orders ord"
+		" JOIN milestones.order_charges c ON c.order_id OPERATOR(pg_catalog.=) ord.order_id"
+		" WHERE c.state OPERATOR(pg_catalog.=) ANY ('{requested,failed}'::pg_catalog.text[])"
+		" AND c.pay_by OPERATOR(pg_catalog.<=) $1"
+		" ORDER BY c.pay_by LIMIT $2 FOR UPDATE OF ord SKIP LOCKED",
 		2, {TIMESTAMPTZOID, INT4OID}
 	};
 	static EnginePlan purge_plan = {
@@ -874,7 +978,40 @@ milestones_expire_overdue(PG_FUNCTION_ARGS)
 		EngineFinish();
 	}
 
+	/*
+	 * Confirmed mode (1.2): charges unpaid at their pay_by, in what is left
+	 * of the batch.  The same exactness as the deliveries: the charge is
+	 * void at pay_by, and an order that ends as unpaid ends then.
+	 */
+	if (count < batch && PaymentsSchema())
+	{
+		values[1] = Int32GetDatum(batch - count);
+		EngineExec(&unpaid_plan, values, NULL, SPI_OK_SELECT, 0);
+		nids = SPI_processed;
+		ids = repalloc(ids, sizeof(int64) * (nids + 1));
+		for (i = 0; i < nids; i++)
+		{
+			bool		isnull;
+
+			ids[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
+		}
+		SPI_freetuptable(SPI_tuptable);
+		for (i = 0; i < nids; i++)
+		{
+			EngineConnect();
+			EngineLockOrder(o, ids[i], 0, "system");
+			if (o->charge_id != 0 && o->pay_by <= as_of &&
+				(o->state == ORDER_OFFERED || o->state == ORDER_ACTIVE))
+			{
+				PaymentsExpire(o, "system");
+				count++;
+			}
+			EngineFinish();
+		}
+	}
+
 	/* Purge expired keys, at most one batch per call like the orders. */
+	values[1] = Int32GetDatum(batch);
 	EngineExec(&purge_plan, values, NULL, SPI_OK_DELETE, 0);
 	EngineFinish();
 	PG_RETURN_INT32(count);
@@ -1021,10 +1158,12 @@ milestones_create_offer(PG_FUNCTION_ARGS)
 	 * builds its payload from the order row, which a trigger fired by the
 	 * same statement would not see.
 	 */
-#define OFFER_CTES \
+#define OFFER_CTES OFFER_CTES_MODE("", "")
+	/* $14: the payment mode, in the confirmed-mode variants (1.2) */
+#define OFFER_CTES_MODE(mode_column, mode_value) \
 		"WITH o AS (INSERT INTO milestones.orders (seller_id, buyer_id, category, currency," \
-		" revisions_allowed, fee_rate, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)" \
-		" RETURNING order_id)," \
+		" revisions_allowed, fee_rate, created_at" mode_column ") VALUES ($1, $2, $3, $4, $5, $6, $7" \
+		mode_value ") RETURNING order_id)," \
 		" m AS (INSERT INTO milestones.order_milestones (order_id, position, name, days, amount, final)" \
 		" SELECT o.order_id, x.ord, x.name, x.days, x.amount, x.ord OPERATOR(pg_catalog.=) $11" \
 		" FROM o, ROWS FROM (pg_catalog.unnest($8), pg_catalog.unnest($9), pg_catalog.unnest($10))" \
@@ -1052,6 +1191,25 @@ milestones_create_offer(PG_FUNCTION_ARGS)
 		" SELECT o.order_id, m.position FROM o, m, e",
 		13, {OFFER_ARGTYPES, JSONBOID, TIMESTAMPTZOID}
 	};
+
+	/* The same two for a confirmed-mode offer (1.2): the order's payment_mode. */
+	static EnginePlan offer_confirmed_plan = {
+		OFFER_CTES_MODE(", payment_mode", ", 'confirmed'") " SELECT o.order_id, m.position FROM o, m",
+		11, {OFFER_ARGTYPES}
+	};
+	static EnginePlan offer_confirmed_event_plan = {
+		OFFER_CTES_MODE(", payment_mode", ", 'confirmed'") ","
+		" e AS (INSERT INTO " EVENT_COLUMNS
+		" SELECT o.order_id, NULL::pg_catalog.int2, 'offered', 'seller', $1, NULL::pg_catalog.text,"
+		" 'offered', NULL::pg_catalog.text, $12, $13 FROM o RETURNING 1)"
+		" SELECT o.order_id, m.position FROM o, m, e",
+		13, {OFFER_ARGTYPES, JSONBOID, TIMESTAMPTZOID}
+	};
+	static EnginePlan mode_setting_plan = {
+		"SELECT s.payment_mode OPERATOR(pg_catalog.=) 'confirmed' FROM milestones.settings s",
+		0, {InvalidOid}
+	};
+	bool		confirmed = false;
 	bool		with_event;
 
 	EngineRefuseOnStandby("create_offer");
@@ -1113,6 +1271,7 @@ milestones_create_offer(PG_FUNCTION_ARGS)
 		min_total = settings.min_total;
 		max_milestones = settings.max_milestones;
 		fee_rate = settings.fee_rate;
+		confirmed = settings.confirmed;
 	}
 	else
 	{
@@ -1133,6 +1292,14 @@ milestones_create_offer(PG_FUNCTION_ARGS)
 		fee_rate = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull);
 		seller_eligible = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4, &isnull));
 		category_eligible = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 5, &isnull));
+		/* 1.2's payment mode (a 1.1 database is recorded mode) */
+		if (PaymentsSchema())
+		{
+			EngineExec(&mode_setting_plan, NULL, NULL, SPI_OK_SELECT, 1);
+			confirmed = SPI_processed == 1 &&
+				DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)) &&
+				!isnull;
+		}
 	}
 
 	if (JB_ROOT_IS_SCALAR(milestones) || !JB_ROOT_IS_ARRAY(milestones))
@@ -1326,7 +1493,8 @@ milestones_create_offer(PG_FUNCTION_ARGS)
 		ovalues[10] = Int32GetDatum(n);
 		ovalues[11] = EngineJsonb(JsonClose(&detail));
 		ovalues[12] = TimestampTzGetDatum(MilestonesNow());
-		EngineExec(with_event ? &offer_event_plan : &offer_plan, ovalues, onulls, SPI_OK_SELECT, 0);
+		EngineExec(confirmed ? (with_event ? &offer_confirmed_event_plan : &offer_confirmed_plan) :
+				   (with_event ? &offer_event_plan : &offer_plan), ovalues, onulls, SPI_OK_SELECT, 0);
 	}
 	if ((int) SPI_processed != n)
 		elog(ERROR, "milestones engine: %d of %d milestones written", (int) SPI_processed, n);
@@ -1464,7 +1632,16 @@ milestones_cancel_milestone(PG_FUNCTION_ARGS)
 						   cur->position, EngineTimestampOut(cur->delivered_at_null, cur->delivered_at),
 						   EngineTimestampOut(cur->respond_by_null, cur->respond_by)),
 				 errhint("The order is in effect completed as expired; the expiry sweep records it.")));
-	if (m->state != MS_PENDING && m->state != MS_IN_PROGRESS && m->state != MS_DELIVERED)
+	/* Confirmed mode: a charge past its pay_by, as the sweep leaves it. */
+	if (PaymentsDeadlinePassed(o))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("cancel_milestone is not allowed: order " INT64_FORMAT " is unpaid", order_id),
+				 errdetail("Charge " INT64_FORMAT " of milestone %d had to be paid by %s.",
+						   o->charge_id, o->ms[o->awaiting].position, EngineTimestampOut(false, o->pay_by)),
+				 errhint("The order is in effect completed as unpaid; the expiry sweep records it.")));
+	if (m->state != MS_PENDING && m->state != MS_IN_PROGRESS && m->state != MS_DELIVERED &&
+		m->state != MS_AWAITING_PAYMENT)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("cancel_milestone is not allowed: milestone %d of order " INT64_FORMAT " is %s",
@@ -1474,9 +1651,13 @@ milestones_cancel_milestone(PG_FUNCTION_ARGS)
 				 errhint("See milestones.milestone_status for the order's milestones.")));
 
 	initStringInfo(&detail);
+	/* Confirmed mode: the charge of a milestone awaiting payment is voided. */
+	if (m->state == MS_AWAITING_PAYMENT)
+		PaymentsVoid(o, "milestone_cancelled", MilestonesNow(), "support", true, 0, agent_s);
 	values[0] = Int64GetDatum(order_id);
 	values[1] = Int16GetDatum((int16) m->position);
-	values[2] = CStringGetTextDatum(m->state == MS_PENDING ? "cancelled" : "refunded");
+	values[2] = CStringGetTextDatum(m->state == MS_PENDING || m->state == MS_AWAITING_PAYMENT ?
+									"cancelled" : "refunded");
 	values[3] = PointerGetDatum(reason);
 	values[4] = PointerGetDatum(agent);
 	values[5] = note ? PointerGetDatum(note) : (Datum) 0;
@@ -1491,19 +1672,35 @@ milestones_cancel_milestone(PG_FUNCTION_ARGS)
 		EngineSetMilestone(o, m, MS_CANCELLED);
 	else
 	{
-		/* The running milestone: its charge goes back to the buyer. */
-		static const char *const accounts[] = {"escrow", "buyer"};
-		Datum		amounts[2];
+		if (m->state == MS_AWAITING_PAYMENT)
+		{
+			/* Never paid: nothing to refund; the next one is charged instead. */
+			EngineSetMilestone(o, m, MS_CANCELLED);
+			o->awaiting = -1;
+		}
+		else
+		{
+			/* The running milestone: its charge goes back to the buyer. */
+			static const char *const accounts[] = {"escrow", "buyer"};
+			Datum		amounts[2];
 
-		EngineSetMilestone(o, m, MS_REFUNDED);
-		amounts[0] = DirectFunctionCall1(numeric_uminus, m->amount);
-		amounts[1] = m->amount;
-		LedgerPost(o, m->position, "refund", accounts, amounts, 2);
-		refunded = m->amount;
+			EngineSetMilestone(o, m, MS_REFUNDED);
+			if (o->confirmed)
+				PaymentsRefundMilestone(o, m, "milestone_cancelled", agent_s);
+			else
+			{
+				amounts[0] = DirectFunctionCall1(numeric_uminus, m->amount);
+				amounts[1] = m->amount;
+				LedgerPost(o, m->position, "refund", accounts, amounts, 2);
+			}
+			refunded = m->amount;
+		}
 		for (i = 0; i < o->nmilestones; i++)
 			if (o->ms[i].state == MS_PENDING && (next == NULL || o->ms[i].position < next->position))
 				next = &o->ms[i];
-		if (next != NULL)
+		if (next != NULL && o->confirmed)
+			PaymentsRequest(o, next, "support", true, 0);	/* it starts when paid */
+		else if (next != NULL)
 			charged = LedgerStart(o, next);
 		else
 		{

@@ -15,12 +15,14 @@
  *
  *	- observed facts == declared facts (as multisets), every ledger
  *	  transaction among them balances, and the guard saw every row this
- *	  transaction wrote to the three tables (its counts equal the
+ *	  transaction wrote to the fact tables (its counts equal the
  *	  transaction's own insert/update/delete counts in the statistics
- *	  collector's per-transaction counters): the order was written by the
- *	  engine only, from a state that satisfied the invariants (it was
- *	  committed by a transaction that passed this check, or created by the
- *	  engine in this one), so it passes without a query;
+ *	  collector's per-transaction counters: the row balance of
+ *	  rowbalance.c, which the seller check shares): the order was
+ *	  written by the engine only, from a state that satisfied the
+ *	  invariants (it was committed by a transaction that passed this
+ *	  check, or created by the engine in this one), so it passes without
+ *	  a query;
  *	- anything else (a hand-written statement, a restore's INSERTs, an API
  *	  call mixed with hand edits, a subtransaction rolled back, a write no
  *	  guard saw: session_replication_role = replica, a disabled guard, a
@@ -46,8 +48,6 @@
 #include "postgres.h"
 
 #include "access/xact.h"
-#include "catalog/namespace.h"
-#include "catalog/pg_inherits.h"
 #include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
@@ -55,14 +55,12 @@
 #include "fmgr.h"
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
-#include "pgstat.h"
 #include "utils/builtins.h"
 #include "utils/hsearch.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/numeric.h"
-#include "utils/pgstat_internal.h"
 #include "utils/syscache.h"
 
 #include "milestones.h"
@@ -71,30 +69,18 @@ const char *const LedgerKinds[] = {"charge", "payout", "refund", NULL};
 const char *const LedgerAccounts[] = {"buyer", "escrow", "seller", "platform", NULL};
 
 /*
- * The tables the check reads, by CheckRel: the fact tables (by FactTable)
- * and the list of unchecked orders.  Their oids are looked up by name once
- * per backend, and again after any relation is created, renamed, dropped
- * or changed (CheckRelsInvalidate).
+ * The tables the check reads, by CheckRel - 1: the fact tables (by
+ * FactTable - 1), whose row balance (rowbalance.c) says whether the guard
+ * saw every row this transaction wrote to them, and the list of unchecked
+ * orders, only looked up with them.  The payment tables and the list are
+ * 1.2's: missing before the upgrade.
  */
-static const char *const CheckRelNames[CHECK_REL_COUNT] = {
-	NULL, "orders", "order_milestones", "ledger_entries", "unchecked_orders"
+static const char *const CheckRelNames[CHECK_REL_COUNT - 1] = {
+	"orders", "order_milestones", "ledger_entries",
+	"order_charges", "charge_attempts", "order_refunds", "unchecked_orders"
 };
-static bool check_rels_valid = false;
-static Oid	check_rel_oids[CHECK_REL_COUNT];
-static bool check_rel_children[CHECK_REL_COUNT];
-
-/*
- * The balance of the rows this transaction wrote to each of the fact
- * tables and the rows the guard saw: heap writes (the statistics
- * collector's per-transaction counts) minus rows seen, per table.  All
- * zero: the guard saw every write.  Not known: the counts cannot be had
- * (track_counts off, a table with inheritance children, a TRUNCATE).
- */
-typedef struct RowBalance
-{
-	bool		known;
-	int64		diff[FACT_NTABLES];
-} RowBalance;
+static RowSet OrderRows = ROWSET(CheckRelNames, CHECK_REL_COUNT - 1, FACT_NTABLES - 1,
+								 FACT_CHARGE - 1);
 
 /*
  * Orders touched by the current transaction.  Lives in
@@ -126,29 +112,14 @@ typedef enum CheckResult
 	CHECKED_ALL					/* every rule holds */
 } CheckResult;
 
-/*
- * The rows the guard saw, per table, per subtransaction: a stack whose
- * entries of a subtransaction and its children are on top of those of
- * its parent, so that a subtransaction's rollback pops what it saw, as the
- * statistics collector forgets what it wrote.
- */
-typedef struct SeenRows
-{
-	SubTransactionId subid;
-	int64		rows[FACT_NTABLES];
-} SeenRows;
-
 static HTAB *dirty_orders = NULL;
-static SeenRows *seen_rows = NULL;
-static int	nseen_rows = 0;
-static int	maxseen_rows = 0;
 static SPIPlanPtr check_plan = NULL;
 static SPIPlanPtr list_plan = NULL;
 static SPIPlanPtr unlist_plan = NULL;
 
-/* The owner of the trigger function, looked up once (FunctionOwner). */
-static Oid	cached_fn = InvalidOid;
-static Oid	cached_owner = InvalidOid;
+/* The owners of the checks' trigger functions, looked up once (CheckFunctionOwner). */
+static Oid	cached_fn[2] = {InvalidOid, InvalidOid};
+static Oid	cached_owner[2];
 
 /* CheckXactCallback forgets the touched orders when the transaction ends. */
 static void
@@ -162,8 +133,6 @@ CheckXactCallback(XactEvent event, void *arg)
 		case XACT_EVENT_PARALLEL_COMMIT:
 		case XACT_EVENT_PARALLEL_ABORT:
 			dirty_orders = NULL;
-			seen_rows = NULL;
-			nseen_rows = maxseen_rows = 0;
 			break;
 		default:
 			break;
@@ -171,44 +140,12 @@ CheckXactCallback(XactEvent event, void *arg)
 }
 
 /*
- * SeenRowsEnd folds the guard's counts of an ending subtransaction into its
- * parent's (commit), or drops them with its writes (abort).
- */
-static void
-SeenRowsEnd(SubTransactionId mySubid, SubTransactionId parentSubid, bool commit)
-{
-	int64		acc[FACT_NTABLES];
-	bool		any = false;
-	int			t;
-
-	memset(acc, 0, sizeof(acc));
-	while (nseen_rows > 0 && seen_rows[nseen_rows - 1].subid >= mySubid)
-	{
-		for (t = 0; t < FACT_NTABLES; t++)
-			acc[t] += seen_rows[nseen_rows - 1].rows[t];
-		nseen_rows--;
-		any = true;
-	}
-	if (!commit || !any)
-		return;
-	if (nseen_rows == 0 || seen_rows[nseen_rows - 1].subid != parentSubid)
-	{
-		/* there is room: an entry was just popped */
-		seen_rows[nseen_rows].subid = parentSubid;
-		memset(seen_rows[nseen_rows].rows, 0, sizeof(acc));
-		nseen_rows++;
-	}
-	for (t = 0; t < FACT_NTABLES; t++)
-		seen_rows[nseen_rows - 1].rows[t] += acc[t];
-}
-
-/*
  * CheckSubXactCallback: when a subtransaction aborts, the rows it wrote
  * are gone, but an order it checked keeps "checked", and its facts still
  * list the vanished writes.  Forget every "checked" mark (the order's
  * earlier, still unchecked writes fire their deferred events again at
- * commit) and taint every order's facts, so each gets the full check.  The
- * guard's row counts follow the subtransaction's end either way.
+ * commit) and taint every order's facts, so each gets the full check.  (The
+ * guard's row counts follow the subtransaction's end in rowbalance.c.)
  */
 static void
 CheckSubXactCallback(SubXactEvent event, SubTransactionId mySubid,
@@ -217,8 +154,6 @@ CheckSubXactCallback(SubXactEvent event, SubTransactionId mySubid,
 	HASH_SEQ_STATUS status;
 	DirtyOrder *entry;
 
-	if (event == SUBXACT_EVENT_COMMIT_SUB || event == SUBXACT_EVENT_ABORT_SUB)
-		SeenRowsEnd(mySubid, parentSubid, event == SUBXACT_EVENT_COMMIT_SUB);
 	if (event != SUBXACT_EVENT_ABORT_SUB || dirty_orders == NULL)
 		return;
 	hash_seq_init(&status, dirty_orders);
@@ -230,17 +165,6 @@ CheckSubXactCallback(SubXactEvent event, SubTransactionId mySubid,
 }
 
 /*
- * CheckRelsInvalidate forgets the oids of the check's tables when a row of
- * pg_class or pg_namespace changes (a table created, renamed, dropped, or
- * given inheritance children; a schema renamed or dropped).
- */
-static void
-CheckRelsInvalidate(Datum arg, int cacheid, uint32 hashvalue)
-{
-	check_rels_valid = false;
-}
-
-/*
  * CheckRelid returns the oid of one of the check's tables in schema
  * milestones (InvalidOid when there is none), and whether it has
  * inheritance children (children: may be NULL).
@@ -248,23 +172,7 @@ CheckRelsInvalidate(Datum arg, int cacheid, uint32 hashvalue)
 Oid
 CheckRelid(CheckRel which, bool *children)
 {
-	if (!check_rels_valid)
-	{
-		Oid			nsp;
-		int			i;
-
-		/* an invalidation during the lookups makes the next call look again */
-		check_rels_valid = true;
-		nsp = get_namespace_oid("milestones", true);
-		for (i = 1; i < CHECK_REL_COUNT; i++)
-		{
-			check_rel_oids[i] = OidIsValid(nsp) ? get_relname_relid(CheckRelNames[i], nsp) : InvalidOid;
-			check_rel_children[i] = OidIsValid(check_rel_oids[i]) && has_subclass(check_rel_oids[i]);
-		}
-	}
-	if (children != NULL)
-		*children = check_rel_children[which];
-	return check_rel_oids[which];
+	return RowSetRelid(&OrderRows, which - 1, children);
 }
 
 /*
@@ -275,7 +183,7 @@ CheckRelid(CheckRel which, bool *children)
 static void
 FunctionOwnerInvalidate(Datum arg, int cacheid, uint32 hashvalue)
 {
-	cached_fn = InvalidOid;
+	cached_fn[0] = cached_fn[1] = InvalidOid;
 }
 
 /* CheckInit registers the transaction callbacks; called from _PG_init. */
@@ -285,8 +193,7 @@ CheckInit(void)
 	RegisterXactCallback(CheckXactCallback, NULL);
 	RegisterSubXactCallback(CheckSubXactCallback, NULL);
 	CacheRegisterSyscacheCallback(PROCOID, FunctionOwnerInvalidate, (Datum) 0);
-	CacheRegisterSyscacheCallback(RELNAMENSP, CheckRelsInvalidate, (Datum) 0);
-	CacheRegisterSyscacheCallback(NAMESPACEOID, CheckRelsInvalidate, (Datum) 0);
+	RowBalanceInit();
 }
 
 /* LedgerCode returns the index of a ledger kind or account, or -1. */
@@ -377,8 +284,7 @@ GetEntry(int64 order_id)
 		entry->maxobserved = entry->maxdeclared = 0;
 		entry->observed = entry->declared = NULL;
 		/* the facts start at the transaction's start, where all is seen */
-		memset(&entry->base, 0, sizeof(RowBalance));
-		entry->base.known = true;
+		RowBalanceStart(&entry->base);
 		entry->at_check = entry->base;
 		entry->check_cid = InvalidCommandId;
 	}
@@ -403,89 +309,6 @@ AppendFact(WriteFact **array, int *n, int *max, const WriteFact *fact)
 }
 
 /*
- * SeenRow counts one row of table the guard allowed (or the engine wrote
- * where no trigger fires) in the current subtransaction.
- */
-static void
-SeenRow(FactTable table)
-{
-	SubTransactionId subid = GetCurrentSubTransactionId();
-
-	if (nseen_rows == 0 || seen_rows[nseen_rows - 1].subid != subid)
-	{
-		if (nseen_rows >= maxseen_rows)
-		{
-			int			newmax = maxseen_rows > 0 ? maxseen_rows * 2 : 8;
-
-			if (seen_rows == NULL)
-				seen_rows = MemoryContextAlloc(TopTransactionContext, newmax * sizeof(SeenRows));
-			else
-				seen_rows = repalloc(seen_rows, newmax * sizeof(SeenRows));
-			maxseen_rows = newmax;
-		}
-		seen_rows[nseen_rows].subid = subid;
-		memset(seen_rows[nseen_rows].rows, 0, sizeof(seen_rows[nseen_rows].rows));
-		nseen_rows++;
-	}
-	seen_rows[nseen_rows - 1].rows[table]++;
-}
-
-/*
- * RowBalanceNow computes the transaction's row balance (see RowBalance):
- * the statistics collector's counts of this transaction's inserted,
- * updated and deleted rows of each fact table, over every open
- * subtransaction level, minus the rows the guard saw.
- */
-static void
-RowBalanceNow(RowBalance *b)
-{
-	int			t;
-	int			i;
-
-	memset(b, 0, sizeof(RowBalance));
-	if (!pgstat_track_counts)
-		return;
-	for (t = FACT_ORDER; t < FACT_NTABLES; t++)
-	{
-		bool		children;
-		Oid			relid = CheckRelid((CheckRel) t, &children);
-		PgStat_EntryRef *entry_ref;
-		PgStat_TableStatus *tabstat;
-		PgStat_TableXactStatus *trans;
-		int64		written = 0;
-
-		/* a child table's writes are counted under the child */
-		if (!OidIsValid(relid) || children)
-			return;
-
-		/*
-		 * find_tabstat_entry() without its second lookup (of a shared
-		 * catalog, which these tables are not): that one misses the
-		 * backend's cache and takes a lock of the shared statistics.
-		 */
-		entry_ref = pgstat_fetch_pending_entry(PGSTAT_KIND_RELATION, MyDatabaseId, relid);
-		tabstat = entry_ref ? (PgStat_TableStatus *) entry_ref->pending : NULL;
-		for (trans = tabstat ? tabstat->trans : NULL; trans != NULL; trans = trans->upper)
-		{
-			if (trans->truncdropped)
-				return;
-			written += trans->tuples_inserted + trans->tuples_updated + trans->tuples_deleted;
-		}
-		for (i = 0; i < nseen_rows; i++)
-			written -= seen_rows[i].rows[t];
-		b->diff[t] = written;
-	}
-	b->known = true;
-}
-
-/* RowBalanceSame says whether two known balances are equal. */
-static bool
-RowBalanceSame(const RowBalance *a, const RowBalance *b)
-{
-	return a->known && b->known && memcmp(a->diff, b->diff, sizeof(a->diff)) == 0;
-}
-
-/*
  * CheckObserve records a row write of table a guard trigger allowed (fact
  * may be NULL: a write that can never match a declaration), so that the
  * order's deferred check runs (again) at commit.
@@ -495,7 +318,7 @@ CheckObserve(FactTable table, int64 order_id, const WriteFact *fact, bool money,
 {
 	DirtyOrder *entry = GetEntry(order_id);
 
-	SeenRow(table);
+	RowSetSee(&OrderRows, table - FACT_ORDER);
 	entry->checked = false;
 	entry->money = entry->money || money;
 	entry->updated = entry->updated || updated;
@@ -519,7 +342,7 @@ CheckDeclare(int64 order_id, const WriteFact *fact)
 
 	if (SessionReplicationRole == SESSION_REPLICATION_ROLE_REPLICA)
 	{
-		SeenRow((FactTable) fact->table);
+		RowSetSee(&OrderRows, fact->table - FACT_ORDER);
 		entry->tainted = true;
 	}
 	if (!entry->tainted)
@@ -583,24 +406,29 @@ FactsMatch(DirtyOrder *entry)
 }
 
 /*
- * FunctionOwner returns the owner of the trigger function (the extension
- * owner), looked up once per backend and again after a change of any
- * function's catalog row (FunctionOwnerInvalidate).
+ * CheckFunctionOwner returns the owner of a trigger function of the commit
+ * checks (the extension owner), looked up once per backend for each of
+ * them (the order and the seller check) and again after a change of any
+ * function's catalog row (FunctionOwnerInvalidate): a pooled backend must
+ * not switch to a role that REASSIGN OWNED and DROP ROLE removed.
  */
-static Oid
-FunctionOwner(Oid fn_oid)
+Oid
+CheckFunctionOwner(Oid fn_oid)
 {
 	HeapTuple	tup;
+	int			slot;
 
-	if (fn_oid == cached_fn)
-		return cached_owner;
+	for (slot = 0; slot < (int) lengthof(cached_fn); slot++)
+		if (cached_fn[slot] == fn_oid)
+			return cached_owner[slot];
+	slot = OidIsValid(cached_fn[0]) ? 1 : 0;
 	tup = SearchSysCache1(PROCOID, ObjectIdGetDatum(fn_oid));
 	if (!HeapTupleIsValid(tup))
 		elog(ERROR, "cache lookup failed for function %u", fn_oid);
-	cached_owner = ((Form_pg_proc) GETSTRUCT(tup))->proowner;
-	cached_fn = fn_oid;
+	cached_owner[slot] = ((Form_pg_proc) GETSTRUCT(tup))->proowner;
+	cached_fn[slot] = fn_oid;
 	ReleaseSysCache(tup);
-	return cached_owner;
+	return cached_owner[slot];
 }
 
 /* KeptPlan prepares a statement of the check once per backend. */
@@ -814,7 +642,7 @@ CheckFireDeferred(FunctionCallInfo fcinfo, int64 order_id, bool is_update)
 	{
 		if (entry->check_cid == GetCurrentCommandId(false))
 			return;				/* already checked since its last write */
-		RowBalanceNow(&now);
+		RowBalanceNow(&OrderRows, &now);
 		have_now = true;
 		if (RowBalanceSame(&now, &entry->at_check))
 		{
@@ -826,7 +654,7 @@ CheckFireDeferred(FunctionCallInfo fcinfo, int64 order_id, bool is_update)
 	if (entry != NULL && FactsMatch(entry))
 	{
 		if (!have_now)
-			RowBalanceNow(&now);
+			RowBalanceNow(&OrderRows, &now);
 		have_now = true;
 		if (RowBalanceSame(&now, &entry->base))
 		{
@@ -843,8 +671,8 @@ CheckFireDeferred(FunctionCallInfo fcinfo, int64 order_id, bool is_update)
 		entry->money = entry->updated = is_update;
 	}
 	result = FullCheck(order_id, entry->money, entry->updated,
-					   FunctionOwner(fcinfo->flinfo->fn_oid));
-	RowBalanceNow(&now);
+					   CheckFunctionOwner(fcinfo->flinfo->fn_oid));
+	RowBalanceNow(&OrderRows, &now);
 	if (result == CHECKED_ALL)
 	{
 		/* a sound, fully checked order: later engine writes start here */
@@ -882,7 +710,7 @@ CheckLockedOrder(int64 order_id, bool unchecked)
 		return;
 	}
 	entry = GetEntry(order_id);
-	RowBalanceNow(&now);
+	RowBalanceNow(&OrderRows, &now);
 	if (!unchecked && RowBalanceSame(&now, &entry->base))
 		return;
 	(void) FullCheck(order_id, true, true, GetUserId());

@@ -53,7 +53,8 @@ ColumnFits(Form_pg_attribute att, const ColumnSpec *spec)
  * relation's or a type's oid and typmod).  Returns -1 when every column is
  * there as specified, else the index of the first that is missing, of
  * another type, or nullable where it must be NOT NULL (map is then
- * invalid and found again next time).
+ * invalid and found again next time).  An optional column that is missing
+ * gets attnum -1 (the caller reads it as NULL); one that is there must fit.
  */
 int
 ColumnMapFind(ColumnMap *map, TupleDesc desc, Oid key, int32 keymod,
@@ -65,7 +66,8 @@ ColumnMapFind(ColumnMap *map, TupleDesc desc, Oid key, int32 keymod,
 	if (map->key == key && map->keymod == keymod && map->natts == desc->natts)
 	{
 		for (c = 0; c < ncolumns; c++)
-			if (!ColumnFits(TupleDescAttr(desc, map->attnum[c]), &columns[c]))
+			if (map->attnum[c] >= 0 &&
+				!ColumnFits(TupleDescAttr(desc, map->attnum[c]), &columns[c]))
 				break;
 		if (c == ncolumns)
 			return -1;
@@ -81,6 +83,11 @@ ColumnMapFind(ColumnMap *map, TupleDesc desc, Oid key, int32 keymod,
 
 			if (!att->attisdropped && strcmp(NameStr(att->attname), columns[c].name) == 0)
 				break;
+		}
+		if (a == desc->natts && columns[c].optional)
+		{
+			map->attnum[c] = -1;	/* absent: reads as NULL */
+			continue;
 		}
 		if (a == desc->natts || !ColumnFits(TupleDescAttr(desc, a), &columns[c]))
 			return c;

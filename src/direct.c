@@ -197,6 +197,9 @@ ReadOrder(EngineOrder *o, int64 order_id, TupleTableSlot *slot)
 		DatumGetInt64(slot->tts_values[a[OC_ORDER_ID]]) != order_id)
 		return false;
 	EngineOrderFromRow(o, slot->tts_values, slot->tts_isnull, a);
+	o->mode_known = true;
+	o->confirmed = a[OC_PAYMENT_MODE] >= 0 &&
+		strcmp(TextDatumGetCString(slot->tts_values[a[OC_PAYMENT_MODE]]), "confirmed") == 0;
 	return true;
 }
 
@@ -283,7 +286,7 @@ EngineLockOrderDirect(EngineOrder *o, int64 order_id)
 	 */
 	if (IsolationUsesXactSnapshot() || XactReadOnly)
 		return -1;
-	orders = OpenDirect("orders", RowShareLock, true, &order_map, EngineOrderColumns, OC_COUNT);
+	orders = OpenDirect("orders", RowShareLock, true, &order_map, EngineOrderColumns, OC_DIRECT_COUNT);
 	if (orders == NULL)
 		return -1;
 	keycols[0] = order_map.attnum[OC_ORDER_ID];
@@ -371,10 +374,11 @@ static const ColumnSpec category_columns[2] =
 {
 	{"category", TEXTOID, true}, {"eligible", BOOLOID, false}
 };
-static const ColumnSpec settings_columns[4] =
+static const ColumnSpec settings_columns[5] =
 {
 	{"min_order_total", NUMERICOID, true}, {"max_milestones", INT4OID, true},
-	{"seller_fee_rate", NUMERICOID, true}, {"notify", BOOLOID, false}
+	{"seller_fee_rate", NUMERICOID, true}, {"notify", BOOLOID, false},
+	{"payment_mode", TEXTOID, true, true}	/* 1.2; a 1.1 table has none */
 };
 static ColumnMap seller_map;
 static ColumnMap category_map;
@@ -479,6 +483,8 @@ ReadSettings(Relation rel, EngineSettings *settings)
 		settings->max_milestones = DatumGetInt32(slot->tts_values[a[1]]);
 		settings->fee_rate = datumCopy(slot->tts_values[a[2]], false, -1);
 		settings->notify = !slot->tts_isnull[a[3]] && DatumGetBool(slot->tts_values[a[3]]);
+		settings->confirmed = a[4] >= 0 &&
+			strcmp(TextDatumGetCString(slot->tts_values[a[4]]), "confirmed") == 0;
 	}
 	table_endscan(scan);
 	ExecDropSingleTupleTableSlot(slot);

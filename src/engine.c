@@ -438,14 +438,15 @@ EngineIdemStore(text *key, Datum result)
 #define ORDER_COLUMN_MILESTONES 16
 
 /* The columns of orders and order_milestones the engine reads (engine.h). */
-const ColumnSpec EngineOrderColumns[OC_COUNT] =
+const ColumnSpec EngineOrderColumns[OC_DIRECT_COUNT] =
 {
 	{"order_id", INT8OID, true}, {"seller_id", INT8OID, true}, {"buyer_id", INT8OID, true},
 	{"category", TEXTOID, true}, {"currency", TEXTOID, true}, {"state", TEXTOID, true},
 	{"end_reason", TEXTOID, false}, {"cancel_reason", TEXTOID, false},
 	{"revisions_allowed", INT4OID, false}, {"revisions_used", INT4OID, true},
 	{"fee_rate", NUMERICOID, true}, {"created_at", TIMESTAMPTZOID, true},
-	{"placed_at", TIMESTAMPTZOID, false}, {"completed_at", TIMESTAMPTZOID, false}
+	{"placed_at", TIMESTAMPTZOID, false}, {"completed_at", TIMESTAMPTZOID, false},
+	{"payment_mode", TEXTOID, true, true}
 };
 const ColumnSpec EngineMilestoneColumns[MC_COUNT] =
 {
@@ -564,6 +565,8 @@ static EnginePlan eligible_plan = {
 static void LockedOrderChecked(EngineOrder *o);
 static bool LockOrder(EngineOrder *o, int64 order_id, int64 actor_id, const char *role,
 					  bool eligible);
+static bool LockOrderRead(EngineOrder *o, int64 order_id, int64 actor_id, const char *role,
+						  bool eligible);
 static void CheckActor(EngineOrder *o, int64 actor_id, const char *role);
 static void ReadMilestoneRows(EngineOrder *o, int first);
 
@@ -618,13 +621,27 @@ NoSuchOrder(int64 order_id)
 }
 
 /*
- * LockOrder is the body of EngineLockOrder: the lock and read by direct
- * access (direct.c), or, when the tables are not as the extension made
- * them, the locking statement.  Returns the order's eligibility when asked
- * (eligible), else false.
+ * LockOrder is the body of EngineLockOrder: the lock and read of the order
+ * and its milestones (LockOrderRead), then what confirmed payments add to
+ * the picture (PaymentsReadOrder).
  */
 static bool
 LockOrder(EngineOrder *o, int64 order_id, int64 actor_id, const char *role, bool eligible)
+{
+	bool		result = LockOrderRead(o, order_id, actor_id, role, eligible);
+
+	PaymentsReadOrder(o);
+	return result;
+}
+
+/*
+ * LockOrderRead locks and reads the order by direct access (direct.c), or,
+ * when the tables are not as the extension made them, with the locking
+ * statement.  Returns the order's eligibility when asked (eligible), else
+ * false.
+ */
+static bool
+LockOrderRead(EngineOrder *o, int64 order_id, int64 actor_id, const char *role, bool eligible)
 {
 	Datum		values[2];
 	HeapTuple	tup;
@@ -791,19 +808,26 @@ EngineStateError(EngineOrder *o, const char *action, const char *needs)
 {
 	const char *state = StateName(&OrderMachine, o->state);
 	StringInfoData full;
+	char	   *hint;
 
 	initStringInfo(&full);
 	appendStringInfoString(&full, state);
 	if (o->reason != NULL)
 		appendStringInfo(&full, " (%s)", o->reason);
+	if (StateIsFinal(&OrderMachine, o->state))
+		hint = "An ended order never changes again.";
+	else if (o->state == ORDER_OFFERED && o->confirmed && o->charge_id != 0)
+		hint = psprintf("The buyer placed the order; its first milestone awaits payment (charge " INT64_FORMAT
+						"): the order starts when the payment provider confirms it.", o->charge_id);
+	else if (o->state == ORDER_OFFERED)
+		hint = "The buyer places the order first.";
+	else
+		hint = "The order is running; see milestones.order_status for its current milestone.";
 	ereport(ERROR,
 			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 			 errmsg("%s is not allowed: order " INT64_FORMAT " is %s", action, o->order_id, full.data),
 			 errdetail("%s needs %s; order " INT64_FORMAT " is %s.", action, needs, o->order_id, state),
-			 errhint("%s", StateIsFinal(&OrderMachine, o->state) ?
-					 "An ended order never changes again." :
-					 o->state == ORDER_OFFERED ? "The buyer places the order first." :
-					 "The order is running; see milestones.order_status for its current milestone.")));
+			 errhint("%s", hint)));
 	pg_unreachable();
 }
 
@@ -987,11 +1011,12 @@ static EnginePlan populate_plan = {
 };
 
 /*
- * ResultRow turns the first row of the last SPI result into the action's
- * order_status result, built in the caller's memory context.
+ * EngineResultRow turns the first row of the last SPI result into the
+ * function's row result (order_status, charges, refunds ...), built in the
+ * caller's memory context.
  */
-static Datum
-ResultRow(FunctionCallInfo fcinfo, MemoryContext caller)
+Datum
+EngineResultRow(FunctionCallInfo fcinfo, MemoryContext caller)
 {
 	TupleDesc	resdesc;
 	MemoryContext old;
@@ -1031,9 +1056,11 @@ static const char *const status_columns[] = {
 	"created_at", "placed_at", "completed_at", "milestone_count", "current_milestone",
 	"milestone_state", "due_at", "respond_by", "revisions_left", "total", "charged",
 	"paid_out", "refunded", "fee", "net", "revisions_used", "milestone_name",
-	"final_milestone", NULL
+	"final_milestone", "payment_mode", "charge_id", "charge_attempt", "charge_state",
+	"pay_by", NULL
 };
-#define STATUS_NCOLUMNS 25
+#define STATUS_NCOLUMNS 30		/* 1.2; 1.1's view has the first 25 */
+#define STATUS_NCOLUMNS_11 25
 
 /* StatusNumeric is a money column: the sum coerced to the column's typmod, as the view's cast. */
 static Datum
@@ -1063,6 +1090,7 @@ StatusRank(EngineMilestone *m)
 	{
 		case MS_IN_PROGRESS:
 		case MS_DELIVERED:
+		case MS_AWAITING_PAYMENT:
 			return 0;
 		case MS_COMPLETED:
 		case MS_REFUNDED:
@@ -1105,6 +1133,7 @@ EngineStatus(FunctionCallInfo fcinfo, MemoryContext caller, EngineOrder *o, text
 	Datum		net = zero;
 	HeapTuple	tup;
 	int			i;
+	int			ncolumns;
 
 	if (o->nmilestones < 0)
 		elog(ERROR, "milestones engine: order " INT64_FORMAT " status without its milestones",
@@ -1113,10 +1142,11 @@ EngineStatus(FunctionCallInfo fcinfo, MemoryContext caller, EngineOrder *o, text
 	if (get_call_result_type(fcinfo, NULL, &resdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "milestones engine: return type must be a row type");
 	resdesc = BlessTupleDesc(resdesc);
-	if (resdesc->natts != STATUS_NCOLUMNS)
+	ncolumns = resdesc->natts;
+	if (ncolumns != STATUS_NCOLUMNS && ncolumns != STATUS_NCOLUMNS_11)
 		elog(ERROR, "milestones engine: order_status has %d columns, expected %d",
 			 resdesc->natts, STATUS_NCOLUMNS);
-	for (i = 0; i < STATUS_NCOLUMNS; i++)
+	for (i = 0; i < ncolumns; i++)
 		if (strcmp(NameStr(TupleDescAttr(resdesc, i)->attname), status_columns[i]) != 0)
 			elog(ERROR, "milestones engine: order_status column %d is \"%s\", expected \"%s\"",
 				 i + 1, NameStr(TupleDescAttr(resdesc, i)->attname), status_columns[i]);
@@ -1142,6 +1172,12 @@ EngineStatus(FunctionCallInfo fcinfo, MemoryContext caller, EngineOrder *o, text
 			refunded = NumAdd(refunded, m->amount);
 		if (m->state == MS_COMPLETED)
 			earned = NumAdd(earned, m->amount);
+	}
+	/* Late successes were booked and refunded at once (confirmed mode). */
+	if (o->confirmed && o->late != (Datum) 0)
+	{
+		charged = NumAdd(charged, o->late);
+		refunded = NumAdd(refunded, o->late);
 	}
 	/* An ended order was paid out what its completed milestones earned. */
 	if (StateIsFinal(&OrderMachine, o->state) &&
@@ -1195,6 +1231,17 @@ EngineStatus(FunctionCallInfo fcinfo, MemoryContext caller, EngineOrder *o, text
 	values[20] = StatusNumeric(fee, TupleDescAttr(resdesc, 20));
 	values[21] = StatusNumeric(net, TupleDescAttr(resdesc, 21));
 	values[22] = Int32GetDatum(o->revisions_used);
+	if (ncolumns == STATUS_NCOLUMNS)
+	{
+		/* 1.2: the payment mode and the open charge */
+		values[25] = CStringGetTextDatum(o->confirmed ? "confirmed" : "recorded");
+		nulls[26] = nulls[27] = nulls[28] = nulls[29] = o->charge_id == 0;
+		values[26] = Int64GetDatum(o->charge_id);
+		values[27] = Int32GetDatum(o->charge_attempts);
+		values[28] = o->charge_id == 0 ? (Datum) 0 :
+			CStringGetTextDatum(StateName(&ChargeMachine, o->charge_state));
+		values[29] = TimestampTzGetDatum(o->pay_by);
+	}
 	tup = heap_form_tuple(resdesc, values, nulls);
 	MemoryContextSwitchTo(old);
 
@@ -1203,7 +1250,7 @@ EngineStatus(FunctionCallInfo fcinfo, MemoryContext caller, EngineOrder *o, text
 		StringInfoData json;
 
 		initStringInfo(&json);
-		for (i = 0; i < STATUS_NCOLUMNS; i++)
+		for (i = 0; i < ncolumns; i++)
 		{
 			Form_pg_attribute att = TupleDescAttr(resdesc, i);
 			const char *name = NameStr(att->attname);
@@ -1289,7 +1336,7 @@ EngineStoredStatus(FunctionCallInfo fcinfo, MemoryContext caller, Datum stored)
 
 	values[0] = stored;
 	EngineExec(&populate_plan, values, NULL, SPI_OK_SELECT, 1);
-	return ResultRow(fcinfo, caller);
+	return EngineResultRow(fcinfo, caller);
 }
 
 /*

@@ -45,14 +45,20 @@ enum
 {
 	OC_ORDER_ID, OC_SELLER_ID, OC_BUYER_ID, OC_CATEGORY, OC_CURRENCY, OC_STATE,
 	OC_END_REASON, OC_CANCEL_REASON, OC_REVISIONS_ALLOWED, OC_REVISIONS_USED,
-	OC_FEE_RATE, OC_CREATED_AT, OC_PLACED_AT, OC_COMPLETED_AT, OC_COUNT
+	OC_FEE_RATE, OC_CREATED_AT, OC_PLACED_AT, OC_COMPLETED_AT, OC_COUNT,
+	/*
+	 * The direct read (direct.c) reads the payment mode with the order (a
+	 * 1.2 column, optional: a 1.1 table has none); the locking statements
+	 * leave it to PaymentsReadOrder.
+	 */
+	OC_PAYMENT_MODE = OC_COUNT, OC_DIRECT_COUNT
 };
 enum
 {
 	MC_ORDER_ID, MC_POSITION, MC_STATE, MC_NAME, MC_FINAL, MC_AMOUNT, MC_RESPOND_BY,
 	MC_DELIVERED_AT, MC_DELIVERIES, MC_DUE_AT, MC_COUNT
 };
-extern const ColumnSpec EngineOrderColumns[OC_COUNT];
+extern const ColumnSpec EngineOrderColumns[OC_DIRECT_COUNT];
 extern const ColumnSpec EngineMilestoneColumns[MC_COUNT];
 
 /* One SQL statement of the engine, prepared once per backend and kept. */
@@ -72,6 +78,7 @@ typedef struct EngineSettings
 	int32		max_milestones;
 	Datum		fee_rate;		/* numeric */
 	bool		notify;			/* settings.notify (NULL reads as off) */
+	bool		confirmed;		/* settings.payment_mode = 'confirmed' (1.2) */
 } EngineSettings;
 
 /* One milestone as the engine read it under the order's lock. */
@@ -111,6 +118,15 @@ typedef struct EngineOrder
 	TimestampTz placed_at;
 	bool		completed_at_null;
 	TimestampTz completed_at;
+	/* Confirmed payment mode (1.2, SPEC section 11); PaymentsReadOrder. */
+	bool		mode_known;		/* payment_mode was read with the order */
+	bool		confirmed;		/* payment_mode = 'confirmed' */
+	int			awaiting;		/* index of the milestone awaiting payment, or -1 */
+	int64		charge_id;		/* the open charge (requested or failed), or 0 */
+	int32		charge_attempts;	/* its attempts (the last is the current one) */
+	int			charge_state;	/* its PaymentState */
+	TimestampTz pay_by;			/* its deadline */
+	Datum		late;			/* numeric: late successes, booked and refunded */
 	int			nmilestones;
 	EngineMilestone ms[ENGINE_MAX_MILESTONES];
 	int			current;		/* index of the in-progress or delivered one, or -1 */
@@ -263,8 +279,29 @@ extern void LedgerCompleteWrite(EngineOrder *o, EngineMilestone *m, const char *
 								TimestampTz at, EngineWrite *w, LedgerPayout *p);
 extern int64 LedgerPost(EngineOrder *o, int position, const char *kind,
 						const char *const *accounts, Datum *amounts, int nlegs);
+extern int64 LedgerPostCharge(EngineOrder *o, int position, const char *kind, Datum amount,
+							  int64 charge_id, int32 attempt);
 extern void LedgerSettle(EngineOrder *o, StringInfo detail);
 extern int	LedgerSkipPending(EngineOrder *o);
 extern Datum LedgerStart(EngineOrder *o, EngineMilestone *m);
+
+extern Datum EngineResultRow(FunctionCallInfo fcinfo, MemoryContext caller);
+
+/* payments.c (1.2, SPEC section 11) */
+extern bool PaymentsSchema(void);
+extern void PaymentsReadOrder(EngineOrder *o);
+extern bool PaymentsDeadlinePassed(EngineOrder *o);
+extern void PaymentsRequest(EngineOrder *o, EngineMilestone *m, const char *actor_role,
+							bool actor_null, int64 actor_id);
+extern void PaymentsVoid(EngineOrder *o, const char *reason, TimestampTz at,
+						 const char *actor_role, bool actor_null, int64 actor_id, const char *agent);
+extern void PaymentsExpire(EngineOrder *o, const char *actor_role);
+extern void PaymentsStop(EngineOrder *o, int64 buyer_id);
+extern void PaymentsRefundMilestone(EngineOrder *o, EngineMilestone *m, const char *reason,
+									const char *agent);
+extern void PaymentsAwaitingError(EngineOrder *o, const char *action) pg_attribute_noreturn();
+
+/* earnings.c (1.2, SPEC section 12) */
+extern int64 EarningsCredit(EngineOrder *o, Numeric net, TimestampTz ended_at);
 
 #endif							/* MILESTONES_ENGINE_H */

@@ -60,6 +60,7 @@ PG_FUNCTION_INFO_V1(milestones_guard_milestone);
 PG_FUNCTION_INFO_V1(milestones_guard_ledger);
 PG_FUNCTION_INFO_V1(milestones_guard_append_only);
 PG_FUNCTION_INFO_V1(milestones_check_order);
+PG_FUNCTION_INFO_V1(milestones_guard_payment);
 
 /*
  * CheckTriggerProtocol refuses to run a guard function as anything but the
@@ -111,7 +112,8 @@ static const ColumnSpec guard_order_columns[] =
 	{"order_id", INT8OID}, {"state", TEXTOID}, {"revisions_used", INT4OID},
 	{"placed_at", TIMESTAMPTZOID}, {"seller_id", INT8OID}, {"buyer_id", INT8OID},
 	{"category", TEXTOID}, {"currency", TEXTOID}, {"revisions_allowed", INT4OID},
-	{"fee_rate", NUMERICOID}, {"created_at", TIMESTAMPTZOID}
+	{"fee_rate", NUMERICOID}, {"created_at", TIMESTAMPTZOID},
+	{"payment_mode", TEXTOID, false, true}	/* 1.2; a 1.1 table has none */
 };
 static const ColumnSpec guard_milestone_columns[] =
 {
@@ -129,13 +131,39 @@ static GuardTable guard_orders = {"orders", guard_order_columns, lengthof(guard_
 static GuardTable guard_milestones =
 {"order_milestones", guard_milestone_columns, lengthof(guard_milestone_columns)};
 static GuardTable guard_ledger = {"ledger_entries", guard_ledger_columns, lengthof(guard_ledger_columns)};
-/* The commit check's trigger reads order_id of the three tables it fires for. */
-static GuardTable guard_order_ids[3] =
+/* The commit check's trigger reads order_id of the six tables it fires for. */
+static GuardTable guard_order_ids[6] =
 {
 	{"orders", guard_order_id_column, 1},
 	{"order_milestones", guard_order_id_column, 1},
-	{"ledger_entries", guard_order_id_column, 1}
+	{"ledger_entries", guard_order_id_column, 1},
+	{"order_charges", guard_order_id_column, 1},
+	{"charge_attempts", guard_order_id_column, 1},
+	{"order_refunds", guard_order_id_column, 1}
 };
+
+/* The tables of confirmed payments (1.2): their state and immutable columns. */
+static const ColumnSpec guard_charge_columns[] =
+{
+	{"charge_id", INT8OID}, {"order_id", INT8OID}, {"position", INT2OID}, {"state", TEXTOID},
+	{"amount", NUMERICOID}, {"currency", TEXTOID}, {"requested_at", TIMESTAMPTZOID},
+	{"pay_by", TIMESTAMPTZOID}
+};
+static const ColumnSpec guard_attempt_columns[] =
+{
+	{"charge_id", INT8OID}, {"attempt", INT4OID}, {"order_id", INT8OID}, {"state", TEXTOID},
+	{"requested_at", TIMESTAMPTZOID}
+};
+static const ColumnSpec guard_refund_columns[] =
+{
+	{"refund_id", INT8OID}, {"order_id", INT8OID}, {"position", INT2OID}, {"state", TEXTOID},
+	{"charge_id", INT8OID}, {"charge_attempt", INT4OID}, {"buyer_id", INT8OID},
+	{"amount", NUMERICOID}, {"currency", TEXTOID}, {"reason", TEXTOID},
+	{"requested_at", TIMESTAMPTZOID}, {"ledger_txn", INT8OID}
+};
+static GuardTable guard_charges = {"order_charges", guard_charge_columns, lengthof(guard_charge_columns)};
+static GuardTable guard_attempts = {"charge_attempts", guard_attempt_columns, lengthof(guard_attempt_columns)};
+static GuardTable guard_refunds = {"order_refunds", guard_refund_columns, lengthof(guard_refund_columns)};
 
 /*
  * GuardOpen makes g ready for a row of rel: every column of g found as
@@ -211,7 +239,7 @@ IntColumn(HeapTuple tuple, GuardTable *g, const char *name)
 
 /*
  * ColumnChanged says whether a column differs between the old and the new
- * row (NULL-aware, binary comparison of the stored values).
+ * row (NULL-aware, comparison of the values' images).
  */
 static bool
 ColumnChanged(HeapTuple oldtup, HeapTuple newtup, GuardTable *g, const char *name)
@@ -225,7 +253,12 @@ ColumnChanged(HeapTuple oldtup, HeapTuple newtup, GuardTable *g, const char *nam
 
 	if (oldnull || newnull)
 		return oldnull != newnull;
-	return !datumIsEqual(oldval, newval, att->attbyval, att->attlen);
+	/*
+	 * datum_image_eq, not datumIsEqual: a row written before a column was
+	 * added reads the column's stored default, whose varlena header may be
+	 * of another length than the same value's in the new row.
+	 */
+	return !datum_image_eq(oldval, newval, att->attbyval, att->attlen);
 }
 
 /* RefuseDelete is the common answer to DELETE and TRUNCATE on guarded tables. */
@@ -244,11 +277,11 @@ RefuseDelete(Relation rel, bool truncate)
  * LaterTriggerMayRewrite says whether another BEFORE ROW trigger of this
  * event fires after the guard (triggers fire in name order, the order of
  * trigdesc) and so may change the row the guard has checked: then the
- * guard's fact of it is not what is written, and its order gets the full
- * check at commit.  Scanned from the end: few triggers sort after the
- * guard.
+ * guard's fact of it is not what is written, and its order (or seller:
+ * earnings.c) gets the full check at commit.  Scanned from the end: few
+ * triggers sort after the guard.
  */
-static bool
+bool
 LaterTriggerMayRewrite(TriggerData *trigdata)
 {
 	TriggerDesc *trigdesc = trigdata->tg_relation->trigdesc;
@@ -375,7 +408,8 @@ GuardRow(FunctionCallInfo fcinfo, const char *funcname,
 				 errhint("Use the milestones API functions to change orders.")));
 
 	for (immutable = machine->immutable; *immutable != NULL; immutable++)
-		if (ColumnChanged(oldtup, newtup, tupdesc, *immutable))
+		if (tupdesc->map.attnum[GuardColumn(tupdesc, *immutable)] >= 0 &&	/* 1.1 tables lack 1.2's columns */
+			ColumnChanged(oldtup, newtup, tupdesc, *immutable))
 			ereport(ERROR,
 					(errcode(ERRCODE_CHECK_VIOLATION),
 					 errmsg("column \"%s\" of %s cannot change", *immutable, label),
@@ -404,6 +438,121 @@ GuardRow(FunctionCallInfo fcinfo, const char *funcname,
 					 oldcode, newcode, (int) position);
 	CheckObserve(fact.table, order_id, LaterTriggerMayRewrite(trigdata) ? NULL : &fact,
 				 true, true);
+	return PointerGetDatum(newtup);
+}
+
+/*
+ * The tables of confirmed payments (1.2): the state machine of each, the
+ * column that identifies a row, and the column that places it in its order
+ * (a charge's or refund's milestone, an attempt's number).
+ */
+typedef struct PaymentTable
+{
+	const char *table;
+	const StateMachine *machine;
+	FactTable	fact;
+	const char *id;
+	const char *position;
+	GuardTable *columns;
+} PaymentTable;
+
+static const PaymentTable payment_tables[] = {
+	{"order_charges", &ChargeMachine, FACT_CHARGE, "charge_id", "position", &guard_charges},
+	{"charge_attempts", &AttemptMachine, FACT_ATTEMPT, "charge_id", "attempt", &guard_attempts},
+	{"order_refunds", &RefundMachine, FACT_REFUND, "refund_id", "position", &guard_refunds},
+	{NULL, NULL, 0, NULL, NULL, NULL}
+};
+
+/*
+ * milestones_guard_payment guards order_charges, charge_attempts and
+ * order_refunds (BEFORE ROW, TRUNCATE): only the transitions of their state
+ * machines (states.c), immutable identity and amount columns, ended rows
+ * frozen, no DELETE or TRUNCATE; each write a fact of its order for the
+ * commit check, which holds the money of confirmed payments.
+ */
+Datum
+milestones_guard_payment(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = CheckTriggerProtocol(fcinfo, "milestones_guard_payment", true);
+	Relation	rel = trigdata->tg_relation;
+	GuardTable *tupdesc;		/* the row's columns, as the guard reads them */
+	const PaymentTable *t;
+	HeapTuple	newtup;
+	HeapTuple	oldtup;
+	char	   *oldstate;
+	char	   *newstate;
+	int			oldcode;
+	int			newcode;
+	int64		id;
+	char		label[96];
+	const char *const *immutable;
+	WriteFact	fact;
+
+	for (t = payment_tables; t->table != NULL; t++)
+		if (strcmp(RelationGetRelationName(rel), t->table) == 0)
+			break;
+	if (t->table == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("function \"milestones_guard_payment\" guards only order_charges, charge_attempts and order_refunds"),
+				 errdetail("It was fired on table %s.", RelationGetRelationName(rel))));
+	if (TRIGGER_FIRED_BY_TRUNCATE(trigdata->tg_event))
+		RefuseDelete(rel, true);
+	if (TRIGGER_FIRED_BY_DELETE(trigdata->tg_event))
+		RefuseDelete(rel, false);
+	tupdesc = GuardOpen(t->columns, rel);
+
+	newtup = TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event) ? trigdata->tg_newtuple : trigdata->tg_trigtuple;
+	newstate = TextColumn(newtup, tupdesc, "state");
+	newcode = StateCode(t->machine, newstate);
+	id = IntColumn(newtup, tupdesc, t->id);
+	snprintf(label, sizeof(label), "%s " INT64_FORMAT "%s", t->machine->what, id,
+			 t->fact == FACT_ATTEMPT ? psprintf(" attempt %lld", (long long) IntColumn(newtup, tupdesc, "attempt")) : "");
+	if (newcode < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_CHECK_VIOLATION),
+				 errmsg("invalid %s state \"%s\"", t->machine->what, newstate ? newstate : "(null)"),
+				 errdetail("The %s is %s.", label, newstate ? newstate : "(null)")));
+	if (TRIGGER_FIRED_BY_INSERT(trigdata->tg_event))
+	{
+		/* A restored row may carry any state: checked at commit. */
+		fact = StateFact(t->fact, true, -1, newcode, (int) IntColumn(newtup, tupdesc, t->position));
+		fact.txn = id;
+		CheckObserve(t->fact, IntColumn(newtup, tupdesc, "order_id"),
+					 LaterTriggerMayRewrite(trigdata) ? NULL : &fact, true, false);
+		return PointerGetDatum(newtup);
+	}
+
+	oldtup = trigdata->tg_trigtuple;
+	oldstate = TextColumn(oldtup, tupdesc, "state");
+	oldcode = StateCode(t->machine, oldstate);
+	if (oldcode < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_CHECK_VIOLATION),
+				 errmsg("%s has an unknown state \"%s\"", label, oldstate ? oldstate : "(null)")));
+	for (immutable = t->machine->immutable; *immutable != NULL; immutable++)
+		if (ColumnChanged(oldtup, newtup, tupdesc, *immutable))
+			ereport(ERROR,
+					(errcode(ERRCODE_CHECK_VIOLATION),
+					 errmsg("column \"%s\" of %s cannot change", *immutable, label),
+					 errdetail("%s is fixed when the %s is created.", *immutable, t->machine->what)));
+	if (oldcode != newcode && StateIsFinal(t->machine, oldcode))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("%s is %s and can no longer change", label, oldstate),
+				 errdetail("Attempted change from %s to %s; %s is a final state.",
+						   oldstate, newstate, oldstate)));
+	if (oldcode != newcode && !StateTransitionAllowed(t->machine, oldcode, newcode))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("%s cannot go from %s to %s", label, oldstate, newstate),
+				 errdetail("The %s state machine has no transition from %s to %s.",
+						   t->machine->what, oldstate, newstate),
+				 errhint("Payments change through record_charge, retry_charge, record_refund and retry_refund.")));
+	fact = StateFact(t->fact, false, oldcode, newcode, (int) IntColumn(oldtup, tupdesc, t->position));
+	fact.txn = id;
+	CheckObserve(t->fact, IntColumn(oldtup, tupdesc, "order_id"),
+				 LaterTriggerMayRewrite(trigdata) ? NULL : &fact, true, true);
 	return PointerGetDatum(newtup);
 }
 

@@ -117,6 +117,56 @@ LedgerPost(EngineOrder *o, int position, const char *kind,
 	return LedgerDeclare(o, &legs);
 }
 
+static EnginePlan post_charge_plan = {
+	"WITH t AS (SELECT pg_catalog.nextval('milestones.ledger_txn_id_seq'::pg_catalog.regclass) AS txn)"
+	" INSERT INTO milestones.ledger_entries (txn_id, order_id, position, kind, account, amount,"
+	" currency, created_at, charge_id, charge_attempt)"
+	" SELECT t.txn, $1, $2, $3, a.account, a.amount, $4, $5, $8, $9"
+	" FROM t, (VALUES (1, 'buyer', $6), (2, 'escrow', $7)) AS a(n, account, amount)"
+	" RETURNING txn_id, account, amount",
+	9, {INT8OID, INT2OID, TEXTOID, TEXTOID, TIMESTAMPTZOID, NUMERICOID, NUMERICOID, INT8OID, INT4OID}
+};
+
+/*
+ * LedgerPostCharge writes the ledger transaction of one charge attempt of
+ * a confirmed-mode order (SPEC section 11): kind "charge" moves amount from
+ * the buyer into escrow (the provider's success booked), kind "refund"
+ * moves it back; both legs carry the charge and the attempt.  Returns the
+ * transaction id.
+ */
+int64
+LedgerPostCharge(EngineOrder *o, int position, const char *kind, Datum amount,
+				 int64 charge_id, int32 attempt)
+{
+	Datum		values[9];
+	Datum		minus = DirectFunctionCall1(numeric_uminus, amount);
+	bool		charge = strcmp(kind, "charge") == 0;
+	const char *const accounts[2] = {"buyer", "escrow"};
+	Datum		amounts[2];
+	LedgerLegs	legs;
+
+	values[0] = Int64GetDatum(o->order_id);
+	values[1] = Int16GetDatum((int16) position);
+	values[2] = CStringGetTextDatum(kind);
+	values[3] = CStringGetTextDatum(o->currency);
+	values[4] = TimestampTzGetDatum(MilestonesNow());
+	amounts[0] = charge ? minus : amount;	/* buyer */
+	amounts[1] = charge ? amount : minus;	/* escrow */
+	LedgerLegsInit(&legs, o, position, kind, accounts, amounts, 2);
+	if (legs.nlegs != 2)
+		elog(ERROR, "milestones engine: charge %lld of order " INT64_FORMAT " has no amount",
+			 (long long) charge_id, o->order_id);
+	values[5] = amounts[0];
+	values[6] = amounts[1];
+	values[7] = Int64GetDatum(charge_id);
+	values[8] = Int32GetDatum(attempt);
+	EngineExec(&post_charge_plan, values, NULL, SPI_OK_INSERT_RETURNING, 0);
+	if (SPI_processed != 2)
+		elog(ERROR, "milestones engine: charge %lld attempt %d of order " INT64_FORMAT " not booked",
+			 (long long) charge_id, attempt, o->order_id);
+	return LedgerDeclare(o, &legs);
+}
+
 /*
  * LedgerWriteLegs sets the ledger transaction of a combined write
  * statement ($11-$19 of WRITE_POST_CTE), as LedgerPost takes it, and
@@ -191,10 +241,18 @@ static EnginePlan skip_plan = {
 	" RETURNING position",
 	1, {INT8OID}
 };
+static EnginePlan skip_awaiting_plan = {
+	"UPDATE milestones.order_milestones SET state = 'skipped'"
+	" WHERE order_id OPERATOR(pg_catalog.=) $1"
+	" AND state OPERATOR(pg_catalog.=) ANY ('{pending,awaiting_payment}'::pg_catalog.text[])"
+	" RETURNING position",
+	1, {INT8OID}
+};
 
 /*
- * LedgerSkipPending skips the order's pending milestones (an order that
- * ends never charges them) and returns how many.
+ * LedgerSkipPending skips the order's pending milestones, and a milestone
+ * awaiting payment (confirmed mode), as an order that ends never charges
+ * them; returns how many.
  */
 int
 LedgerSkipPending(EngineOrder *o)
@@ -205,10 +263,11 @@ LedgerSkipPending(EngineOrder *o)
 	int			expected = 0;
 
 	for (i = 0; i < o->nmilestones; i++)
-		if (o->ms[i].state == MS_PENDING)
+		if (o->ms[i].state == MS_PENDING || o->ms[i].state == MS_AWAITING_PAYMENT)
 			expected++;
 	values[0] = Int64GetDatum(o->order_id);
-	EngineExec(&skip_plan, values, NULL, SPI_OK_UPDATE_RETURNING, 0);
+	EngineExec(o->awaiting >= 0 ? &skip_awaiting_plan : &skip_plan, values, NULL,
+			   SPI_OK_UPDATE_RETURNING, 0);
 	ColumnsCheckResult(SPI_tuptable, SPI_processed, 1, "order_milestones",
 					   &EngineMilestoneColumns[MC_POSITION], 1);
 	if ((int) SPI_processed != expected)
@@ -221,7 +280,8 @@ LedgerSkipPending(EngineOrder *o)
 													  SPI_tuptable->tupdesc, 1, &isnull));
 
 		for (i = 0; i < o->nmilestones; i++)
-			if (o->ms[i].position == pos && o->ms[i].state == MS_PENDING)
+			if (o->ms[i].position == pos &&
+				(o->ms[i].state == MS_PENDING || o->ms[i].state == MS_AWAITING_PAYMENT))
 			{
 				EngineSetMilestone(o, &o->ms[i], MS_SKIPPED);
 				break;
@@ -230,6 +290,7 @@ LedgerSkipPending(EngineOrder *o)
 			elog(ERROR, "milestones engine: skipped an unexpected milestone %d of order " INT64_FORMAT,
 				 pos, o->order_id);
 	}
+	o->awaiting = -1;
 	return expected;
 }
 
@@ -266,6 +327,9 @@ LedgerSettle(EngineOrder *o, StringInfo detail)
 		amounts[1] = NumericGetDatum(net);
 		amounts[2] = NumericGetDatum(fee);
 		LedgerPost(o, -1, "payout", accounts, amounts, 3);
+		/* Confirmed mode: the net becomes the seller's pending earning. */
+		if (o->confirmed)
+			EarningsCredit(o, net, o->completed_at);
 	}
 	JsonAddNumeric(detail, "gross", NumericGetDatum(gross));
 	JsonAddNumeric(detail, "fee", NumericGetDatum(fee));
@@ -382,6 +446,10 @@ LedgerCompleteWrite(EngineOrder *o, EngineMilestone *m, const char *reason, Time
 	EngineSetOrder(o, ORDER_COMPLETED, true);
 	EngineSetEnded(o, reason, NULL, at);
 	LedgerDeclare(o, &w->legs);
+	/* Confirmed mode: the net becomes the seller's pending earning. */
+	if (o->confirmed && DatumGetInt32(DirectFunctionCall2(numeric_cmp, NumericGetDatum(p->net),
+														  NumericGetDatum(int64_to_numeric(0)))) > 0)
+		EarningsCredit(o, p->net, at);
 }
 
 static EnginePlan start_plan = {

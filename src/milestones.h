@@ -69,8 +69,19 @@ typedef enum MilestoneState
 	MS_SKIPPED,
 	MS_REFUNDED,
 	MS_CANCELLED,
+	MS_AWAITING_PAYMENT,		/* confirmed payment mode (1.2) */
 	MS_NSTATES
 } MilestoneState;
+
+/* The states of a charge, a charge attempt, a refund, a withdrawal (1.2). */
+typedef enum PaymentState
+{
+	PAY_REQUESTED,
+	PAY_SUCCEEDED,
+	PAY_FAILED,
+	PAY_VOIDED,					/* charges only */
+	PAY_NSTATES
+} PaymentState;
 
 typedef struct StateTransition
 {
@@ -90,11 +101,62 @@ typedef struct StateMachine
 
 extern const StateMachine OrderMachine;
 extern const StateMachine MilestoneMachine;
+extern const StateMachine ChargeMachine;
+extern const StateMachine AttemptMachine;
+extern const StateMachine RefundMachine;
+extern const StateMachine WithdrawalMachine;
 extern int	StateCode(const StateMachine *machine, const char *name);
 extern const char *StateName(const StateMachine *machine, int state);
 extern bool StateIsFinal(const StateMachine *machine, int state);
 extern bool StateTransitionAllowed(const StateMachine *machine, int from, int to);
 extern void StateAssertTransition(const StateMachine *machine, int from, int to);
+
+/*
+ * rowbalance.c: the row balance of a set of guarded tables -- per table,
+ * the rows this transaction wrote (the statistics collector's pending
+ * counts) minus the rows the guard saw.  A set is a static RowSet of the
+ * check that uses it: its relation names in schema milestones, of which
+ * the first ntables are balanced (the others are only looked up with
+ * them), and from first_optional on may be missing (a newer version's
+ * tables: no writes).  The other fields are kept by rowbalance.c.
+ */
+#define ROWSET_MAX_RELS 8
+
+typedef struct RowBalance
+{
+	bool		known;			/* false: the counts cannot be had */
+	int64		diff[ROWSET_MAX_RELS];	/* written - seen, per table */
+} RowBalance;
+
+typedef struct RowSetSeen RowSetSeen;
+
+typedef struct RowSet
+{
+	const char *const *names;
+	int			nrels;
+	int			ntables;
+	int			first_optional;
+	/* kept by rowbalance.c */
+	bool		linked;
+	bool		valid;
+	Oid			oids[ROWSET_MAX_RELS];
+	bool		children[ROWSET_MAX_RELS];
+	RowSetSeen *seen;			/* per subtransaction, in TopTransactionContext */
+	int			nseen;
+	int			maxseen;
+	struct RowSet *next;
+} RowSet;
+
+#define ROWSET(names, nrels, ntables, first_optional) \
+	{(names), (nrels), (ntables), (first_optional), false, false, {0}, {0}, NULL, 0, 0, NULL}
+
+extern void RowBalanceInit(void);
+extern Oid	RowSetRelid(RowSet *set, int which, bool *children);
+extern void RowSetSee(RowSet *set, int table);
+extern void RowSetSeeSince(RowSet *set, const RowBalance *before);
+extern void RowBalanceNow(RowSet *set, RowBalance *b);
+extern void RowBalanceStart(RowBalance *b);
+extern bool RowBalanceSame(const RowBalance *a, const RowBalance *b);
 
 /*
  * check.c: one row write to an order, as the guard triggers saw it or as
@@ -105,7 +167,10 @@ typedef enum FactTable
 	FACT_ORDER = 1,
 	FACT_MILESTONE = 2,
 	FACT_LEDGER = 3,
-	FACT_NTABLES = 4			/* array size: index 0 unused */
+	FACT_CHARGE = 4,			/* order_charges (1.2): txn is the charge_id */
+	FACT_ATTEMPT = 5,			/* charge_attempts: txn the charge_id, position the attempt */
+	FACT_REFUND = 6,			/* order_refunds: txn the refund_id */
+	FACT_NTABLES = 7			/* array size: index 0 unused */
 } FactTable;
 
 typedef struct WriteFact
@@ -131,12 +196,20 @@ typedef enum CheckRel
 	CHECK_REL_ORDERS = FACT_ORDER,
 	CHECK_REL_MILESTONES = FACT_MILESTONE,
 	CHECK_REL_LEDGER = FACT_LEDGER,
-	CHECK_REL_UNCHECKED = 4,	/* milestones.unchecked_orders (1.2) */
-	CHECK_REL_COUNT = 5
+	CHECK_REL_CHARGES = FACT_CHARGE,
+	CHECK_REL_ATTEMPTS = FACT_ATTEMPT,
+	CHECK_REL_REFUNDS = FACT_REFUND,
+	CHECK_REL_UNCHECKED = FACT_NTABLES, /* milestones.unchecked_orders (1.2) */
+	CHECK_REL_COUNT = FACT_NTABLES + 1
 } CheckRel;
+
+/* guard.c: whether a BEFORE ROW trigger firing after the guard may change the row */
+struct TriggerData;
+extern bool LaterTriggerMayRewrite(struct TriggerData *trigdata);
 
 extern void CheckInit(void);
 extern Oid	CheckRelid(CheckRel which, bool *children);
+extern Oid	CheckFunctionOwner(Oid fn_oid);
 extern void CheckObserve(FactTable table, int64 order_id, const WriteFact *fact, bool money,
 						 bool updated);
 extern void CheckDeclare(int64 order_id, const WriteFact *fact);
@@ -160,6 +233,8 @@ typedef struct ColumnSpec
 	const char *name;			/* NULL: an expression, not checked */
 	Oid			type;
 	bool		notnull;		/* must be NOT NULL (read without a null test) */
+	bool		optional;		/* may be missing (a 1.2 column in an older
+								 * table): its attnum is then -1 */
 } ColumnSpec;
 
 typedef struct ColumnMap

@@ -118,6 +118,9 @@ typedef struct RelayShared
 
 /* Settings (GUCs). */
 static char *relay_database_name = NULL;
+
+/* A lock timeout was reported since the last batch that went through. */
+static bool lock_reported = false;
 /*
  * Commit coalescing: a batch costs its transaction and bookkeeping (some
  * 0.5 ms of CPU) however few events it carries, so a busy database is
@@ -130,6 +133,14 @@ static char *relay_database_name = NULL;
  */
 #define RELAY_COALESCE_BELOW 50
 #define RELAY_PERIOD_MS 15L
+
+/*
+ * The relay's deadlock_timeout and lock_timeout (ceilings: a shorter
+ * setting is kept), so that it loses a deadlock to the session it meets
+ * (see milestones_relay_main).
+ */
+#define RELAY_DEADLOCK_TIMEOUT_MS 100
+#define RELAY_LOCK_TIMEOUT_MS 200
 
 static double relay_max_queue_usage = 0.5;
 static int	relay_poll_interval = 250;
@@ -788,6 +799,25 @@ milestones_relay_main(Datum main_arg)
 	BackgroundWorkerInitializeConnection(relay_database_name, NULL, 0);
 	pgstat_report_appname(RELAY_WORKER_NAME);
 
+	/*
+	 * The relay never makes another session fail.  A waiter's deadlock
+	 * check runs once, deadlock_timeout after it began to wait, and the
+	 * waiter whose check finds the cycle is the one that fails.  So the
+	 * relay checks early (RELAY_DEADLOCK_TIMEOUT_MS): where a session
+	 * waits for the relay's batch and the batch then waits for it (ALTER
+	 * EXTENSION UPDATE's locks, sql/1.2/01_locks.sql), the batch fails.
+	 * And it waits for no lock longer than RELAY_LOCK_TIMEOUT_MS: where the
+	 * batch waited first and a session closes the cycle later, the batch
+	 * has given up before the session's own check.  Either way the batch
+	 * is tried again a second later.  (A shorter setting is kept.)
+	 */
+	if (DeadlockTimeout > RELAY_DEADLOCK_TIMEOUT_MS)
+		SetConfigOption("deadlock_timeout", CppAsString2(RELAY_DEADLOCK_TIMEOUT_MS) "ms",
+						PGC_SUSET, PGC_S_OVERRIDE);
+	if (LockTimeout == 0 || LockTimeout > RELAY_LOCK_TIMEOUT_MS)
+		SetConfigOption("lock_timeout", CppAsString2(RELAY_LOCK_TIMEOUT_MS) "ms",
+						PGC_SUSET, PGC_S_OVERRIDE);
+
 	before_shmem_exit(RelayBeforeShmemExit, (Datum) 0);
 	SpinLockAcquire(&relay->mutex);
 	relay->pid = MyProcPid;
@@ -826,7 +856,10 @@ milestones_relay_main(Datum main_arg)
 		{
 			sent = RelayUnit(was_woken);
 			if (sent >= 0)
+			{
 				SetNote(NULL);
+				lock_reported = false;
+			}
 		}
 		PG_CATCH();
 		{
@@ -834,7 +867,15 @@ milestones_relay_main(Datum main_arg)
 
 			MemoryContextSwitchTo(loop_context);
 			edata = CopyErrorData();
-			EmitErrorReport();
+
+			/*
+			 * A lock it could not get in time is reported once, not at
+			 * every retry while a session holds it; relay_status() shows
+			 * it until a batch goes through.
+			 */
+			if (edata->sqlerrcode != ERRCODE_LOCK_NOT_AVAILABLE || !lock_reported)
+				EmitErrorReport();
+			lock_reported = edata->sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE;
 			FlushErrorState();
 			AbortCurrentTransaction();
 			RelayBatchForget();

@@ -92,9 +92,14 @@ typedef struct RangeEvent
 	HeapTuple	tuple;
 } RangeEvent;
 
-/* An order's parties and currency, for the payload. */
+/*
+ * An order's parties and currency, for the payload; none: a seller-level
+ * event (order_id NULL, 1.2), whose order fields are null and come from
+ * its detail.
+ */
 typedef struct OrderParties
 {
+	bool		none;
 	int64		order_id;
 	int64		seller_id;
 	int64		buyer_id;
@@ -852,8 +857,11 @@ ReadOrders(Oid nsp, Snapshot snap, Relation rel, const EventsColumns *col,
 	{
 		bool		isnull;
 
-		ids[nids++] = DatumGetInt64(heap_getattr(events[i].tuple, col->order_id,
-												 RelationGetDescr(rel), &isnull));
+		Datum		d = heap_getattr(events[i].tuple, col->order_id,
+									 RelationGetDescr(rel), &isnull);
+
+		if (!isnull)
+			ids[nids++] = DatumGetInt64(d);
 	}
 	qsort(ids, nids, sizeof(int64), CompareInt64);
 
@@ -872,6 +880,7 @@ ReadOrders(Oid nsp, Snapshot snap, Relation rel, const EventsColumns *col,
 		index_rescan(scan, &key, 1, NULL, 0);
 		if (!index_getnext_slot(scan, ForwardScanDirection, slot))
 			continue;			/* gone: no payload, as _payloads()'s join */
+		orders[norders].none = false;
 		orders[norders].order_id = ids[i];
 		orders[norders].seller_id = DatumGetInt64(slot_getattr(slot, att_seller_id, &isnull));
 		orders[norders].buyer_id = DatumGetInt64(slot_getattr(slot, att_buyer_id, &isnull));
@@ -1135,7 +1144,7 @@ EventPayload(HeapTuple tuple, TupleDesc desc, const EventsColumns *col, const Or
 	}
 
 	field[PF_EVENT_ID] = FieldInt(DatumGetInt64(heap_getattr(tuple, col->event_id, desc, &isnull)));
-	field[PF_ORDER_ID] = FieldInt(order->order_id);
+	field[PF_ORDER_ID] = order->none ? "null" : FieldInt(order->order_id);
 	field[PF_EVENT] = FieldText(tuple, desc, col->event);
 	field[PF_ORDER_STATE] = FieldText(tuple, desc, col->order_state);
 	d = heap_getattr(tuple, col->position, desc, &isnull);
@@ -1144,8 +1153,8 @@ EventPayload(HeapTuple tuple, TupleDesc desc, const EventsColumns *col, const Or
 	field[PF_ACTOR_ROLE] = FieldText(tuple, desc, col->actor_role);
 	d = heap_getattr(tuple, col->actor_id, desc, &isnull);
 	field[PF_ACTOR_ID] = isnull ? "null" : FieldInt(DatumGetInt64(d));
-	field[PF_SELLER_ID] = FieldInt(order->seller_id);
-	field[PF_BUYER_ID] = FieldInt(order->buyer_id);
+	field[PF_SELLER_ID] = order->none ? "null" : FieldInt(order->seller_id);
+	field[PF_BUYER_ID] = order->none ? "null" : FieldInt(order->buyer_id);
 	field[PF_CURRENCY] = "null";
 	if (order->currency != NULL)
 	{
@@ -1233,13 +1242,24 @@ BuildPayloads(Oid nsp, Snapshot snap, Relation rel, const EventsColumns *col,
 		OrderParties key;
 		OrderParties *order;
 		char	   *payload;
+		Datum		d = heap_getattr(events[i].tuple, col->order_id,
+									 RelationGetDescr(rel), &isnull);
 
-		key.order_id = DatumGetInt64(heap_getattr(events[i].tuple, col->order_id,
-												  RelationGetDescr(rel), &isnull));
-		order = bsearch(&key, orders, norders, sizeof(OrderParties), CompareOrders);
+		memset(&key, 0, sizeof(key));
 		payloads[i] = NULL;
-		if (order == NULL)
-			continue;
+		if (isnull)
+		{
+			/* a seller-level event: no order to read, as _payloads()'s LEFT JOIN */
+			key.none = true;
+			order = &key;
+		}
+		else
+		{
+			key.order_id = DatumGetInt64(d);
+			order = bsearch(&key, orders, norders, sizeof(OrderParties), CompareOrders);
+			if (order == NULL)
+				continue;		/* gone: no payload, as _payloads()'s join */
+		}
 		MemoryContextSwitchTo(scratch);
 		payload = EventPayload(events[i].tuple, RelationGetDescr(rel), col, order);
 		MemoryContextSwitchTo(outer);

@@ -291,7 +291,7 @@ enum
 	O_ORDER_ID, O_SELLER_ID, O_BUYER_ID, O_CATEGORY, O_CURRENCY, O_STATE,
 	O_END_REASON, O_CANCEL_REASON, O_CANCELLED_BY, O_CANCEL_NOTE,
 	O_REVISIONS_ALLOWED, O_REVISIONS_USED, O_FEE_RATE, O_CREATED_AT,
-	O_PLACED_AT, O_COMPLETED_AT, O_NCOLS
+	O_PLACED_AT, O_COMPLETED_AT, O_PAYMENT_MODE, O_NCOLS
 };
 
 static const char *const order_states[] =
@@ -300,7 +300,8 @@ static const char *const order_running[] = {"offered", "active", NULL};
 static const char *const order_placed[] = {"active", "completed", NULL};
 static const char *const order_unplaced[] = {"offered", "withdrawn", "declined", NULL};
 static const char *const order_ended_by_reason[] = {"completed", "cancelled", NULL};
-static const char *const end_reasons[] = {"finished", "stopped", "expired", NULL};
+static const char *const end_reasons[] = {"finished", "stopped", "expired", "unpaid", NULL};
+static const char *const payment_modes[] = {"recorded", "confirmed", NULL};
 
 /* orders_seller_id_positive: seller_id > 0 */
 static Truth
@@ -339,11 +340,23 @@ OrdersStateValid(const RowArgs *r)
 	return TextIn(r, O_STATE, order_states);
 }
 
-/* orders_end_reason_valid: end_reason IN ('finished','stopped','expired') */
+/* orders_end_reason_valid: end_reason IN ('finished','stopped','expired','unpaid') */
 static Truth
 OrdersEndReasonValid(const RowArgs *r)
 {
 	return TextIn(r, O_END_REASON, end_reasons);
+}
+
+/*
+ * orders_payment_mode_valid: payment_mode IN ('recorded','confirmed') AND
+ * (end_reason <> 'unpaid' OR payment_mode = 'confirmed'); a 1.1 table has
+ * no payment_mode (read as NULL: the rule passes, as SQL's would).
+ */
+static Truth
+OrdersPaymentModeValid(const RowArgs *r)
+{
+	return TAnd(TextIn(r, O_PAYMENT_MODE, payment_modes),
+				TOr(TNot(TextIs(r, O_END_REASON, "unpaid")), TextIs(r, O_PAYMENT_MODE, "confirmed")));
 }
 
 /* orders_cancelled_by_length: length(cancelled_by) BETWEEN 1 AND 200 */
@@ -462,6 +475,7 @@ static RowRule order_rules[] =
 	{"orders_end_reason_valid", OrdersEndReasonValid},
 	{"orders_ended_has_completed_at", OrdersEndedHasCompletedAt},
 	{"orders_fee_rate_range", OrdersFeeRateRange},
+	{"orders_payment_mode_valid", OrdersPaymentModeValid},
 	{"orders_placed_at_matches_state", OrdersPlacedAtMatchesState},
 	{"orders_reason_matches_state", OrdersReasonMatchesState},
 	{"orders_revisions_allowed_range", OrdersRevisionsAllowedRange},
@@ -487,8 +501,10 @@ enum
 };
 
 static const char *const milestone_states[] =
-{"pending", "in_progress", "delivered", "completed", "skipped", "refunded", "cancelled", NULL};
-static const char *const milestone_unstarted[] = {"pending", "skipped", "cancelled", NULL};
+{"pending", "in_progress", "delivered", "completed", "skipped", "refunded", "cancelled",
+"awaiting_payment", NULL};
+static const char *const milestone_unstarted[] =
+{"pending", "skipped", "cancelled", "awaiting_payment", NULL};
 static const char *const milestone_cancelled[] = {"cancelled", "refunded", NULL};
 
 /* milestones_position_range: position BETWEEN 1 AND 20 */
@@ -527,7 +543,7 @@ MsAmountPositive(const RowArgs *r)
 	return TOf(c > 0);
 }
 
-/* milestones_state_valid: state IN ('pending', ..., 'cancelled') */
+/* milestones_state_valid: state IN ('pending', ..., 'cancelled', 'awaiting_payment') */
 static Truth
 MsStateValid(const RowArgs *r)
 {
@@ -564,7 +580,8 @@ MsCancelNoteLength(const RowArgs *r)
 
 /*
  * milestones_started_has_times:
- *   (state IN ('pending','skipped','cancelled')) = (started_at IS NULL AND due_at IS NULL)
+ *   (state IN ('pending','skipped','cancelled','awaiting_payment')) =
+ *   (started_at IS NULL AND due_at IS NULL)
  */
 static Truth
 MsStartedHasTimes(const RowArgs *r)
@@ -666,7 +683,7 @@ static RowRule milestone_rules[] =
 enum
 {
 	L_ENTRY_ID, L_TXN_ID, L_ORDER_ID, L_POSITION, L_KIND, L_ACCOUNT,
-	L_AMOUNT, L_CURRENCY, L_CREATED_AT, L_NCOLS
+	L_AMOUNT, L_CURRENCY, L_CREATED_AT, L_CHARGE_ID, L_CHARGE_ATTEMPT, L_NCOLS
 };
 
 static const char *const ledger_kinds[] = {"charge", "payout", "refund", NULL};
@@ -704,6 +721,26 @@ LedgerCurrency(const RowArgs *r)
 	return IsoCurrency(r, L_CURRENCY);
 }
 
+/*
+ * ledger_charge_matches_kind: (charge_id IS NULL) = (charge_attempt IS NULL)
+ * AND (charge_id IS NULL OR (kind IN ('charge','refund') AND charge_id > 0
+ * AND charge_attempt >= 1)); absent in a 1.1 table (NULL).
+ */
+static Truth
+LedgerChargeMatchesKind(const RowArgs *r)
+{
+	static const char *const charge_kinds[] = {"charge", "refund", NULL};
+	bool		cn = IsNull(r, L_CHARGE_ID);
+
+	if (cn != IsNull(r, L_CHARGE_ATTEMPT))
+		return T_FALSE;
+	if (cn)
+		return T_TRUE;
+	return TAnd(TextIn(r, L_KIND, charge_kinds),
+				TAnd(Int64Positive(r, L_CHARGE_ID),
+					 Int32Between(r, L_CHARGE_ATTEMPT, 1, PG_INT32_MAX)));
+}
+
 /* ledger_position_matches_kind: (kind = 'payout') = (position IS NULL) */
 static Truth
 LedgerPositionMatchesKind(const RowArgs *r)
@@ -715,6 +752,7 @@ static RowRule ledger_rules[] =
 {
 	{"ledger_account_valid", LedgerAccountValid},
 	{"ledger_amount_nonzero", LedgerAmountNonzero},
+	{"ledger_charge_matches_kind", LedgerChargeMatchesKind},
 	{"ledger_currency_iso4217", LedgerCurrency},
 	{"ledger_kind_valid", LedgerKindValid},
 	{"ledger_position_matches_kind", LedgerPositionMatchesKind},
@@ -727,21 +765,32 @@ static RowRule ledger_rules[] =
  */
 enum
 {
-	E_ACTOR_ROLE, E_NCOLS
+	E_ACTOR_ROLE, E_ORDER_ID, E_ORDER_STATE, E_NCOLS
 };
 
-static const char *const actor_roles[] = {"seller", "buyer", "support", "system", NULL};
+static const char *const actor_roles[] = {"seller", "buyer", "support", "system", "payments", NULL};
 
-/* events_actor_role_valid: actor_role IN ('seller','buyer','support','system') */
+/* events_actor_role_valid: actor_role IN ('seller','buyer','support','system','payments') */
 static Truth
 EventsActorRoleValid(const RowArgs *r)
 {
 	return TextIn(r, E_ACTOR_ROLE, actor_roles);
 }
 
+/*
+ * events_order_matches_state: (order_id IS NULL) = (order_state IS NULL):
+ * an order's event names the order's state, a seller's (1.2) neither.
+ */
+static Truth
+EventsOrderMatchesState(const RowArgs *r)
+{
+	return TOf(IsNull(r, E_ORDER_ID) == IsNull(r, E_ORDER_STATE));
+}
+
 static RowRule event_rules[] =
 {
 	{"events_actor_role_valid", EventsActorRoleValid},
+	{"events_order_matches_state", EventsOrderMatchesState},
 	{NULL, NULL}
 };
 
@@ -770,7 +819,7 @@ static const ColumnSpec order_columns[] =
 	{"end_reason", TEXTOID}, {"cancel_reason", TEXTOID}, {"cancelled_by", TEXTOID},
 	{"cancel_note", TEXTOID}, {"revisions_allowed", INT4OID}, {"revisions_used", INT4OID},
 	{"fee_rate", NUMERICOID}, {"created_at", TIMESTAMPTZOID}, {"placed_at", TIMESTAMPTZOID},
-	{"completed_at", TIMESTAMPTZOID}
+	{"completed_at", TIMESTAMPTZOID}, {"payment_mode", TEXTOID, false, true}
 };
 static const ColumnSpec milestone_columns[] =
 {
@@ -785,9 +834,13 @@ static const ColumnSpec ledger_columns[] =
 {
 	{"entry_id", INT8OID}, {"txn_id", INT8OID}, {"order_id", INT8OID},
 	{"position", INT2OID}, {"kind", TEXTOID}, {"account", TEXTOID},
-	{"amount", NUMERICOID}, {"currency", TEXTOID}, {"created_at", TIMESTAMPTZOID}
+	{"amount", NUMERICOID}, {"currency", TEXTOID}, {"created_at", TIMESTAMPTZOID},
+	{"charge_id", INT8OID, false, true}, {"charge_attempt", INT4OID, false, true}
 };
-static const ColumnSpec event_columns[] = {{"actor_role", TEXTOID}};
+static const ColumnSpec event_columns[] =
+{
+	{"actor_role", TEXTOID}, {"order_id", INT8OID}, {"order_state", TEXTOID}
+};
 
 static RowTable order_table = {"orders", order_columns, lengthof(order_columns), order_rules};
 static RowTable milestone_table =
@@ -896,6 +949,14 @@ RowCheck(FunctionCallInfo fcinfo, RowTable *t)
 	{
 		int			a = t->map.attnum[c];
 
+		if (a < 0)
+		{
+			/* an optional column the table does not have (yet) */
+			r.values[c] = (Datum) 0;
+			r.isnull[c] = true;
+			r.collation[c] = InvalidOid;
+			continue;
+		}
 		r.values[c] = values[a];
 		r.isnull[c] = nulls[a];
 		r.collation[c] = TupleDescAttr(tupdesc, a)->attcollation;

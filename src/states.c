@@ -33,15 +33,15 @@ static const StateTransition order_transitions[] = {
 };
 static const char *const order_immutable[] = {
 	"order_id", "seller_id", "buyer_id", "category", "currency",
-	"revisions_allowed", "fee_rate", "created_at", NULL
+	"revisions_allowed", "fee_rate", "created_at", "payment_mode", NULL
 };
 
 static const char *const milestone_state_names[] = {
 	"pending", "in_progress", "delivered", "completed", "skipped", "refunded",
-	"cancelled"
+	"cancelled", "awaiting_payment"
 };
 static const bool milestone_state_final[] = {
-	false, false, false, true, true, true, true
+	false, false, false, true, true, true, true, false
 };
 static const StateTransition milestone_transitions[] = {
 	{MS_PENDING, MS_IN_PROGRESS},
@@ -52,10 +52,94 @@ static const StateTransition milestone_transitions[] = {
 	{MS_DELIVERED, MS_COMPLETED},
 	{MS_DELIVERED, MS_IN_PROGRESS},	/* revision requested */
 	{MS_DELIVERED, MS_REFUNDED},
+	/* confirmed payment mode (1.2, SPEC section 11) */
+	{MS_PENDING, MS_AWAITING_PAYMENT},	/* its charge is requested */
+	{MS_AWAITING_PAYMENT, MS_IN_PROGRESS},	/* the provider confirmed it */
+	{MS_AWAITING_PAYMENT, MS_PENDING},	/* milestone 1 unpaid at pay_by */
+	{MS_AWAITING_PAYMENT, MS_SKIPPED},	/* the order ended meanwhile */
+	{MS_AWAITING_PAYMENT, MS_CANCELLED},	/* cancel_milestone */
 	{-1, -1}
 };
 static const char *const milestone_immutable[] = {
 	"order_id", "position", "name", "days", "amount", "final", NULL
+};
+
+/*
+ * Charges, their attempts, refunds and withdrawals (1.2, SPEC sections 11
+ * and 12).  A charge that failed is requested again by the buyer's retry,
+ * and a failed attempt may still succeed (asynchronous methods settle
+ * late); a failed refund is sent again by support, or settles late; a
+ * withdrawal's outcome is final (a failed one went back to available).
+ */
+static const char *const payment_state_names[] = {
+	"requested", "succeeded", "failed", "voided"
+};
+static const bool charge_state_final[] = {false, true, false, true};
+static const StateTransition charge_transitions[] = {
+	{PAY_REQUESTED, PAY_SUCCEEDED},
+	{PAY_REQUESTED, PAY_FAILED},
+	{PAY_REQUESTED, PAY_VOIDED},
+	{PAY_FAILED, PAY_REQUESTED},
+	{PAY_FAILED, PAY_SUCCEEDED},
+	{PAY_FAILED, PAY_VOIDED},
+	{-1, -1}
+};
+static const char *const charge_immutable[] = {
+	"charge_id", "order_id", "position", "amount", "currency", "requested_at", "pay_by", NULL
+};
+static const bool attempt_state_final[] = {false, true, false, true};
+static const StateTransition attempt_transitions[] = {
+	{PAY_REQUESTED, PAY_SUCCEEDED},
+	{PAY_REQUESTED, PAY_FAILED},
+	{PAY_FAILED, PAY_SUCCEEDED},
+	{-1, -1}
+};
+static const char *const attempt_immutable[] = {
+	"charge_id", "attempt", "order_id", "requested_at", NULL
+};
+static const StateTransition refund_transitions[] = {
+	{PAY_REQUESTED, PAY_SUCCEEDED},
+	{PAY_REQUESTED, PAY_FAILED},
+	{PAY_FAILED, PAY_REQUESTED},
+	{PAY_FAILED, PAY_SUCCEEDED},
+	{-1, -1}
+};
+static const char *const refund_immutable[] = {
+	"refund_id", "order_id", "position", "charge_id", "charge_attempt", "buyer_id",
+	"amount", "currency", "reason", "requested_at", "ledger_txn", NULL
+};
+static const bool withdrawal_state_final[] = {false, true, true, true};
+static const StateTransition withdrawal_transitions[] = {
+	{PAY_REQUESTED, PAY_SUCCEEDED},
+	{PAY_REQUESTED, PAY_FAILED},
+	{-1, -1}
+};
+static const char *const withdrawal_immutable[] = {
+	"withdrawal_id", "seller_id", "currency", "amount", "available_before", "requested_at", NULL
+};
+
+/* A charge (order_charges). */
+const StateMachine ChargeMachine = {
+	"charge", PAY_NSTATES, payment_state_names, charge_state_final,
+	charge_transitions, charge_immutable
+};
+
+/* An attempt of a charge (charge_attempts); voided is not one of its states. */
+const StateMachine AttemptMachine = {
+	"charge attempt", PAY_VOIDED, payment_state_names, attempt_state_final,
+	attempt_transitions, attempt_immutable
+};
+
+/* A refund (order_refunds). */
+const StateMachine RefundMachine = {
+	"refund", PAY_VOIDED, payment_state_names, attempt_state_final,
+	refund_transitions, refund_immutable
+};
+
+/* A withdrawal (seller_withdrawals). */
+const StateMachine WithdrawalMachine = {
+	"withdrawal", PAY_VOIDED, payment_state_names, withdrawal_state_final,
+	withdrawal_transitions, withdrawal_immutable
 };
 
 /* The order state machine (SPEC section 2). */

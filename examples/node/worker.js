@@ -1,16 +1,25 @@
 #!/usr/bin/env node
-// examples/node/worker.js - run the milestones event worker.
+// examples/node/worker.js - run the milestones payment worker.
 //
-//   node worker.js [--consumer payments] [--max-events 1000] [--poll-ms 1000]
-//                  [--concurrency 4] [--once] [--log text|json] [--event-delay-ms 0]
+//   node worker.js [--mode confirmed|recorded|both] [--consumer payments]
+//                  [--max-events 1000] [--poll-ms 1000] [--concurrency 4]
+//                  [--once] [--log text|json] [--event-delay-ms 0]
 //
+// --mode confirmed (the default): charge_requested, refund_requested and
+// withdrawal_requested go to the provider and its answers are reported with
+// record_charge, record_refund and record_withdrawal; the login needs
+// milestones_payments (and nothing else).  --mode recorded: the 1.1 loop,
+// sending what each event's detail says; the login reads order_status
+// (milestones_app or milestones_reader).  --mode both: a login with both.
 // --concurrency: orders handled side by side within a batch (the events of
 // one order always in their order); the batch is finished when all are done.
+// --poll-ms: the safety-net poll, and how often the provider's webhooks (a
+// processing payment that settled) are fetched while idle.
 //
 // The database comes from the libpq environment (PGHOST, PGPORT, PGUSER,
-// PGPASSWORD, PGDATABASE); its role needs milestones_app.  The payment
-// provider stand-in lives in the same database unless PROVIDER_DATABASE is
-// set.  SIGTERM/SIGINT end the worker after the batch in hand.
+// PGPASSWORD, PGDATABASE).  The payment provider stand-in lives in the same
+// database unless PROVIDER_DATABASE is set.  SIGTERM/SIGINT end the worker
+// after the batch in hand.
 //
 // Behind a pooler in transaction mode (PgBouncer: PGHOST/PGPORT point at
 // it), set MILESTONES_LISTEN_HOST and/or MILESTONES_LISTEN_PORT to
@@ -25,6 +34,7 @@ import { EventWorker } from './lib/worker.js';
 
 const { values: opt } = parseArgs({
   options: {
+    mode: { type: 'string', default: 'confirmed' },
     consumer: { type: 'string', default: 'payments' },
     'max-events': { type: 'string', default: '1000' },
     'poll-ms': { type: 'string', default: '1000' },
@@ -43,10 +53,16 @@ function textLine(r) {
     case 'event': {
       const what = r.effects.map((e) => {
         const amount = e.kind === 'payout' ? `${e.amount} (fee ${e.fee})` : (e.amount ?? '');
-        return `${e.kind} ${amount}`.trim() + (e.applied ? '' : ' [replay, not applied again]');
+        const answer = e.status ? ` ${e.key}: ${e.status}${e.failure ? ` (${e.failure})` : ''}` +
+                                  (e.reported ? `, reported (${e.reported})` : '') : '';
+        return `${e.kind} ${amount}`.trim() + answer + (e.applied ? '' : ' [replay, not applied again]');
       }).join(', ');
-      return `  event ${r.event_id}  order ${r.order_id}  ${r.event}${r.position ? ` m${r.position}` : ''}${what ? `  -> ${what}` : ''}`;
+      const order = r.order_id === null ? '' : `  order ${r.order_id}`;
+      return `  event ${r.event_id}${order}  ${r.event}${r.position ? ` m${r.position}` : ''}${what ? `  -> ${what}` : ''}`;
     }
+    case 'answer': return null;        // the event's line follows
+    case 'webhook':
+      return `  webhook ${r.key}: ${r.status}${r.provider_ref ? ` ${r.provider_ref}` : ''}${r.reported ? ` -> reported (${r.reported})` : ''}`;
     case 'finished': return `batch ${r.batch_id} finished`;
     case 'error': return `error: ${r.message}${r.code ? ` (${r.code})` : ''}`;
     case 'idle': return null;
@@ -73,6 +89,7 @@ const listenConnection = listenHost || listenPort
   : null;
 
 const worker = new EventWorker({
+  mode: opt.mode,
   consumer: opt.consumer,
   listenConnection,
   provider,
@@ -86,5 +103,10 @@ const worker = new EventWorker({
 process.on('SIGTERM', () => worker.stop());
 process.on('SIGINT', () => worker.stop());
 
-await worker.run();
-await providerPool.end();
+try {
+  await worker.run();
+} catch {
+  process.exitCode = 1;           // --once: the error was logged; the batch stays unfinished
+} finally {
+  await providerPool.end();
+}

@@ -269,6 +269,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v_batch integer;
     v_done integer;
+    v_cleared integer;
     i integer := 0;
 BEGIN
     PERFORM @extschema@._refuse_on_standby('run_expiry');
@@ -280,13 +281,19 @@ BEGIN
     LOOP
         v_done := @extschema@.expire_overdue(@extschema@.now(), v_batch);
         COMMIT;
+        -- The same job clears sellers' due earnings (SPEC section 12).
+        v_cleared := @extschema@.clear_earnings(@extschema@.now(), v_batch);
+        COMMIT;
         -- Operators qualified too: without a pinned search_path, a schema
         -- ahead of pg_catalog in the caller's path could shadow them.
         i := i OPERATOR(pg_catalog.+) 1;
-        EXIT WHEN v_done OPERATOR(pg_catalog.<) v_batch OR i OPERATOR(pg_catalog.>=) max_batches;
+        EXIT WHEN (v_done OPERATOR(pg_catalog.<) v_batch AND v_cleared OPERATOR(pg_catalog.<) v_batch)
+               OR i OPERATOR(pg_catalog.>=) max_batches;
     END LOOP;
 END
 $$;
+COMMENT ON PROCEDURE @extschema@.run_expiry(integer) IS
+    'Owner/pg_cron: runs expire_overdue (deliveries and unpaid charges) and clear_earnings in batches of settings.expiry_batch, committing after each, until both backlogs are gone.';
 
 CREATE OR REPLACE FUNCTION @extschema@.schedule_expiry(schedule text DEFAULT '*/5 * * * *') RETURNS bigint
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$

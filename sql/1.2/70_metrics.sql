@@ -172,19 +172,69 @@ COMMENT ON VIEW @extschema@.order_counts IS
 
 -- deadline_status: what waits on a deadline.  "delivery": deliveries
 -- waiting for the buyer's answer (respond_by ahead) and the overdue ones
--- the sweep has not ended yet, with the oldest deadline among them.  Both
--- along order_milestones_awaiting_idx: the cost follows the deliveries
--- open now, not the table.  A stalled sweep shows first as a growing age
--- of the oldest overdue delivery.
+-- the sweep has not ended yet, with the oldest deadline among them;
+-- "charge" (confirmed payment mode): open charges (requested or failed)
+-- waiting to be paid before pay_by, and the unpaid ones past it that the
+-- sweep has not voided yet.  Each along the sweep's own partial index
+-- (order_milestones_awaiting_idx, order_charges_pay_by_idx): the cost
+-- follows the deliveries and charges open now, not the tables.  A stalled
+-- sweep shows first as a growing age of the oldest overdue item.
 CREATE VIEW @extschema@.deadline_status AS
 SELECT 'delivery'::text AS kind,
        pg_catalog.count(*) FILTER (WHERE m.respond_by OPERATOR(pg_catalog.>) @extschema@.now()) AS waiting,
        pg_catalog.count(*) FILTER (WHERE m.respond_by OPERATOR(pg_catalog.<=) @extschema@.now()) AS overdue,
        pg_catalog.min(m.respond_by) FILTER (WHERE m.respond_by OPERATOR(pg_catalog.<=) @extschema@.now()) AS oldest_overdue
   FROM @extschema@.order_milestones m
- WHERE m.state OPERATOR(pg_catalog.=) 'delivered';
+ WHERE m.state OPERATOR(pg_catalog.=) 'delivered'
+UNION ALL
+SELECT 'charge'::text,
+       pg_catalog.count(*) FILTER (WHERE c.pay_by OPERATOR(pg_catalog.>) @extschema@.now()),
+       pg_catalog.count(*) FILTER (WHERE c.pay_by OPERATOR(pg_catalog.<=) @extschema@.now()),
+       pg_catalog.min(c.pay_by) FILTER (WHERE c.pay_by OPERATOR(pg_catalog.<=) @extschema@.now())
+  FROM @extschema@.order_charges c
+ WHERE c.state IN ('requested', 'failed');
 COMMENT ON VIEW @extschema@.deadline_status IS
-    'What waits on a deadline, one row per kind (delivery: the buyer''s response window): how many wait with the deadline ahead, how many are overdue and not yet ended by the expiry sweep, and the oldest overdue deadline (NULL when none). Index-backed.';
+    'What waits on a deadline, one row per kind (delivery: the buyer''s response window; charge: a requested or failed charge''s pay_by): how many wait with the deadline ahead, how many are overdue and not yet ended by the expiry sweep, and the oldest overdue deadline (NULL when none). Index-backed.';
+
+-- payment_status (confirmed payment mode): what waits on the payment
+-- provider, the buyer or support now.  Charges requested (the provider's
+-- answer) or failed (the buyer's retry, or pay_by); refunds requested
+-- (the provider) or failed (support's retry_refund); withdrawals
+-- requested (the provider).  Every pair is listed, with 0.  The charges
+-- and failed refunds follow partial indexes; requested refunds read the
+-- refunds table (small: one row per refund), so the exporter caches it.
+CREATE VIEW @extschema@.payment_status AS
+SELECT 'charge'::text AS kind, 'requested'::text AS state, pg_catalog.count(*) AS items
+  FROM @extschema@.order_charges c WHERE c.state OPERATOR(pg_catalog.=) 'requested'
+UNION ALL
+SELECT 'charge', 'failed', pg_catalog.count(*)
+  FROM @extschema@.order_charges c WHERE c.state OPERATOR(pg_catalog.=) 'failed'
+UNION ALL
+SELECT 'refund', 'requested', pg_catalog.count(*)
+  FROM @extschema@.order_refunds r WHERE r.state OPERATOR(pg_catalog.=) 'requested'
+UNION ALL
+SELECT 'refund', 'failed', pg_catalog.count(*)
+  FROM @extschema@.order_refunds r WHERE r.state OPERATOR(pg_catalog.=) 'failed'
+UNION ALL
+SELECT 'withdrawal', 'requested', pg_catalog.count(*)
+  FROM @extschema@.seller_withdrawals w WHERE w.state OPERATOR(pg_catalog.=) 'requested';
+COMMENT ON VIEW @extschema@.payment_status IS
+    'Confirmed payment mode: what is open now, by kind and state: charges requested (waiting for the provider) or failed (waiting for the buyer''s retry or pay_by), refunds requested or failed (waiting for support''s retry_refund), withdrawals requested.';
+
+-- payment_totals (confirmed payment mode): counts since the first charge.
+-- Attempts and withdrawals are never deleted, so charge_attempts and
+-- withdrawals_failed only grow (a failed withdrawal is final);
+-- charge_attempts_failed can go down, when a failed attempt settles late.
+-- Reads the attempts table: the exporter caches it.
+CREATE VIEW @extschema@.payment_totals AS
+SELECT a.charge_attempts, a.charge_attempts_failed,
+       (SELECT pg_catalog.count(*) FROM @extschema@.seller_withdrawals w
+         WHERE w.state OPERATOR(pg_catalog.=) 'failed') AS withdrawals_failed
+  FROM (SELECT pg_catalog.count(*) AS charge_attempts,
+               pg_catalog.count(*) FILTER (WHERE x.state OPERATOR(pg_catalog.=) 'failed') AS charge_attempts_failed
+          FROM @extschema@.charge_attempts x) a;
+COMMENT ON VIEW @extschema@.payment_totals IS
+    'Confirmed payment mode, one row: charge attempts requested so far, those whose latest report is failed (a late success lowers it), and withdrawals that failed. Reads every attempt.';
 
 -- consumer_status gains open_batch_at: when the consumer's unfinished
 -- batch was first handed out (a batch handed out again keeps it), so that
@@ -224,10 +274,10 @@ REVOKE ALL ON FUNCTION
     @extschema@.unschedule_audit()
     FROM PUBLIC;
 REVOKE ALL ON @extschema@.audit_runs, @extschema@.audit_status, @extschema@.order_counts,
-    @extschema@.deadline_status FROM PUBLIC;
+    @extschema@.deadline_status, @extschema@.payment_status, @extschema@.payment_totals FROM PUBLIC;
 REVOKE ALL ON SEQUENCE @extschema@.audit_run_id_seq FROM PUBLIC;
 -- The monitoring role (milestones_reader) and the DBAs' and support's
 -- tools read the audit record and the counts the metrics are made of.
 GRANT SELECT ON @extschema@.audit_runs, @extschema@.audit_status, @extschema@.order_counts,
-    @extschema@.deadline_status
+    @extschema@.deadline_status, @extschema@.payment_status, @extschema@.payment_totals
     TO milestones_app, milestones_support, milestones_reader;

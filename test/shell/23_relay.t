@@ -38,7 +38,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-plan 28
+plan 32
 [ "$(q postgres "SELECT count(*) FROM pg_database WHERE datname = '$DB'")" = 1 ] || bail "database $DB missing (test/tools/run-tests makes it)"
 [ "$(q postgres "SHOW milestones.database_name")" = "$DB" ] || bail "milestones.database_name is not $DB"
 
@@ -164,6 +164,41 @@ newlog | grep -q "milestones relay resumed"
 ok $? "the log says the relay resumed"
 is "$(newlog | grep -c 'WARNING:  milestones relay paused')" 1 "still one WARNING"
 
+# --- A deadlock with the relay: the relay's batch gives up ------------------
+# A session holds the relay's consumer row; an offer wakes the relay, whose
+# batch (holding events) waits for that row; the session then asks for
+# events in ACCESS EXCLUSIVE mode (as ALTER EXTENSION UPDATE does): a
+# deadlock.  The session's own deadlock check would find it 500 ms after
+# it began to wait; the relay's (it waited first) ran before the cycle
+# was closed and found none, but the relay waits for no lock longer than
+# 200 ms: its batch gives up first, the session's LOCK is granted, and the
+# batch is tried again.
+wait_for "$DB" "SELECT pending_events = 0 FROM milestones.relay_status()"
+( printf '%s\n' "SET deadlock_timeout = '500ms';" "BEGIN;" \
+    "SELECT 'held' FROM milestones.consumers WHERE name = '_relay' FOR UPDATE;"
+  while [ ! -f "$tmp/dl.go" ]; do sleep 0.02; done
+  printf '%s\n' "SELECT clock_timestamp() AS t0 \\gset" \
+    "LOCK TABLE milestones.events IN ACCESS EXCLUSIVE MODE;" \
+    "SELECT 'locked after ' || round(extract(epoch FROM clock_timestamp() - :'t0'::timestamptz) * 1000) || ' ms';" \
+    "COMMIT;" ) | psql -X -q -A -t -d "$DB" >"$tmp/dl.out" 2>&1 &
+dl=$!
+pids+=($dl)
+for _ in $(seq 1 100); do grep -q '^held$' "$tmp/dl.out" && break; sleep 0.05; done
+D=$(offer3 "$DB" 1)
+for _ in $(seq 1 500); do
+  [ "$(q postgres "SELECT wait_event_type FROM pg_stat_activity WHERE backend_type = 'milestones relay'")" = Lock ] && break
+  sleep 0.01
+done
+touch "$tmp/dl.go"
+wait "$dl"
+locked=$(sed -n 's/^locked after \([0-9]*\) ms$/\1/p' "$tmp/dl.out")
+ok "$([ -n "$locked" ] && ! grep -q ERROR "$tmp/dl.out"; echo $?)" \
+   "a deadlock between a relay batch and a session: the session's LOCK is granted (after ${locked:-?} ms), no error$(grep ERROR "$tmp/dl.out" | head -1 | sed 's/^/: /')"
+arrived "$D" offered
+ok $? "... the relay's batch gave up, and a later one sent the offer"
+newlog | grep -qE "ERROR:  (canceling statement due to lock timeout|deadlock detected)"
+ok $? "... the log shows the relay's lock timeout (or, when the session closed the cycle within 100 ms, its deadlock)"
+
 # --- Payloads byte for byte, with text that needs escaping -------------------
 # One note per kind of escape (so that none hides another), and one without.
 n=0
@@ -174,6 +209,14 @@ for note in 'a \\ backslash' 'a " quote' 'a \t tab, a \n newline, a \x01' '\u00e
 done
 arrived "$X" "offered,placed,delivered"
 ok $([ "$n" -eq 4 ]; echo $?) "four deliveries whose notes need escaping are notified"
+# A seller-level event (order_id NULL, 1.2): the relay sends it too.
+S=$(q "$DB" "INSERT INTO milestones.events (order_id, event, actor_role, actor_id, order_state, detail, created_at)
+             VALUES (NULL, 'withdrawal_requested', 'seller', 10, NULL,
+                     '{\"seller_id\": 10, \"currency\": \"USD\", \"amount\": 7, \"withdrawal_id\": 1}', now())
+             RETURNING event_id" | head -1)
+for _ in $(seq 1 100); do payloads | jq -r .event_id | grep -qx "$S" && break; sleep 0.05; done
+is "$(payloads | jq -r "select(.event_id == $S) | [.order_id, .seller_id, .amount] | @csv")" ',10,"7.00"' \
+   "a seller-level event (no order) is relayed, its seller from the detail"
 is "$(payloads | sort | md5sum)" \
    "$(q "$DB" "SELECT p.payload FROM milestones._payloads(ARRAY(SELECT e FROM milestones.events e)) p" | sort | md5sum)" \
    "every payload the relay sent is byte for byte what _payloads() builds for its event"

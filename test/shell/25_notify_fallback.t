@@ -17,6 +17,8 @@
 #     _payloads()), and its bytes equal _payloads()'s in another time zone,
 #     with money rounded, a payout object, and a detail key that overrides
 #     a field;
+#   - a seller-level event (order_id NULL, 1.2's withdrawals): built in C
+#     too, its seller and currency from the detail, as _payloads() does;
 #   - a column retyped by hand: the statement's error, never a crash.
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
@@ -31,7 +33,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-plan 24
+plan 27
 newdb "$DB"
 
 # listen SQL: run SQL in a session that LISTENs; prints each payload the
@@ -134,6 +136,16 @@ got=$(listen "$tzinsert")
 want=$(q "$DB" "SET TimeZone = 'Asia/Kathmandu'; SELECT string_agg(p.payload, E'\n' ORDER BY p.event_id)
                  FROM milestones._payloads(ARRAY(SELECT e FROM milestones.events e WHERE e.event_id > $before)) p")
 is "$got" "$want" "another time zone, rounded money, a payout, overriding keys: byte for byte what _payloads() builds"
+
+# --- A seller-level event (1.2): no order, the parties from the detail ----
+sellerinsert="INSERT INTO milestones.events (order_id, event, actor_role, actor_id, order_state, detail, created_at)
+VALUES (NULL, 'withdrawal_requested', 'seller', 10, NULL,
+        '{\"seller_id\": 10, \"currency\": \"USD\", \"amount\": 12.5, \"withdrawal_id\": 3}', now())"
+is "$(payloads_calls "$sellerinsert")" 0 "a seller-level event (order_id NULL): the payload is built in C"
+got=$(listen "$sellerinsert;")
+is "$got" "$(built "$(last_event)")" "... byte for byte what _payloads() builds"
+is "$(echo "$got" | jq -r '[.order_id, .buyer_id, .seller_id, .currency, .amount] | @csv')" ',,10,"USD","12.50"' \
+   "... with no order, the seller and currency of the detail, money as a string"
 
 is "$(q "$DB" "SELECT count(*) FROM milestones.check_invariants()")" 0 "check_invariants() is empty"
 

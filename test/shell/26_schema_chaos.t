@@ -85,11 +85,26 @@ newdb "$TPL"
 { echo "SELECT milestones.register_consumer('chaos_reader');"
   echo "SELECT milestones.register_consumer('chaos_open');"
   every_state_sql
+  # Confirmed payments (1.2) in every state, the seller's earnings cleared
+  # and a withdrawal requested.
+  confirmed_state_sql
+  echo "SET milestones.fake_now = '2040-01-01 00:00:00+00';"
+  echo "SELECT milestones.clear_earnings();"
+  echo "RESET milestones.fake_now;"
+  echo "SELECT milestones.request_withdrawal(10, 1.00, 'USD');"
   # chaos_open holds an open batch; chaos_reader has every event pending.
   echo "SELECT milestones.next_batch('chaos_open', 5);"
 } | psql -X -q -v ON_ERROR_STOP=1 -d "$TPL" >/dev/null 2>"$tmp/setup.err"
-ok $? "a template database with orders in every state and two consumers"
+ok $? "a template database with orders in every state, confirmed payments, seller earnings and two consumers"
 [ -s "$tmp/setup.err" ] && diag "$(head -20 "$tmp/setup.err")"
+# The payment rows the calls act on (ids: the copies are alike).
+CH_REQ=$(q "$TPL" "SELECT min(charge_id) FROM milestones.order_charges WHERE state = 'requested'")
+read -r O_FAIL CH_FAIL <<<"$(q "$TPL" "SELECT order_id, charge_id FROM milestones.order_charges WHERE state = 'failed' ORDER BY charge_id LIMIT 1" | tr '|' ' ')"
+REF_FAIL=$(q "$TPL" "SELECT min(refund_id) FROM milestones.order_refunds WHERE state = 'failed'")
+W_REQ=$(q "$TPL" "SELECT min(withdrawal_id) FROM milestones.seller_withdrawals WHERE state = 'requested'")
+O_EARNED=$(q "$TPL" "SELECT min(order_id) FROM milestones.seller_earnings")
+[ -n "$CH_REQ" ] && [ -n "$CH_FAIL" ] && [ -n "$REF_FAIL" ] && [ -n "$W_REQ" ] && [ -n "$O_EARNED" ] ||
+  bail "the template lacks a payment row to act on ($CH_REQ/$CH_FAIL/$REF_FAIL/$W_REQ/$O_EARNED)"
 createdb -T "$TPL" "${DB}0" || bail "createdb ${DB}0 failed"
 
 # --- The mutations PostgreSQL allows, from the catalog ------------------------
@@ -226,6 +241,30 @@ SELECT * FROM milestones.accept(:o4, 21);
 $IMM
 SELECT * FROM milestones.cancel(:o4, 'agent-7', 'chaos_reason');
 $IMM
+SELECT * FROM milestones.record_charge($CH_REQ, 1, 'succeeded', 'chaos_ref');
+$IMM
+SELECT * FROM milestones.retry_charge($O_FAIL, 20);
+$IMM
+SELECT * FROM milestones.record_charge($CH_FAIL, 2, 'failed', NULL, 'chaos decline');
+$IMM
+SELECT * FROM milestones.retry_refund($REF_FAIL);
+$IMM
+SELECT * FROM milestones.record_refund($REF_FAIL, 'succeeded', 'chaos_re');
+$IMM
+SELECT * FROM milestones.seller_balance(10, 'USD');
+SELECT milestones.request_withdrawal(10, 0.50, 'USD', 'chaos-w');
+$IMM
+SELECT * FROM milestones.record_withdrawal($W_REQ, 'succeeded', 'chaos_po');
+$IMM
+SELECT * FROM milestones.hold_clearance(10, 'chaos');
+$IMM
+SELECT * FROM milestones.release_clearance(10);
+$IMM
+SELECT milestones.clear_earnings();
+$IMM
+SELECT milestones._credit_earning($O_EARNED);
+$IMM
+SELECT * FROM milestones.reconcile('[{"provider_ref": "pi_a", "kind": "charge", "amount": "100.00", "currency": "USD"}]');
 SELECT * FROM milestones.check_invariants();
 SELECT milestones.register_consumer('chaos_new');
 SELECT coalesce(milestones.next_batch('chaos_reader', 50), 999005) AS b \gset

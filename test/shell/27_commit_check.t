@@ -13,7 +13,8 @@
 # - A hand edit under session_replication_role = replica, then an API call
 #   on the same order, committed: refused at COMMIT.
 # - The check runs as the extension's owner; after REASSIGN OWNED and DROP
-#   ROLE of that owner, a long-lived (pooled) session still commits.
+#   ROLE of that owner, a long-lived (pooled) session still commits (the
+#   order check and the seller check alike).
 set -uo pipefail
 . "$(dirname "$0")/lib.sh"
 
@@ -30,7 +31,7 @@ cleanup() {
   rm -rf "$tmp"
 }
 trap cleanup EXIT
-plan 24
+plan 26
 
 # err DB SQL: the first error line as "SQLSTATE: message", and its DETAIL.
 err() {
@@ -162,13 +163,28 @@ sess() {
   tail -c +$((start + 1)) "$tmp/s.out" | grep -v -- "^$mark\$"
 }
 o=$(offer3 $db)
+# A seller with a balance (a confirmed-mode order stopped after its first
+# milestone: its net is the seller's pending earning), for the seller check.
+psql -X -q -v ON_ERROR_STOP=1 -d $db >/dev/null <<SQL
+SELECT milestones.set_setting('payment_mode', 'confirmed');
+SELECT milestones.create_offer(10, 20, 'design', '$OFFER3_MS', 1) AS so \gset
+SELECT milestones.place_order(:so, 20);
+SELECT milestones.record_charge(charge_id, 1, 'succeeded', 'pi_27') FROM milestones.order_status WHERE order_id = :so;
+SELECT milestones.deliver(:so, 10);
+SELECT milestones.stop(:so, 20);
+SELECT milestones.set_setting('payment_mode', 'recorded');
+SQL
 is "$(sess "SELECT pg_backend_pid() > 0; UPDATE milestones.orders SET revisions_used = revisions_used WHERE order_id = $o;")" "t" \
    "the long-lived session commits a hand edit (full check, as the owner $old)"
+is "$(sess "UPDATE milestones.seller_accounts SET pending = pending WHERE seller_id = 10;")" "" \
+   "... and a hand edit of a seller's balance (the seller check, as $old)"
 q $db "REASSIGN OWNED BY $old TO $new; DROP OWNED BY $old" >/dev/null && q postgres "DROP ROLE $old" >/dev/null
 ok $? "another session reassigns the extension to $new and drops $old"
 is "$(q $db "SELECT extowner::regrole FROM pg_extension WHERE extname = 'milestones'")" "$new" "the extension's owner is $new"
 is "$(sess "UPDATE milestones.orders SET revisions_used = revisions_used WHERE order_id = $o;")" "" \
    "the long-lived session still commits a hand edit (the check runs as $new; 1.1 kept $old: 42501)"
+is "$(sess "UPDATE milestones.seller_accounts SET pending = pending WHERE seller_id = 10;")" "" \
+   "... and a hand edit of a seller's balance (the seller check runs as $new too)"
 is "$(sess "SELECT state FROM milestones.place_order($o, 20); SELECT count(*) FROM milestones.check_invariants();")" "active
 0" "... and API calls, the books sound"
 

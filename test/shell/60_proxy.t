@@ -47,7 +47,7 @@ MS2='[{"name":"Design","days":3,"amount":"100.00"},{"name":"Build","days":5,"amo
 
 # --- set-up -----------------------------------------------------------------
 is "$(P -c "SELECT extname || ' ' || extversion FROM pg_extension WHERE extname IN ('plproxy','milestones_proxy') ORDER BY 1")" \
-   "$(printf 'milestones_proxy 1.1\nplproxy 2.10.0')" "CREATE EXTENSION milestones_proxy CASCADE installs plproxy"
+   "$(printf 'milestones_proxy 1.2\nplproxy 2.10.0')" "CREATE EXTENSION milestones_proxy CASCADE installs plproxy"
 out=$(P -c "SELECT * FROM milestones.check_cluster()")
 ok $([[ "$out" == *"3|error|"*"partition_config"* ]] && echo 0 || echo 1) \
    "check_cluster() reports the partition still at 1.0"
@@ -76,7 +76,7 @@ is "$(P -c "SELECT string_agg(rolname, ',' ORDER BY rolname) FROM pg_roles WHERE
    "milestones_app,milestones_reader,milestones_support" "the proxy has the three roles"
 is "$(P -c "SELECT count(*) FROM pg_proc p WHERE p.pronamespace = 'milestones'::regnamespace
               AND (has_function_privilege('public', p.oid, 'EXECUTE') OR (p.proname LIKE '\_%' AND p.proname NOT IN
-                   ('_order_partition','_seller_partition','_order_status_all','_set_seller_eligibility_all',
+                   ('_order_partition','_seller_partition','_order_status_all_12','_set_seller_eligibility_all',
                     '_set_category_eligibility_all','_set_cancellation_reason_all')
                    AND has_function_privilege('milestones_support', p.oid, 'EXECUTE')))")" "0" \
    "PUBLIC may call nothing; support may call no helper but the routing and RUN ON ALL ones"

@@ -6,8 +6,10 @@
 # preloaded, its relay serving the database) plays a story: orders in every
 # state, a delivery whose deadline passed a day ago and that no sweep has
 # ended, a consumer stuck on a batch it took 20 minutes ago and one that
-# keeps up, an audit that found the books sound and a later one that found
-# an order corrupted on purpose.  The exporter runs with the queries file
+# keeps up, in confirmed payment mode a charge the provider failed, one
+# unpaid past its pay_by that no sweep has voided, one waiting, and a
+# refund the provider failed; an audit that found the books sound and a
+# later one that found an order corrupted on purpose.  The exporter runs with the queries file
 # make install placed, logged in as a role that holds only
 # milestones_reader, with its default settings otherwise; /metrics is read
 # with curl on a free port.  Each series is there with the value the story
@@ -31,7 +33,7 @@ QUERIES=$(ms_extdir)/milestones/milestones-queries.yaml
 command -v prometheus-postgres-exporter >/dev/null || bail "prometheus-postgres-exporter is missing (make deps)"
 command -v promtool >/dev/null || bail "promtool is missing (make deps: prometheus)"
 
-plan 45
+plan 53
 
 exporters=()
 cleanup() {
@@ -77,6 +79,38 @@ SQL
 respond_by=$(P -c "SELECT extract(epoch FROM respond_by) FROM milestones.order_milestones WHERE order_id = $late AND position = 1")
 is "$(P -c "SELECT overdue, respond_by < now() - interval '23 hours' FROM milestones.awaiting_response WHERE order_id = $late")" "t|t" \
    "a delivery whose deadline passed a day ago waits for the sweep"
+
+# Confirmed payment mode (SPEC section 11): the payment worker reports
+# the provider's answers (as the owner here; in production the
+# milestones_payments role).
+P >/dev/null <<SQL || bail "the payments story failed"
+\\set ON_ERROR_STOP 1
+SELECT milestones.set_setting('payment_mode', 'confirmed');
+-- a charge the provider declined
+SELECT milestones.create_offer(10, 20, 'design', '$OFFER3_MS') AS o \\gset
+SELECT milestones.place_order(:o, 20) IS NULL;
+SELECT milestones.record_charge(charge_id, 1, 'failed', NULL, 'card declined') IS NULL
+  FROM milestones.order_charges WHERE order_id = :o;
+-- a charge requested four days ago: its pay_by (3 days) passed a day ago
+SELECT set_config('milestones.fake_now', (now() - interval '4 days')::text, false) IS NULL;
+SELECT milestones.place_order(milestones.create_offer(10, 20, 'design', '$OFFER3_MS'), 20) IS NULL;
+RESET milestones.fake_now;
+-- a charge that waits, pay_by ahead
+SELECT milestones.place_order(milestones.create_offer(10, 20, 'design', '$OFFER3_MS'), 20) IS NULL;
+-- paid, then cancelled by support: the refund the provider failed
+SELECT milestones.create_offer(10, 20, 'design', '$OFFER3_MS') AS r \\gset
+SELECT milestones.place_order(:r, 20) IS NULL;
+SELECT milestones.record_charge(charge_id, 1, 'succeeded', 'pi_r1') IS NULL
+  FROM milestones.order_charges WHERE order_id = :r;
+SELECT milestones.cancel(:r, 'agent-1', 'mutual_agreement') IS NULL;
+SELECT milestones.record_refund(refund_id, 'failed', NULL, 'account closed') IS NULL
+  FROM milestones.order_refunds WHERE order_id = :r;
+SELECT milestones.set_setting('payment_mode', 'recorded');   -- the rest of the story as in 1.1
+SQL
+pay_by=$(P -c "SELECT extract(epoch FROM min(pay_by)) FROM milestones.order_charges WHERE state IN ('requested', 'failed')")
+is "$(P -c "SELECT string_agg(state || ':' || n, ' ' ORDER BY state) FROM (SELECT state, count(*) n FROM milestones.order_charges GROUP BY 1) x")|$(P -c "SELECT string_agg(state, ' ') FROM milestones.order_refunds")" \
+   "failed:1 requested:2 succeeded:1|failed" \
+   "confirmed mode: one charge failed, two requested (one of them a day past its pay_by), one paid; its refund failed"
 
 # mailer reads everything; billing takes one batch and never finishes it
 # (handed out 20 minutes ago, as a worker that hangs would leave it).
@@ -132,6 +166,11 @@ awaiting=$(P -c "SELECT count(*) FROM milestones.order_milestones WHERE state = 
 events=$(P -c "SELECT count(*) FROM milestones.events")
 billing_pending=$(P -c "SELECT count(*) FROM milestones.events e WHERE e.event_id > 0")   # billing registered before the first event
 mailer_done=$(P -c "SELECT events_done FROM milestones.consumers WHERE name = 'mailer'")
+want_balances=$(P -c "SELECT format('milestones_seller_balance{currency=\"%s\",state=\"%s\"} %s', currency, v.state, v.amount::float8)
+                        FROM (SELECT currency, sum(pending) p, sum(available) a, sum(withdrawing) w
+                                FROM milestones.seller_accounts GROUP BY 1) s,
+                             LATERAL (VALUES ('pending', p), ('available', a), ('withdrawing', w)) v (state, amount)
+                       ORDER BY 1")
 
 # --- The exporter on the primary ---------------------------------------------
 tmp=$SO_DIR
@@ -204,10 +243,29 @@ read -r run_age clean_age dur < <(echo "$(val "$tmp/m1" milestones_audit_last_ru
 awk -v r="$run_age" -v c="$clean_age" -v d="$dur" 'BEGIN { exit !(r >= 0 && r < 60 && c >= r + 1 && c < 120 && d >= 0 && d < 10) }'
 ok $? "milestones_audit_last_run_age_seconds $run_age < last_clean_age_seconds $clean_age (the clean run was the one before); duration $dur s"
 
+# Confirmed payment mode.
+is "$(val "$tmp/m1" 'milestones_charges_open{state="requested"}')|$(val "$tmp/m1" 'milestones_charges_open{state="failed"}')" "2|1" \
+   "milestones_charges_open: 2 requested (one unpaid past pay_by, one waiting), 1 failed"
+is "$(val "$tmp/m1" milestones_charge_attempts_total)|$(val "$tmp/m1" milestones_charge_attempts_failed)" "4|1" \
+   "milestones_charge_attempts_total 4, milestones_charge_attempts_failed 1 (the declined card)"
+is "$(val "$tmp/m1" 'milestones_sweep_backlog{kind="charge"}')" 1 \
+   "milestones_sweep_backlog{kind=\"charge\"}: the unpaid charge the sweep has not voided"
+cage=$(val "$tmp/m1" 'milestones_sweep_backlog_age_seconds{kind="charge"}')
+awk -v a="$cage" -v n="$(date +%s.%N)" -v r="$pay_by" 'BEGIN { exit !(a > 86000 && a - (n - r) < 5 && (n - r) - a < 5) }'
+ok $? "milestones_sweep_backlog_age_seconds{kind=\"charge\"}: the time since its pay_by ($cage s, about a day)"
+is "$(val "$tmp/m1" 'milestones_refunds_open{state="requested"}')|$(val "$tmp/m1" 'milestones_refunds_open{state="failed"}')" "0|1" \
+   "milestones_refunds_open: the refund the provider failed waits for support"
+is "$(val "$tmp/m1" 'milestones_withdrawals_open{state="requested"}')|$(val "$tmp/m1" milestones_withdrawals_failed_total)" "0|0" \
+   "milestones_withdrawals_open and milestones_withdrawals_failed_total: none"
+is "$(grep -E '^milestones_seller_balance\{' "$tmp/m1" | sort)" "$want_balances" \
+   "milestones_seller_balance{currency, state}: the sum of the sellers' accounts${want_balances:+ ($(wc -l <<<"$want_balances") series)}"
+
 # Nothing against Prometheus' naming conventions, no query error.
 lint=$(grep -E '^(# (HELP|TYPE) )?milestones_' "$tmp/m1.raw" | promtool check metrics 2>&1)
 ok $? "promtool check metrics: the milestones_* series follow the naming conventions${lint:+ ($lint)}"
-is "$(grep -c '^# TYPE milestones_' "$tmp/m1")|$(grep -c '^# HELP milestones_' "$tmp/m1")" "17|17" "17 milestones metrics, each with its HELP and TYPE"
+n_families=$(( 23 + $([ -n "$want_balances" ] && echo 1 || echo 0) ))
+is "$(grep -c '^# TYPE milestones_' "$tmp/m1")|$(grep -c '^# HELP milestones_' "$tmp/m1")" "$n_families|$n_families" \
+   "$n_families milestones metrics, each with its HELP and TYPE (milestones_seller_balance only once a seller holds a balance)"
 is "$(grep -E 'err=|level=(error|warn)' "$tmp/prim.log")" "" "the exporter logged no query error"
 
 # Cached (cache_seconds) versus per scrape: a new delivery shows at once;

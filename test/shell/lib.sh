@@ -57,6 +57,51 @@ dropdbs() {
 OFFER3_MS='[{"name":"Storyboard","days":3,"amount":"100.00"},{"name":"Animation","days":7,"amount":"150.00"},{"name":"Final cut","days":5,"amount":"250.00"}]'
 offer3() { q "$1" "SELECT milestones.create_offer(10, 20, 'design', '$OFFER3_MS', ${2:-1})"; }
 
+# confirmed_state_sql: SQL that leaves confirmed-mode orders (1.2, SPEC
+# section 11) in every payment state: milestone 1 awaiting payment
+# (requested; failed), an active order whose next milestone awaits
+# payment, an order completed unpaid, one back to offered after its
+# window, a late success booked and refunded, refunds requested, failed
+# and succeeded.  Switches payment_mode back to recorded at the end.
+# Needs a superuser (fake_now, record_charge) and seller 10 / category
+# 'design' eligible.
+confirmed_state_sql() {
+  cat <<SQL
+\set ON_ERROR_STOP 1
+SELECT milestones.set_setting('payment_mode', 'confirmed') IS NOT NULL;
+-- a: milestone 2 unpaid at pay_by (completed unpaid); b: milestone 1 unpaid (offered again)
+SET milestones.fake_now = '2030-12-20 00:00:00+00';
+SELECT milestones.create_offer(10, 20, 'design', '$OFFER3_MS', 1) AS oa \gset
+SELECT milestones.place_order(:oa, 20);
+SELECT milestones.record_charge(charge_id, 1, 'succeeded', 'pi_a') FROM milestones.order_status WHERE order_id = :oa;
+SELECT milestones.deliver(:oa, 10), milestones.accept(:oa, 20);
+SELECT milestones.place_order(milestones.create_offer(10, 20, 'design', '$OFFER3_MS', 1), 20);
+SELECT milestones.expire_overdue('2030-12-24 00:00:00+00');
+SET milestones.fake_now = '2031-01-01 00:00:00+00';
+CREATE TEMP TABLE cids AS SELECT g AS n, milestones.create_offer(10, 20, 'design', '$OFFER3_MS', 1) AS id
+  FROM generate_series(1, 7) g;
+SELECT milestones.place_order(id, 20) FROM cids;
+CREATE TEMP VIEW copen AS SELECT c.n, c.id, s.charge_id FROM cids c JOIN milestones.order_status s ON s.order_id = c.id;
+-- 1 requested; 2 failed; 3 active in progress; 4 milestone 2 awaiting payment
+SELECT milestones.record_charge(charge_id, 1, 'failed', NULL, 'card declined') FROM copen WHERE n = 2;
+SELECT milestones.record_charge(charge_id, 1, 'succeeded', 'pi_' || charge_id) FROM copen WHERE n >= 3;
+SELECT milestones.deliver(id, 10) FROM cids WHERE n >= 4;
+SELECT milestones.accept(id, 20) FROM cids WHERE n >= 4;
+-- 5: milestone 2 paid, then cancelled (a refund); 6: stopped while awaiting, then a late success;
+-- 7: milestone 2's attempt failed
+SELECT milestones.record_charge(charge_id, 1, 'succeeded', 'pi_' || charge_id) FROM copen WHERE n = 5;
+CREATE TEMP TABLE c6 AS SELECT charge_id FROM copen WHERE n = 6;
+SELECT milestones.stop(id, 20) FROM cids WHERE n = 6;
+SELECT milestones.record_charge(charge_id, 1, 'succeeded', 'pi_late') FROM c6;
+SELECT milestones.record_charge(charge_id, 1, 'failed', NULL, 'insufficient funds') FROM copen WHERE n = 7;
+SELECT milestones.cancel(id, 'agent-7', 'mutual_agreement') FROM cids WHERE n = 5;
+SELECT milestones.record_refund(refund_id, 'failed', NULL, 'account closed') FROM milestones.refunds WHERE reason = 'late_success';
+SELECT milestones.record_refund(refund_id, 'succeeded', 're_1') FROM milestones.refunds WHERE reason = 'cancelled';
+RESET milestones.fake_now;
+SELECT milestones.set_setting('payment_mode', 'recorded') IS NOT NULL;
+SQL
+}
+
 # every_state_sql: SQL that leaves orders in every state (offered, active
 # in_progress, active delivered, completed finished/stopped/expired,
 # withdrawn, declined, cancelled with a refund).  Needs a superuser (moves

@@ -12,6 +12,7 @@ CREATE ROLE ms_t_login LOGIN;
 CREATE ROLE ms_t_app LOGIN IN ROLE milestones_app;
 CREATE ROLE ms_t_support LOGIN IN ROLE milestones_support;
 CREATE ROLE ms_t_reader LOGIN IN ROLE milestones_reader;
+CREATE ROLE ms_t_payments LOGIN IN ROLE milestones_payments;
 
 -- The expected grants, written out (not read from the catalog).
 CREATE TEMP TABLE want_exec (fn text, roles text[]);
@@ -33,15 +34,27 @@ INSERT INTO want_exec VALUES
   ('check_invariants',        '{ms_t_support}'),
   ('now',                     '{ms_t_app,ms_t_support,ms_t_reader}'),
   ('order_status',            '{ms_t_app,ms_t_support,ms_t_reader}'),
-  ('register_consumer',       '{ms_t_app,ms_t_support}'),
-  ('unregister_consumer',     '{ms_t_app,ms_t_support}'),
-  ('next_batch',              '{ms_t_app,ms_t_support}'),
-  ('batch_events',            '{ms_t_app,ms_t_support}'),
-  ('finish_batch',            '{ms_t_app,ms_t_support}'),
-  ('relay_status',            '{ms_t_app,ms_t_support,ms_t_reader}');
+  ('register_consumer',       '{ms_t_app,ms_t_support,ms_t_payments}'),
+  ('unregister_consumer',     '{ms_t_app,ms_t_support,ms_t_payments}'),
+  ('next_batch',              '{ms_t_app,ms_t_support,ms_t_payments}'),
+  ('batch_events',            '{ms_t_app,ms_t_support,ms_t_payments}'),
+  ('finish_batch',            '{ms_t_app,ms_t_support,ms_t_payments}'),
+  ('relay_status',            '{ms_t_app,ms_t_support,ms_t_reader}'),
+  -- 1.2: payments confirmed by the provider, seller earnings, reconciliation
+  ('record_charge',           '{ms_t_payments}'),
+  ('retry_charge',            '{ms_t_app,ms_t_support}'),
+  ('record_refund',           '{ms_t_payments}'),
+  ('retry_refund',            '{ms_t_support}'),
+  ('seller_balance',          '{ms_t_app,ms_t_support,ms_t_reader}'),
+  ('request_withdrawal',      '{ms_t_app,ms_t_support}'),
+  ('record_withdrawal',       '{ms_t_payments}'),
+  ('hold_clearance',          '{ms_t_support}'),
+  ('release_clearance',       '{ms_t_support}'),
+  ('reconcile',               '{ms_t_support,ms_t_reader}');
 -- Everything else (expire_overdue, run_expiry, schedule_expiry,
 -- unschedule_expiry, run_audit, schedule_audit, unschedule_audit,
--- set_setting and every _helper) is the owner's alone.
+-- set_setting, clear_earnings, _credit_earning and every _helper) is the
+-- owner's alone.
 
 CREATE TEMP TABLE want_rel (rel text, roles text[]);
 INSERT INTO want_rel VALUES
@@ -57,13 +70,20 @@ INSERT INTO want_rel VALUES
   ('audit_runs',           '{ms_t_app,ms_t_support,ms_t_reader}'),
   ('audit_status',         '{ms_t_app,ms_t_support,ms_t_reader}'),
   ('order_counts',         '{ms_t_app,ms_t_support,ms_t_reader}'),
-  ('deadline_status',      '{ms_t_app,ms_t_support,ms_t_reader}');
+  ('deadline_status',      '{ms_t_app,ms_t_support,ms_t_reader}'),
+  ('charges',              '{ms_t_app,ms_t_support,ms_t_reader,ms_t_payments}'),
+  ('refunds',              '{ms_t_support,ms_t_reader,ms_t_payments}'),
+  ('withdrawals',          '{ms_t_app,ms_t_support,ms_t_reader,ms_t_payments}'),
+  ('seller_balances',      '{ms_t_app,ms_t_support,ms_t_reader}'),
+  ('payment_status',       '{ms_t_app,ms_t_support,ms_t_reader}'),
+  ('payment_totals',       '{ms_t_app,ms_t_support,ms_t_reader}');
 -- Everything else (orders, order_milestones, ledger_entries, events,
 -- settings, idempotency_keys, consumers, consumer_ticks, consumer_batches,
 -- the sequences): no privilege at all.
 
 CREATE TEMP TABLE roles (r name, o integer);
-INSERT INTO roles VALUES ('public', 1), ('ms_t_login', 2), ('ms_t_app', 3), ('ms_t_support', 4), ('ms_t_reader', 5);
+INSERT INTO roles VALUES ('public', 1), ('ms_t_login', 2), ('ms_t_app', 3), ('ms_t_support', 4), ('ms_t_reader', 5),
+                         ('ms_t_payments', 6);
 
 -- Every function of the extension, from pg_depend: a new function is
 -- pinned to "owner only" until this list says otherwise.
@@ -81,16 +101,16 @@ SELECT c.relname::text AS rel, c.relkind
  WHERE c.relnamespace = 'milestones'::regnamespace AND c.relkind IN ('r', 'v', 'S');
 
 SELECT plan(
-    (SELECT count(*)::int * 5 FROM ext_funcs)          -- function_privs_are
-  + (SELECT count(*)::int * 5 FROM ext_rels)           -- table/sequence privs
+    (SELECT count(*)::int * 6 FROM ext_funcs)          -- function_privs_are
+  + (SELECT count(*)::int * 6 FROM ext_rels)           -- table/sequence privs
   + (SELECT count(*)::int FROM ext_funcs WHERE prokind = 'f')  -- is_definer / isnt_definer
-  + 10                                                  -- inventory and schema
+  + 11                                                  -- inventory and schema
   + 49                                                  -- behaviour
 );
 
 -- Inventory: the lists above cover what the extension has.
-SELECT is((SELECT count(*)::int FROM ext_funcs), 74, 'the extension has 74 functions and procedures');
-SELECT is((SELECT count(*)::int FROM ext_rels), 32, 'the extension has 32 tables, views and sequences');
+SELECT is((SELECT count(*)::int FROM ext_funcs), 90, 'the extension has 90 functions and procedures');
+SELECT is((SELECT count(*)::int FROM ext_rels), 53, 'the extension has 53 tables, views and sequences');
 SELECT is((SELECT count(*)::int FROM want_exec w WHERE NOT EXISTS (SELECT FROM ext_funcs f WHERE f.fn = w.fn)), 0,
           'every function named in the expected grants exists');
 SELECT is((SELECT count(*)::int FROM want_rel w WHERE NOT EXISTS (SELECT FROM ext_rels r WHERE r.rel = w.rel)), 0,
@@ -102,6 +122,7 @@ SELECT schema_privs_are('milestones', 'ms_t_login', '{}'::name[], 'a plain login
 SELECT schema_privs_are('milestones', 'ms_t_app', '{USAGE}'::name[], 'milestones_app: USAGE on the schema, not CREATE');
 SELECT schema_privs_are('milestones', 'ms_t_support', '{USAGE}'::name[], 'milestones_support: USAGE on the schema, not CREATE');
 SELECT schema_privs_are('milestones', 'ms_t_reader', '{USAGE}'::name[], 'milestones_reader: USAGE on the schema, not CREATE');
+SELECT schema_privs_are('milestones', 'ms_t_payments', '{USAGE}'::name[], 'milestones_payments: USAGE on the schema, not CREATE');
 
 -- Every SECURITY DEFINER function pins search_path.
 SELECT is(ARRAY(SELECT f.oid::regprocedure::text FROM ext_funcs f
@@ -136,7 +157,9 @@ SELECT CASE WHEN f.fn IN ('create_offer','withdraw_offer','decline_offer','place
                           'request_revision','stop','cancel','cancel_milestone','payout','set_seller_eligibility',
                           'set_category_eligibility','set_cancellation_reason','check_invariants','order_status',
                           'register_consumer','unregister_consumer','next_batch','batch_events','finish_batch',
-                          'relay_status')
+                          'relay_status','record_charge','retry_charge','record_refund','retry_refund',
+                          'seller_balance','request_withdrawal','record_withdrawal','hold_clearance',
+                          'release_clearance','reconcile')
             THEN is_definer('milestones', f.fn, f.args, format('%s(%s) is SECURITY DEFINER', f.fn, array_to_string(f.args, ', ')))
             ELSE isnt_definer('milestones', f.fn, f.args, format('%s(%s) is not SECURITY DEFINER', f.fn, array_to_string(f.args, ', ')))
        END

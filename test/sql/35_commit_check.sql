@@ -12,7 +12,7 @@
 -- such as a restore's, in test/shell/27_commit_check.t.)
 BEGIN;
 \ir ../fixtures/setup.psql
-SELECT plan(15);
+SELECT plan(18);
 SET LOCAL track_functions = 'all';
 -- checks(): how many times this transaction ran _order_problems().
 CREATE FUNCTION pg_temp.checks() RETURNS bigint LANGUAGE sql AS $$
@@ -236,6 +236,54 @@ SELECT pg_temp.offer3() AS o \gset
 SELECT pg_temp.settle();
 SELECT is(pg_temp.after_noop(:o, true), 1::bigint,
           'an enabled BEFORE trigger sorting after the guard costs the full check, once');
+
+-------------------------------------------------------------------------------
+-- Confirmed payment mode (1.2): the payment tables are fact tables too.  A
+-- confirmed order's whole story -- a declined charge, a retry, a success,
+-- a delivery, an acceptance that requests the next charge, a stop that
+-- voids it -- passes from the facts; a write to order_charges the guard
+-- did not see (its trigger disabled) is caught by the row balance.
+SELECT milestones.set_setting('payment_mode', 'confirmed') IS NOT NULL AS confirmed \gset
+SELECT pg_temp.offer3() AS p \gset
+SELECT pg_temp.settle();
+SELECT pg_temp.checks() AS before \gset
+\o /dev/null
+SELECT milestones.place_order(:p, 20);
+SELECT charge_id AS pc FROM milestones.order_status WHERE order_id = :p \gset
+SELECT milestones.record_charge(:pc, 1, 'failed', NULL, 'card_declined');
+SELECT milestones.retry_charge(:p, 20);
+SELECT milestones.record_charge(:pc, 2, 'succeeded', 'ref-35-1');
+SELECT milestones.deliver(:p, 10);
+SELECT milestones.accept(:p, 20);
+SELECT milestones.stop(:p, 20);
+\o
+SELECT pg_temp.settle();
+SELECT is(pg_temp.checks(), :before::bigint,
+          'a confirmed-mode order written only by the API (charges, attempts, a retry, a void) passes from the facts');
+SELECT is((SELECT array_agg(state ORDER BY charge_id) FROM milestones.order_charges WHERE order_id = :p),
+          ARRAY['succeeded', 'voided'], '... and its story happened: milestone 1 charged, milestone 2''s charge voided by stop');
+
+-- The guard of order_charges switched off for a hand edit (milestone 1's
+-- succeeded charge marked voided, its money still in escrow), on again
+-- for an API call.
+CREATE FUNCTION pg_temp.charge_guard_disabled(p bigint) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    ALTER TABLE milestones.order_charges DISABLE TRIGGER order_charges_guard;
+    SET CONSTRAINTS ALL IMMEDIATE;
+    UPDATE milestones.order_charges SET state = 'voided', void_reason = 'stopped' WHERE order_id = p AND position = 1;
+    SET CONSTRAINTS ALL DEFERRED;
+    ALTER TABLE milestones.order_charges ENABLE TRIGGER order_charges_guard;
+    PERFORM milestones.deliver(p, 10);
+    SET CONSTRAINTS ALL IMMEDIATE;
+    RAISE EXCEPTION 'the commit check passed it';
+END $$;
+SELECT (milestones.place_order(pg_temp.offer3(), 20)).order_id AS q \gset
+SELECT milestones.record_charge(charge_id, 1, 'succeeded', 'ref-35-2') IS NOT NULL AS paid
+  FROM milestones.order_status WHERE order_id = :q \gset
+SELECT pg_temp.settle();
+SELECT throws_ok(format('SELECT pg_temp.charge_guard_disabled(%s)', :q), '23514',
+                 format('order %s would break the milestones invariants', :q),
+                 'a hand edit of a charge with its guard disabled, then an API call: full check, refused');
 
 SELECT * FROM finish();
 ROLLBACK;

@@ -69,13 +69,14 @@ CREATE FUNCTION pg_temp.o(j jsonb) RETURNS milestones.orders LANGUAGE sql AS
 CREATE FUNCTION pg_temp.m(j jsonb) RETURNS milestones.order_milestones LANGUAGE sql AS
     $$ SELECT jsonb_populate_record(NULL::milestones.order_milestones, j) $$;
 
--- The rules listed are the 1.0 constraints, one by one (and 1.1's three for cancel_milestone).
+-- The rules listed are the 1.0 constraints, one by one (and 1.1's three for
+-- cancel_milestone, 1.2's for confirmed payments).
 SELECT is(ARRAY(SELECT name FROM pg_temp.rules('orders', 'orders_row_rules')),
           ARRAY['orders_buyer_id_positive','orders_buyer_is_not_seller','orders_cancel_note_length','orders_cancelled_by_length',
                 'orders_currency_iso4217','orders_end_reason_valid','orders_ended_has_completed_at','orders_fee_rate_range',
-                'orders_placed_at_matches_state','orders_reason_matches_state','orders_revisions_allowed_range',
+                'orders_payment_mode_valid','orders_placed_at_matches_state','orders_reason_matches_state','orders_revisions_allowed_range',
                 'orders_revisions_used_range','orders_seller_id_positive','orders_state_valid','orders_times_ordered'],
-          'orders: the 15 rules of 1.0');
+          'orders: the 16 rules (15 of 1.0, the payment mode of 1.2)');
 SELECT is(ARRAY(SELECT name FROM pg_temp.rules('order_milestones', 'milestones_row_rules')),
           ARRAY['milestones_amount_positive','milestones_cancel_matches_state','milestones_cancel_note_length',
                 'milestones_cancelled_by_length','milestones_completed_at_matches_state','milestones_completed_was_delivered',
@@ -84,8 +85,9 @@ SELECT is(ARRAY(SELECT name FROM pg_temp.rules('order_milestones', 'milestones_r
                 'milestones_position_range','milestones_started_has_times','milestones_state_valid'],
           'order_milestones: the 15 rules (12 of 1.0, 3 of cancel_milestone)');
 SELECT is(ARRAY(SELECT name FROM pg_temp.rules('ledger_entries', 'ledger_row_rules')),
-          ARRAY['ledger_account_valid','ledger_amount_nonzero','ledger_currency_iso4217','ledger_kind_valid','ledger_position_matches_kind'],
-          'ledger_entries: the 5 rules of 1.0');
+          ARRAY['ledger_account_valid','ledger_amount_nonzero','ledger_charge_matches_kind','ledger_currency_iso4217','ledger_kind_valid',
+                'ledger_position_matches_kind'],
+          'ledger_entries: the 6 rules (5 of 1.0, the charge of 1.2)');
 SELECT is(ARRAY(SELECT conname::text FROM pg_constraint
                  WHERE conrelid IN ('milestones.orders'::regclass, 'milestones.order_milestones'::regclass,
                                     'milestones.ledger_entries'::regclass, 'milestones.events'::regclass)
@@ -98,9 +100,10 @@ CREATE TEMP TABLE gen_orders AS
 SELECT pg_temp.o(jsonb_build_object('order_id', 1, 'seller_id', 10, 'buyer_id', 20, 'category', 'design',
         'currency', 'USD', 'state', st, 'end_reason', er, 'cancel_reason', cr, 'cancelled_by', cb,
         'revisions_allowed', 1, 'revisions_used', 0, 'fee_rate', 0.1,
-        'created_at', '2030-01-01 00:00+00', 'placed_at', pa, 'completed_at', ca)) AS r
+        'created_at', '2030-01-01 00:00+00', 'placed_at', pa, 'completed_at', ca, 'payment_mode', pm)) AS r
   FROM unnest(ARRAY['offered','active','completed','withdrawn','declined','cancelled','lost']) st,
-       unnest(ARRAY[NULL,'finished','bogus']) er,
+       unnest(ARRAY[NULL,'finished','bogus','unpaid']) er,
+       unnest(ARRAY['recorded','confirmed','cash']) pm,
        unnest(ARRAY[NULL,'mutual_agreement']) cr,
        unnest(ARRAY[NULL,'','agent']) cb,
        unnest(ARRAY[NULL,'2030-01-01 01:00+00','2029-12-31 23:00+00']) pa,
@@ -133,7 +136,7 @@ CREATE TEMP TABLE gen_milestones AS
 SELECT pg_temp.m(jsonb_build_object('order_id', 1, 'position', 1, 'name', 'Design', 'days', 3, 'amount', 100,
         'final', false, 'state', st, 'started_at', sd[1], 'due_at', sd[2], 'delivered_at', da, 'respond_by', rb,
         'completed_at', ca, 'deliveries', d, 'cancel_reason', c[1], 'cancelled_by', c[2], 'cancel_note', c[3])) AS r
-  FROM unnest(ARRAY['pending','in_progress','delivered','completed','skipped','refunded','cancelled','lost']) st,
+  FROM unnest(ARRAY['pending','in_progress','delivered','completed','skipped','refunded','cancelled','awaiting_payment','lost']) st,
        (VALUES (ARRAY[NULL, NULL]), (ARRAY['2030-01-01 00:00+00', NULL]), (ARRAY[NULL, '2030-01-04 00:00+00']),
                (ARRAY['2030-01-01 00:00+00', '2030-01-04 00:00+00'])) sd0(sd),
        unnest(ARRAY[NULL, '2030-01-02 00:00+00']) da,
@@ -169,8 +172,10 @@ SELECT is((pg_temp.compare('order_milestones', 'milestones_row_rules', '_milesto
 -- Ledger entries and events.
 CREATE TEMP TABLE gen_ledger AS
 SELECT jsonb_populate_record(NULL::milestones.ledger_entries, jsonb_build_object('entry_id', 1, 'txn_id', 1, 'order_id', 1,
-        'position', p, 'kind', k, 'account', a, 'amount', am, 'currency', cur, 'created_at', '2030-01-01 00:00+00')) AS r
+        'position', p, 'kind', k, 'account', a, 'amount', am, 'currency', cur, 'created_at', '2030-01-01 00:00+00',
+        'charge_id', ch[1], 'charge_attempt', ch[2])) AS r
   FROM unnest(ARRAY[NULL, 1]) p,
+       (VALUES (ARRAY[NULL, NULL]::bigint[]), (ARRAY[5, 1]), (ARRAY[5, NULL]), (ARRAY[0, 1]), (ARRAY[5, 0])) ch0(ch),
        unnest(ARRAY['charge','payout','refund','bonus']) k,
        unnest(ARRAY['buyer','escrow','seller','platform','bank']) a,
        unnest(ARRAY['0','1','-1','NaN']::numeric[]) am,
@@ -181,12 +186,14 @@ SELECT is((pg_temp.compare('ledger_entries', 'ledger_row_rules', '_ledger_row_va
           ARRAY(SELECT name FROM pg_temp.rules('ledger_entries', 'ledger_row_rules') ORDER BY name COLLATE "C"),
           'ledger_entries: some row breaks each rule');
 CREATE TEMP TABLE gen_events AS
-SELECT jsonb_populate_record(NULL::milestones.events, jsonb_build_object('event_id', 1, 'order_id', 1, 'event', 'x',
-        'actor_role', ar, 'order_state', 'active', 'detail', '{}', 'created_at', '2030-01-01 00:00+00',
+SELECT jsonb_populate_record(NULL::milestones.events, jsonb_build_object('event_id', 1, 'order_id', o[1], 'event', 'x',
+        'actor_role', ar, 'order_state', o[2], 'detail', '{}', 'created_at', '2030-01-01 00:00+00',
         'recorded_at', '2030-01-01 00:00+00', 'txid', 1, 'txid_cluster', 0)) AS r
-  FROM unnest(ARRAY['seller','buyer','support','system','robot', NULL]) ar;
+  FROM unnest(ARRAY['seller','buyer','support','system','payments','robot', NULL]) ar,
+       (VALUES (ARRAY['1', 'active']), (ARRAY[NULL, NULL]), (ARRAY[NULL, 'active']), (ARRAY['1', NULL])) o0(o);
 SELECT results_eq($$SELECT mismatches, n, seen FROM pg_temp.compare('events', 'events_row_rules', '_events_row_valid', 'gen_events')$$,
-                  $$VALUES (0::bigint, 6::bigint, ARRAY['events_actor_role_valid'])$$, 'events: the same verdict on every actor role');
+                  $$VALUES (0::bigint, 28::bigint, ARRAY['events_actor_role_valid', 'events_order_matches_state'])$$,
+                  'events: the same verdict on every actor role and order/state shape');
 
 -- 2. Wiring: real writes, with the guard triggers switched off so that the
 -- CHECK alone refuses them (a CHECK holds in replica mode too).
@@ -231,7 +238,7 @@ SELECT is(pg_temp.error_fields(format($$UPDATE milestones.order_milestones SET d
                 format('Failing row contains (%s, 2, Animation, 400, 150.00, f, pending, null, null, null, null, null, 0, null, null, null, null).', :o)],
           'schema, table and constraint fields, and the failing row in the DETAIL');
 SELECT is((pg_temp.error_fields(format($$UPDATE milestones.orders SET cancel_note = repeat('n', 2001) WHERE order_id = %s$$, :o)))[4],
-          format('Failing row contains (%s, 10, 20, design, USD, offered, null, null, null, %s..., 1, 0, 0.00000, %s, null, null).',
+          format('Failing row contains (%s, 10, 20, design, USD, offered, null, null, null, %s..., 1, 0, 0.00000, %s, null, null, recorded).',
                  :o, repeat('n', 64), (SELECT created_at FROM milestones.orders WHERE order_id = :o)),
           'long values are cut at 64 characters in the DETAIL, as PostgreSQL does');
 RESET session_replication_role;

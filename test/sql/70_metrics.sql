@@ -1,13 +1,13 @@
 -- test/sql/70_metrics.sql - SPEC section 13: the invariants audit job
 -- (run_audit, schedule_audit, unschedule_audit, audit_runs, audit_status)
 -- and the views the Prometheus metrics read (order_counts,
--- deadline_status): what each records and counts, their refusals with
+-- deadline_status, payment_status, payment_totals): what each records and counts, their refusals with
 -- their SQLSTATEs, who may read and run what, and that the per-scrape view
 -- is index-backed.  The real exporter reads them in test/shell/72_metrics.t;
 -- the live pg_cron job is in test/shell/74_audit_job.t.
 BEGIN;
 \ir ../fixtures/setup.psql
-SELECT plan(53);
+SELECT plan(66);
 
 CREATE ROLE ms_m_reader LOGIN IN ROLE milestones_reader;
 CREATE ROLE ms_m_app LOGIN IN ROLE milestones_app;
@@ -172,7 +172,9 @@ SELECT throws_ok($$INSERT INTO milestones.audit_runs (started_at, finished_at, p
 SELECT is((SELECT last_problems FROM milestones.audit_status), 0::bigint, 'the reader role reads audit_status');
 SELECT is((SELECT count(*)::int FROM milestones.audit_runs), 200, 'the reader role reads audit_runs');
 SELECT is((SELECT count(*)::int FROM milestones.order_counts), 14, 'the reader role reads order_counts');
-SELECT is((SELECT count(*)::int FROM milestones.deadline_status), 1, 'the reader role reads deadline_status');
+SELECT is((SELECT count(*)::int FROM milestones.deadline_status), 2, 'the reader role reads deadline_status');
+SELECT is((SELECT count(*)::int FROM milestones.payment_status), 5, 'the reader role reads payment_status');
+SELECT is((SELECT count(*)::int FROM milestones.payment_totals), 1, 'the reader role reads payment_totals');
 RESET ROLE;
 SET LOCAL ROLE ms_m_login;
 SELECT throws_ok($$SELECT * FROM milestones.audit_status$$, '42501', NULL, 'a plain login role cannot read audit_status');
@@ -208,31 +210,67 @@ SELECT results_eq($$SELECT orders FROM milestones.order_counts WHERE state = 'ca
 -- deadline_status: deliveries waiting for the buyer, and the sweep's backlog
 -------------------------------------------------------------------------------
 -- o_delivered was delivered at 2030-01-01 00:00 (respond_by 2030-01-06).
-SELECT results_eq($$SELECT kind, waiting, overdue, oldest_overdue FROM milestones.deadline_status$$,
+SELECT results_eq($$SELECT kind, waiting, overdue, oldest_overdue FROM milestones.deadline_status WHERE kind = 'delivery'$$,
                   $$VALUES ('delivery', 1::bigint, 0::bigint, NULL::timestamptz)$$,
                   'one delivery waits for the buyer, none is overdue');
 SELECT pg_temp.at('2030-01-03 00:00:00+00');
 SELECT pg_temp.offer3() AS o_late \gset
 SELECT milestones.place_order(:o_late, 20) IS NOT NULL, milestones.deliver(:o_late, 10) IS NOT NULL;
 SELECT pg_temp.at('2030-01-07 12:00:00+00');
-SELECT results_eq($$SELECT kind, waiting, overdue, oldest_overdue FROM milestones.deadline_status$$,
+SELECT results_eq($$SELECT kind, waiting, overdue, oldest_overdue FROM milestones.deadline_status WHERE kind = 'delivery'$$,
                   $$VALUES ('delivery', 1::bigint, 1::bigint, '2030-01-06 00:00:00+00'::timestamptz)$$,
                   'after one deadline: one waits (until 2030-01-08), one is overdue since 2030-01-06, not yet swept');
 SELECT pg_temp.at('2030-01-09 00:00:00+00');
-SELECT results_eq($$SELECT waiting, overdue, oldest_overdue FROM milestones.deadline_status$$,
+SELECT results_eq($$SELECT waiting, overdue, oldest_overdue FROM milestones.deadline_status WHERE kind = 'delivery'$$,
                   $$VALUES (0::bigint, 2::bigint, '2030-01-06 00:00:00+00'::timestamptz)$$,
                   'after both: two overdue, the oldest deadline is the first one');
 SELECT is(milestones.expire_overdue(), 2, 'the sweep ends both');
-SELECT results_eq($$SELECT waiting, overdue, oldest_overdue FROM milestones.deadline_status$$,
+SELECT results_eq($$SELECT waiting, overdue, oldest_overdue FROM milestones.deadline_status WHERE kind = 'delivery'$$,
                   $$VALUES (0::bigint, 0::bigint, NULL::timestamptz)$$,
                   'after the sweep the backlog is empty');
+
+-- Charges (confirmed payment mode): pay_by of the requested and failed ones.
+SELECT results_eq($$SELECT kind, waiting, overdue, oldest_overdue FROM milestones.deadline_status WHERE kind = 'charge'$$,
+                  $$VALUES ('charge', 0::bigint, 0::bigint, NULL::timestamptz)$$,
+                  'in recorded mode no charge waits');
+SELECT is((SELECT milestones.set_setting('payment_mode', 'confirmed')).payment_mode, 'confirmed', '(confirmed payment mode)');
+SELECT pg_temp.offer3() AS c_wait \gset
+SELECT milestones.place_order(:c_wait, 20) IS NULL;
+SELECT pg_temp.offer3() AS c_fail \gset
+SELECT milestones.place_order(:c_fail, 20) IS NULL;
+SELECT milestones.record_charge(charge_id, 1, 'failed', NULL, 'card declined') IS NULL
+  FROM milestones.order_charges WHERE order_id = :c_fail;
+SELECT results_eq($$SELECT waiting, overdue, oldest_overdue FROM milestones.deadline_status WHERE kind = 'charge'$$,
+                  $$VALUES (2::bigint, 0::bigint, NULL::timestamptz)$$,
+                  'two charges wait for payment, a requested one and a failed one');
+SELECT results_eq($$SELECT kind, state, items FROM milestones.payment_status$$,
+                  $$VALUES ('charge', 'requested', 1::bigint), ('charge', 'failed', 1::bigint),
+                           ('refund', 'requested', 0::bigint), ('refund', 'failed', 0::bigint),
+                           ('withdrawal', 'requested', 0::bigint)$$,
+                  'payment_status: one charge waits for the provider, one for the buyer''s retry; every pair listed');
+SELECT results_eq($$SELECT charge_attempts, charge_attempts_failed, withdrawals_failed FROM milestones.payment_totals$$,
+                  $$VALUES (2::bigint, 1::bigint, 0::bigint)$$, 'payment_totals: two attempts, one failed');
+SELECT pg_temp.at('2030-01-13 00:00:00+00');
+SELECT results_eq($$SELECT waiting, overdue, oldest_overdue FROM milestones.deadline_status WHERE kind = 'charge'$$,
+                  $$VALUES (0::bigint, 2::bigint, '2030-01-12 00:00:00+00'::timestamptz)$$,
+                  'after pay_by (3 days) both are unpaid, not yet voided by the sweep');
+SELECT lives_ok($$SELECT milestones.expire_overdue()$$, 'the sweep runs');
+SELECT results_eq($$SELECT waiting, overdue, oldest_overdue FROM milestones.deadline_status WHERE kind = 'charge'$$,
+                  $$VALUES (0::bigint, 0::bigint, NULL::timestamptz)$$, 'the sweep voided both: no backlog');
+SELECT results_eq($$SELECT state, items FROM milestones.payment_status WHERE kind = 'charge'$$,
+                  $$VALUES ('requested', 0::bigint), ('failed', 0::bigint)$$, 'no charge is open any more');
+SELECT results_eq($$SELECT charge_attempts, charge_attempts_failed FROM milestones.payment_totals$$,
+                  $$VALUES (2::bigint, 1::bigint)$$, 'the totals stay');
 
 -- Cheap on every scrape: with sequential scans made expensive, the planner
 -- reads it along the sweep's partial index (no such index, and it could not).
 SET LOCAL enable_seqscan = off;
 SELECT ok(pg_temp.plan_of('SELECT * FROM milestones.deadline_status') LIKE '%order_milestones_awaiting_idx%'
+          AND pg_temp.plan_of('SELECT * FROM milestones.deadline_status') LIKE '%order_charges_pay_by_idx%'
           AND pg_temp.plan_of('SELECT * FROM milestones.deadline_status') NOT LIKE '%Seq Scan%',
-          'deadline_status reads order_milestones_awaiting_idx, no sequential scan');
+          'deadline_status reads order_milestones_awaiting_idx and order_charges_pay_by_idx, no sequential scan');
+SELECT ok(pg_temp.plan_of($$SELECT * FROM milestones.payment_status WHERE kind = 'charge'$$) NOT LIKE '%Seq Scan on order_charges%',
+          'payment_status counts the open charges along an index');
 RESET enable_seqscan;
 
 SELECT is_empty('SELECT * FROM milestones.check_invariants()', 'check_invariants() is empty at the end');

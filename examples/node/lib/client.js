@@ -210,6 +210,49 @@ export class MilestonesClient {
     });
   }
 
+  // retryCharge: the buyer tries again after the provider declined a
+  // charge (confirmed mode): a new attempt, the same pay_by.  Returns the
+  // order_status row (charge_attempt, charge_state 'requested').
+  async retryCharge(orderId, buyerId, opts) {
+    return this.call('retry_charge', {
+      order_id: id(orderId, 'orderId'), buyer_id: id(buyerId, 'buyerId'), idempotency_key: MilestonesClient.key(opts),
+    });
+  }
+
+  // requestWithdrawal: a seller withdraws from the available balance
+  // (confirmed mode); the payment worker pays it out.  Returns the
+  // withdrawal id (a string: bigint).
+  async requestWithdrawal(sellerId, amount, currency = 'USD', opts) {
+    if (!isAmount(amount)) throw new TypeError(`amount must be a decimal string like "150.00", got ${JSON.stringify(amount)}`);
+    return this.call('request_withdrawal', {
+      seller_id: id(sellerId, 'sellerId'), amount, currency, idempotency_key: MilestonesClient.key(opts),
+    }, { single: true });
+  }
+
+  // sellerBalance: the seller's seller_balances row in one currency
+  // (pending, available, withdrawing, withdrawn, next_clears_at, held).
+  async sellerBalance(sellerId, currency = 'USD') {
+    return this.call('seller_balance', { seller_id: id(sellerId, 'sellerId'), currency });
+  }
+
+  // retryRefund: support only; sends a failed refund to the provider again.
+  async retryRefund(refundId) {
+    return this.call('retry_refund', { refund_id: id(refundId, 'refundId') });
+  }
+
+  // reconcile: support or reader; compares the provider's settlement report
+  // ([{ provider_ref, kind, amount, currency }]) with what was recorded and
+  // returns the differences (none when both sides agree).
+  async reconcile(report, { since = null, until = null } = {}) {
+    try {
+      const res = await this.pool.query('SELECT * FROM milestones.reconcile($1::jsonb, $2, $3)',
+        [JSON.stringify(report), since, until]);
+      return res.rows;
+    } catch (err) {
+      throw toHttpError(err);
+    }
+  }
+
   // orderStatus reads one order's row from the order_status view (reads
   // change nothing, so no key); an unknown order is a 404 like the API's.
   async orderStatus(orderId) {

@@ -3,8 +3,9 @@
 // The runner (test/tools/run-tests) starts the cluster and sets PGHOST,
 // PGPORT, PGUSER (a superuser) and PGPASSWORD.  Each test file makes its own
 // database with the extension, login roles for the application (milestones_app),
-// support (milestones_support) and the worker, and the payment provider
-// stand-in's schema, and drops all of it when it ends.
+// support (milestones_support), the recorded-mode worker (milestones_app) and
+// the payment worker (milestones_payments, nothing else of milestones), and
+// the payment provider stand-in's schema, and drops all of it when it ends.
 
 import { randomBytes } from 'node:crypto';
 import pg from 'pg';
@@ -21,7 +22,10 @@ export class TestDatabase {
   constructor(prefix) {
     const tag = `${process.pid}_${randomBytes(3).toString('hex')}`;
     this.name = `${prefix}_${tag}`;
-    this.roles = { app: `${prefix}_app_${tag}`, support: `${prefix}_support_${tag}`, worker: `${prefix}_worker_${tag}` };
+    this.roles = {
+      app: `${prefix}_app_${tag}`, support: `${prefix}_support_${tag}`, worker: `${prefix}_worker_${tag}`,
+      payments: `${prefix}_pay_${tag}`,
+    };
     this.password = process.env.PGPASSWORD ?? 'x';
     this.pools = [];
   }
@@ -33,7 +37,7 @@ export class TestDatabase {
     try {
       await admin.query(`CREATE DATABASE ${this.name}`);
       for (const [kind, role] of Object.entries(this.roles)) {
-        const group = kind === 'support' ? 'milestones_support' : 'milestones_app';
+        const group = { support: 'milestones_support', payments: 'milestones_payments' }[kind] ?? 'milestones_app';
         // The extension creates its group roles on first install.
         await admin.query(`CREATE ROLE ${role} LOGIN PASSWORD '${this.password}'`);
         this.grants ??= [];
@@ -48,10 +52,20 @@ export class TestDatabase {
     await this.admin.query(`SELECT milestones.set_seller_eligibility(10, true),
                                    milestones.set_seller_eligibility(11, true),
                                    milestones.set_category_eligibility('design', true)`);
-    // The provider stand-in's schema belongs to the application, not to the extension.
+    // The provider stand-in's schema belongs to the application, not to the
+    // extension; the workers reach it as if over HTTP (lib/provider.js).
     await this.admin.query(PROVIDER_SCHEMA_SQL);
-    await this.admin.query(`GRANT USAGE ON SCHEMA payment_provider TO ${this.roles.worker};
-                            GRANT SELECT, INSERT, UPDATE ON payment_provider.requests TO ${this.roles.worker}`);
+    for (const role of [this.roles.worker, this.roles.payments]) {
+      await this.admin.query(`GRANT USAGE ON SCHEMA payment_provider TO ${role};
+                              GRANT SELECT, INSERT, UPDATE ON payment_provider.requests TO ${role};
+                              GRANT SELECT ON payment_provider.answers TO ${role};
+                              GRANT USAGE ON SEQUENCE payment_provider.requests_request_no_seq TO ${role}`);
+    }
+  }
+
+  // connection: pg.Client options for a role (an in-process worker's).
+  connection(role = 'payments') {
+    return { database: this.name, user: this.roles[role], password: this.password };
   }
 
   // hasConsumers tells whether the consumer API (SPEC section 5) is installed.

@@ -49,7 +49,7 @@ class WorkerProcess {
   constructor(args, consumer = CONSUMER) {
     this.records = [];
     this.stderr = '';
-    this.child = spawn(process.execPath, [join(here, '..', 'worker.js'), '--consumer', consumer, '--log', 'json',
+    this.child = spawn(process.execPath, [join(here, '..', 'worker.js'), '--mode', 'recorded', '--consumer', consumer, '--log', 'json',
       '--poll-ms', '300', ...args], { env: db.env('worker'), stdio: ['ignore', 'pipe', 'pipe'] });
     createInterface({ input: this.child.stdout }).on('line', (l) => {
       try { this.records.push(JSON.parse(l)); } catch { this.stderr += `${l}\n`; }
@@ -161,6 +161,10 @@ test('effectsOf reads the event detail keys', () => {
   assert.deepEqual(effectsOf({ ...base, event: 'cancelled', refunded: '150.00', payout_gross: '0', payout_fee: '0', payout_net: '0' })
     .map((e) => e.kind), ['refund'], 'no payout of a zero gross');
   assert.deepEqual(effectsOf({ ...base, event: 'delivered' }), []);
+  // A confirmed-mode order's money moves through its requests (payments.test.js).
+  assert.deepEqual(effectsOf({ ...base, payment_mode: 'confirmed', event: 'placed', charged: '100.00' }), []);
+  assert.deepEqual(effectsOf({ ...base, payment_mode: 'confirmed', event: 'stopped', payout_gross: '100.00', payout_fee: '0', payout_net: '100.00' })
+    .map((e) => e.kind), ['stop_work']);
   assert.throws(() => effectsOf({ ...base, event: 'placed', charged: '1.005' }), TypeError);
   assert.throws(() => effectsOf({ ...base, event: 'expired', payout_gross: '10.00', payout_fee: '1.00', payout_net: '8.00' }),
     /is not gross/);

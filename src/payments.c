@@ -101,7 +101,9 @@ static const ColumnSpec due_at_column[] = {{"due_at", TIMESTAMPTZOID, false}};
 
 /*
  * The order's open charge (requested or failed) and the sum of its late
- * successes (booked and refunded), in one row.
+ * successes (booked and refunded), in one row.  The late successes through
+ * charge_attempts_late_idx: an order's rare late successes, found in a
+ * small index whatever the table holds.
  */
 static EnginePlan open_charge_plan = {
 	"SELECT c.charge_id, c.attempts, c.state, c.pay_by,"

@@ -1103,81 +1103,96 @@ StatusRank(EngineMilestone *m)
 }
 
 /*
- * EngineStatus returns the action's order_status row, built from what the
- * engine holds under the order's lock (the order row, all its milestones,
- * as they are after the action's writes) instead of querying the view,
- * which aggregates the milestones and the ledger.  The money columns
- * follow from the milestones' states by the invariants the commit check
- * holds (SPEC section 6): a milestone is charged its amount once it has
- * started, refunded its amount when refunded, and an ended order's payout
- * is that of its completed milestones.  With a key the row is also stored
- * as the key's result, as to_jsonb of the row (built here as JSON text).
- * test/sql/36_status_row.sql proves the row equal to the view's.
+ * StatusSums is what EngineStatus derives from the milestones: the current
+ * milestone, the last one not cancelled, and the money columns.
  */
-Datum
-EngineStatus(FunctionCallInfo fcinfo, MemoryContext caller, EngineOrder *o, text *key)
+typedef struct StatusSums
+{
+	EngineMilestone *cur;
+	int			last_live;
+	Datum		total;
+	Datum		charged;
+	Datum		refunded;
+	Datum		paid_out;
+	Datum		fee;
+	Datum		net;
+} StatusSums;
+
+/*
+ * StatusDesc returns the caller's result row type, blessed, after checking
+ * that it is order_status as 1.1 or 1.2 made it (its column count and
+ * names), and sets *ncolumns.
+ */
+static TupleDesc
+StatusDesc(FunctionCallInfo fcinfo, int *ncolumns)
 {
 	TupleDesc	resdesc;
-	MemoryContext old;
-	Datum		values[STATUS_NCOLUMNS];
-	bool		nulls[STATUS_NCOLUMNS];
-	EngineMilestone *cur = NULL;
-	int			last_live = -1;
-	Datum		zero = NumericGetDatum(int64_to_numeric(0));
-	Datum		total = zero;
-	Datum		charged = zero;
-	Datum		refunded = zero;
-	Datum		earned = zero;
-	Datum		paid_out = zero;
-	Datum		fee = zero;
-	Datum		net = zero;
-	HeapTuple	tup;
 	int			i;
-	int			ncolumns;
 
-	if (o->nmilestones < 0)
-		elog(ERROR, "milestones engine: order " INT64_FORMAT " status without its milestones",
-			 o->order_id);
-	old = MemoryContextSwitchTo(caller);
 	if (get_call_result_type(fcinfo, NULL, &resdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "milestones engine: return type must be a row type");
 	resdesc = BlessTupleDesc(resdesc);
-	ncolumns = resdesc->natts;
-	if (ncolumns != STATUS_NCOLUMNS && ncolumns != STATUS_NCOLUMNS_11)
+	*ncolumns = resdesc->natts;
+	if (*ncolumns != STATUS_NCOLUMNS && *ncolumns != STATUS_NCOLUMNS_11)
 		elog(ERROR, "milestones engine: order_status has %d columns, expected %d",
 			 resdesc->natts, STATUS_NCOLUMNS);
-	for (i = 0; i < ncolumns; i++)
+	for (i = 0; i < *ncolumns; i++)
 		if (strcmp(NameStr(TupleDescAttr(resdesc, i)->attname), status_columns[i]) != 0)
 			elog(ERROR, "milestones engine: order_status column %d is \"%s\", expected \"%s\"",
 				 i + 1, NameStr(TupleDescAttr(resdesc, i)->attname), status_columns[i]);
+	return resdesc;
+}
 
+/*
+ * StatusSum finds the current milestone (StatusRank) and sums the money
+ * columns from the milestones' states, by the invariants the commit check
+ * holds (SPEC section 6): a milestone is charged its amount once it has
+ * started, refunded its amount when refunded, and an ended order's payout
+ * is that of its completed milestones.  zero is numeric 0, allocated by the
+ * caller before it switched to its caller's memory context.
+ */
+static void
+StatusSum(EngineOrder *o, Datum zero, StatusSums *s)
+{
+	Datum		earned = zero;
+	int			i;
+
+	s->cur = NULL;
+	s->last_live = -1;
+	s->total = zero;
+	s->charged = zero;
+	s->refunded = zero;
+	s->paid_out = zero;
+	s->fee = zero;
+	s->net = zero;
 	for (i = 0; i < o->nmilestones; i++)
 	{
 		EngineMilestone *m = &o->ms[i];
+		EngineMilestone *cur = s->cur;
 
 		if (cur == NULL || StatusRank(m) < StatusRank(cur) ||
 			(StatusRank(m) == StatusRank(cur) &&
 			 (StatusRank(m) == 1 ? m->position > cur->position : m->position < cur->position)))
-			cur = m;
+			s->cur = m;
 		if (m->state != MS_CANCELLED)
 		{
-			total = NumAdd(total, m->amount);
-			if (m->position > last_live)
-				last_live = m->position;
+			s->total = NumAdd(s->total, m->amount);
+			if (m->position > s->last_live)
+				s->last_live = m->position;
 		}
 		if (m->state == MS_IN_PROGRESS || m->state == MS_DELIVERED ||
 			m->state == MS_COMPLETED || m->state == MS_REFUNDED)
-			charged = NumAdd(charged, m->amount);
+			s->charged = NumAdd(s->charged, m->amount);
 		if (m->state == MS_REFUNDED)
-			refunded = NumAdd(refunded, m->amount);
+			s->refunded = NumAdd(s->refunded, m->amount);
 		if (m->state == MS_COMPLETED)
 			earned = NumAdd(earned, m->amount);
 	}
 	/* Late successes were booked and refunded at once (confirmed mode). */
 	if (o->confirmed && o->late != (Datum) 0)
 	{
-		charged = NumAdd(charged, o->late);
-		refunded = NumAdd(refunded, o->late);
+		s->charged = NumAdd(s->charged, o->late);
+		s->refunded = NumAdd(s->refunded, o->late);
 	}
 	/* An ended order was paid out what its completed milestones earned. */
 	if (StateIsFinal(&OrderMachine, o->state) &&
@@ -1188,12 +1203,24 @@ EngineStatus(FunctionCallInfo fcinfo, MemoryContext caller, EngineOrder *o, text
 					n;
 
 		PayoutAmounts(DatumGetNumeric(earned), DatumGetNumeric(o->fee_rate), &g, &f, &n);
-		paid_out = NumericGetDatum(g);
-		fee = NumericGetDatum(f);
-		net = NumericGetDatum(n);
+		s->paid_out = NumericGetDatum(g);
+		s->fee = NumericGetDatum(f);
+		s->net = NumericGetDatum(n);
 	}
+}
 
-	memset(nulls, false, sizeof(nulls));
+/*
+ * StatusValues fills the order_status row's values and nulls from the
+ * order and its sums; 1.2's payment columns only when the row has them
+ * (ncolumns).
+ */
+static void
+StatusValues(EngineOrder *o, const StatusSums *s, TupleDesc resdesc, int ncolumns,
+			 Datum *values, bool *nulls)
+{
+	EngineMilestone *cur = s->cur;
+
+	memset(nulls, false, sizeof(bool) * STATUS_NCOLUMNS);
 	values[0] = Int64GetDatum(o->order_id);
 	values[1] = Int64GetDatum(o->seller_id);
 	values[2] = Int64GetDatum(o->buyer_id);
@@ -1219,17 +1246,17 @@ EngineStatus(FunctionCallInfo fcinfo, MemoryContext caller, EngineOrder *o, text
 		nulls[14] = cur->state != MS_DELIVERED || cur->respond_by_null;
 		values[14] = TimestampTzGetDatum(cur->respond_by);
 		values[23] = CStringGetTextDatum(cur->name);
-		nulls[24] = last_live < 0;
-		values[24] = BoolGetDatum(cur->position == last_live);
+		nulls[24] = s->last_live < 0;
+		values[24] = BoolGetDatum(cur->position == s->last_live);
 	}
 	nulls[15] = o->revisions_unlimited;
 	values[15] = Int32GetDatum(o->revisions_allowed - o->revisions_used);
-	values[16] = StatusNumeric(total, TupleDescAttr(resdesc, 16));
-	values[17] = StatusNumeric(charged, TupleDescAttr(resdesc, 17));
-	values[18] = StatusNumeric(paid_out, TupleDescAttr(resdesc, 18));
-	values[19] = StatusNumeric(refunded, TupleDescAttr(resdesc, 19));
-	values[20] = StatusNumeric(fee, TupleDescAttr(resdesc, 20));
-	values[21] = StatusNumeric(net, TupleDescAttr(resdesc, 21));
+	values[16] = StatusNumeric(s->total, TupleDescAttr(resdesc, 16));
+	values[17] = StatusNumeric(s->charged, TupleDescAttr(resdesc, 17));
+	values[18] = StatusNumeric(s->paid_out, TupleDescAttr(resdesc, 18));
+	values[19] = StatusNumeric(s->refunded, TupleDescAttr(resdesc, 19));
+	values[20] = StatusNumeric(s->fee, TupleDescAttr(resdesc, 20));
+	values[21] = StatusNumeric(s->net, TupleDescAttr(resdesc, 21));
 	values[22] = Int32GetDatum(o->revisions_used);
 	if (ncolumns == STATUS_NCOLUMNS)
 	{
@@ -1242,53 +1269,92 @@ EngineStatus(FunctionCallInfo fcinfo, MemoryContext caller, EngineOrder *o, text
 			CStringGetTextDatum(StateName(&ChargeMachine, o->charge_state));
 		values[29] = TimestampTzGetDatum(o->pay_by);
 	}
+}
+
+/*
+ * StatusStoreKey stores the row as the idempotency key's result, as
+ * to_jsonb of the row would write it (built here as JSON text).
+ */
+static void
+StatusStoreKey(text *key, TupleDesc resdesc, int ncolumns, const Datum *values, const bool *nulls)
+{
+	StringInfoData json;
+	int			i;
+
+	initStringInfo(&json);
+	for (i = 0; i < ncolumns; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(resdesc, i);
+		const char *name = NameStr(att->attname);
+
+		if (nulls[i])
+		{
+			JsonAddKey(&json, name);
+			appendStringInfoString(&json, "null");
+			continue;
+		}
+		switch (att->atttypid)
+		{
+			case INT8OID:
+				JsonAddInt(&json, name, false, DatumGetInt64(values[i]));
+				break;
+			case INT4OID:
+				JsonAddInt(&json, name, false, DatumGetInt32(values[i]));
+				break;
+			case TEXTOID:
+				JsonAddText(&json, name, TextDatumGetCString(values[i]));
+				break;
+			case TIMESTAMPTZOID:
+				JsonAddTimestamp(&json, name, DatumGetTimestampTz(values[i]));
+				break;
+			case NUMERICOID:
+				JsonAddNumeric(&json, name, values[i]);
+				break;
+			case BOOLOID:
+				JsonAddBool(&json, name, DatumGetBool(values[i]));
+				break;
+			default:
+				elog(ERROR, "milestones engine: order_status column \"%s\" has an unexpected type %u",
+					 name, att->atttypid);
+		}
+	}
+	appendStringInfoChar(&json, '}');
+	EngineIdemStore(key, EngineJsonb(json.data));
+}
+
+/*
+ * EngineStatus returns the action's order_status row, built from what the
+ * engine holds under the order's lock (the order row, all its milestones,
+ * as they are after the action's writes) instead of querying the view,
+ * which aggregates the milestones and the ledger.  The money columns
+ * follow from the milestones' states (StatusSum).  With a key the row is
+ * also stored as the key's result (StatusStoreKey).
+ * test/sql/36_status_row.sql proves the row equal to the view's.
+ */
+Datum
+EngineStatus(FunctionCallInfo fcinfo, MemoryContext caller, EngineOrder *o, text *key)
+{
+	TupleDesc	resdesc;
+	MemoryContext old;
+	Datum		values[STATUS_NCOLUMNS];
+	bool		nulls[STATUS_NCOLUMNS];
+	StatusSums	sums;
+	Datum		zero = NumericGetDatum(int64_to_numeric(0));
+	HeapTuple	tup;
+	int			ncolumns;
+
+	if (o->nmilestones < 0)
+		elog(ERROR, "milestones engine: order " INT64_FORMAT " status without its milestones",
+			 o->order_id);
+	old = MemoryContextSwitchTo(caller);
+	resdesc = StatusDesc(fcinfo, &ncolumns);
+	StatusSum(o, zero, &sums);
+	StatusValues(o, &sums, resdesc, ncolumns, values, nulls);
 	tup = heap_form_tuple(resdesc, values, nulls);
 	MemoryContextSwitchTo(old);
 
 	if (key != NULL)
-	{
-		StringInfoData json;
-
-		initStringInfo(&json);
-		for (i = 0; i < ncolumns; i++)
-		{
-			Form_pg_attribute att = TupleDescAttr(resdesc, i);
-			const char *name = NameStr(att->attname);
-
-			if (nulls[i])
-			{
-				JsonAddKey(&json, name);
-				appendStringInfoString(&json, "null");
-				continue;
-			}
-			switch (att->atttypid)
-			{
-				case INT8OID:
-					JsonAddInt(&json, name, false, DatumGetInt64(values[i]));
-					break;
-				case INT4OID:
-					JsonAddInt(&json, name, false, DatumGetInt32(values[i]));
-					break;
-				case TEXTOID:
-					JsonAddText(&json, name, TextDatumGetCString(values[i]));
-					break;
-				case TIMESTAMPTZOID:
-					JsonAddTimestamp(&json, name, DatumGetTimestampTz(values[i]));
-					break;
-				case NUMERICOID:
-					JsonAddNumeric(&json, name, values[i]);
-					break;
-				case BOOLOID:
-					JsonAddBool(&json, name, DatumGetBool(values[i]));
-					break;
-				default:
-					elog(ERROR, "milestones engine: order_status column \"%s\" has an unexpected type %u",
-						 name, att->atttypid);
-			}
-		}
-		appendStringInfoChar(&json, '}');
-		EngineIdemStore(key, EngineJsonb(json.data));
-	}
+		StatusStoreKey(key, resdesc, ncolumns, values, nulls);
 	return HeapTupleGetDatum(tup);
 }
 

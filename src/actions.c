@@ -1690,80 +1690,19 @@ milestones_create_offer(PG_FUNCTION_ARGS)
 }
 
 /*
- * milestones_cancel_milestone: customer support ends one milestone of an
- * active order for a listed reason, and the order goes on (R10b, SPEC
- * section 8).  A pending milestone is cancelled (never charged); the
- * running one (in progress, or delivered with its window open) is
- * refunded and the next pending milestone is charged and started as on
- * accept -- or, when none is left, the order ends exactly as cancel ends
- * it.  The behaviour of issue 11's PL/pgSQL version, message for message.
+ * CancelMilestoneTarget returns the milestone cancel_milestone ends, once
+ * the order is locked: it refuses (55000) an order that is not active, or
+ * whose current milestone's window closed or whose charge is past its
+ * pay_by (the sweep will end it), a position with no milestone (P0002),
+ * and a milestone that has already ended (55000).
  */
-Datum
-milestones_cancel_milestone(PG_FUNCTION_ARGS)
+static EngineMilestone *
+CancelMilestoneTarget(EngineOrder *o, int64 order_id, int32 position)
 {
-	MemoryContext caller = CurrentMemoryContext;
-	bool		idnull;
-	int64		order_id = ARG_INT64(0, idnull);
-	bool		posnull = PG_ARGISNULL(1);
-	int32		position = posnull ? 0 : PG_GETARG_INT32(1);
-	text	   *agent = ARG_TEXT(2);
-	text	   *reason = ARG_TEXT(3);
-	text	   *note = ARG_TEXT(4);
-	text	   *key = ARG_TEXT(5);
-	EngineOrder *o = palloc(sizeof(EngineOrder));
 	EngineMilestone *m = NULL;
 	EngineMilestone *cur;
-	EngineMilestone *next = NULL;
-	Datum		result;
-	Datum		values[6];
-	char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
-	char	   *reason_s;
-	char	   *agent_s;
 	int			i;
-	int			final = -1;
-	Datum		total = (Datum) 0;
-	Datum		refunded = NumericGetDatum(int64_to_numeric(0));
-	Datum		charged = NumericGetDatum(int64_to_numeric(0));
-	StringInfoData args;
-	StringInfoData detail;
-	static EnginePlan end_milestone_plan = {
-		"UPDATE milestones.order_milestones SET state = $3, cancel_reason = $4,"
-		" cancelled_by = $5, cancel_note = $6"
-		" WHERE order_id OPERATOR(pg_catalog.=) $1 AND position OPERATOR(pg_catalog.=) $2",
-		6, {INT8OID, INT2OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID}
-	};
-	static EnginePlan cancel_plan = {
-		"UPDATE milestones.orders SET state = 'cancelled', cancel_reason = $2, cancelled_by = $3,"
-		" cancel_note = $4, completed_at = $5 WHERE order_id OPERATOR(pg_catalog.=) $1",
-		5, {INT8OID, TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID}
-	};
 
-	EngineRefuseOnStandby("cancel_milestone");
-	if (idnull || order_id <= 0)
-		EngineCheckId(idnull, order_id, "order_id");
-	EngineNotNull(posnull, "position");
-	if (position < 1)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("position must be 1 or more"),
-				 errdetail("Got %d; milestones are numbered from 1.", position)));
-	EngineCheckText(agent == NULL, agent, "agent", 200, true);
-	EngineNotNull(reason == NULL, "reason");
-	CheckNote(note);
-	reason_s = text_to_cstring(reason);
-	agent_s = text_to_cstring(agent);
-	EngineConnect();
-	initStringInfo(&args);
-	JsonAddInt(&args, "order_id", false, order_id);
-	JsonAddInt(&args, "position", false, position);
-	JsonAddText(&args, "agent", agent_s);
-	JsonAddText(&args, "reason", reason_s);
-	JsonAddText(&args, "note", note ? text_to_cstring(note) : NULL);
-	if (EngineRetried(fcinfo, caller, key, "cancel_milestone", JsonClose(&args), &result))
-		PG_RETURN_DATUM(result);
-	/* After the key: a retry succeeds even if the reason was retired since. */
-	CheckReason(reason, reason_s);
-	EngineLockOrder(o, order_id, 0, "support");
 	if (o->state != ORDER_ACTIVE)
 	{
 		const char *state = StateName(&OrderMachine, o->state);
@@ -1812,6 +1751,116 @@ milestones_cancel_milestone(PG_FUNCTION_ARGS)
 				 errdetail("Milestone %d (%s) has ended as %s; only a pending, in-progress or delivered milestone can be cancelled.",
 						   m->position, m->name, StateName(&MilestoneMachine, m->state)),
 				 errhint("See milestones.milestone_status for the order's milestones.")));
+	return m;
+}
+
+/*
+ * CancelMilestoneEndOrder ends the order exactly as cancel ends it, when
+ * cancel_milestone ended its last milestone not cancelled: the order is
+ * cancelled for the reason, settled (LedgerSettle), and the payout goes
+ * into the event's detail.
+ */
+static void
+CancelMilestoneEndOrder(EngineOrder *o, int64 order_id, text *reason, text *agent,
+						text *note, const char *reason_s, StringInfo detail)
+{
+	static EnginePlan cancel_plan = {
+		"UPDATE milestones.orders SET state = 'cancelled', cancel_reason = $2, cancelled_by = $3,"
+		" cancel_note = $4, completed_at = $5 WHERE order_id OPERATOR(pg_catalog.=) $1",
+		5, {INT8OID, TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID}
+	};
+	StringInfoData payout;
+	Datum		ovalues[5];
+	char		onulls[5] = {' ', ' ', ' ', ' ', ' '};
+
+	ovalues[0] = Int64GetDatum(order_id);
+	ovalues[1] = PointerGetDatum(reason);
+	ovalues[2] = PointerGetDatum(agent);
+	ovalues[3] = note ? PointerGetDatum(note) : (Datum) 0;
+	if (note == NULL)
+		onulls[3] = 'n';
+	ovalues[4] = TimestampTzGetDatum(MilestonesNow());
+	EngineExec(&cancel_plan, ovalues, onulls, SPI_OK_UPDATE, 0);
+	if (SPI_processed != 1)
+		elog(ERROR, "milestones engine: order " INT64_FORMAT " not cancelled", order_id);
+	EngineSetOrder(o, ORDER_CANCELLED, true);
+	EngineSetEnded(o, NULL, reason_s, DatumGetTimestampTz(ovalues[4]));
+	initStringInfo(&payout);
+	LedgerSettle(o, &payout);
+	JsonAddKey(detail, "payout");
+	appendStringInfoString(detail, payout.data);
+}
+
+/*
+ * milestones_cancel_milestone: customer support ends one milestone of an
+ * active order for a listed reason, and the order goes on (R10b, SPEC
+ * section 8).  A pending milestone is cancelled (never charged); the
+ * running one (in progress, or delivered with its window open) is
+ * refunded and the next pending milestone is charged and started as on
+ * accept -- or, when none is left, the order ends exactly as cancel ends
+ * it.  The behaviour of issue 11's PL/pgSQL version, message for message.
+ */
+Datum
+milestones_cancel_milestone(PG_FUNCTION_ARGS)
+{
+	MemoryContext caller = CurrentMemoryContext;
+	bool		idnull;
+	int64		order_id = ARG_INT64(0, idnull);
+	bool		posnull = PG_ARGISNULL(1);
+	int32		position = posnull ? 0 : PG_GETARG_INT32(1);
+	text	   *agent = ARG_TEXT(2);
+	text	   *reason = ARG_TEXT(3);
+	text	   *note = ARG_TEXT(4);
+	text	   *key = ARG_TEXT(5);
+	EngineOrder *o = palloc(sizeof(EngineOrder));
+	EngineMilestone *m = NULL;
+	EngineMilestone *next = NULL;
+	Datum		result;
+	Datum		values[6];
+	char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
+	char	   *reason_s;
+	char	   *agent_s;
+	int			i;
+	int			final = -1;
+	Datum		total = (Datum) 0;
+	Datum		refunded = NumericGetDatum(int64_to_numeric(0));
+	Datum		charged = NumericGetDatum(int64_to_numeric(0));
+	StringInfoData args;
+	StringInfoData detail;
+	static EnginePlan end_milestone_plan = {
+		"UPDATE milestones.order_milestones SET state = $3, cancel_reason = $4,"
+		" cancelled_by = $5, cancel_note = $6"
+		" WHERE order_id OPERATOR(pg_catalog.=) $1 AND position OPERATOR(pg_catalog.=) $2",
+		6, {INT8OID, INT2OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID}
+	};
+
+	EngineRefuseOnStandby("cancel_milestone");
+	if (idnull || order_id <= 0)
+		EngineCheckId(idnull, order_id, "order_id");
+	EngineNotNull(posnull, "position");
+	if (position < 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("position must be 1 or more"),
+				 errdetail("Got %d; milestones are numbered from 1.", position)));
+	EngineCheckText(agent == NULL, agent, "agent", 200, true);
+	EngineNotNull(reason == NULL, "reason");
+	CheckNote(note);
+	reason_s = text_to_cstring(reason);
+	agent_s = text_to_cstring(agent);
+	EngineConnect();
+	initStringInfo(&args);
+	JsonAddInt(&args, "order_id", false, order_id);
+	JsonAddInt(&args, "position", false, position);
+	JsonAddText(&args, "agent", agent_s);
+	JsonAddText(&args, "reason", reason_s);
+	JsonAddText(&args, "note", note ? text_to_cstring(note) : NULL);
+	if (EngineRetried(fcinfo, caller, key, "cancel_milestone", JsonClose(&args), &result))
+		PG_RETURN_DATUM(result);
+	/* After the key: a retry succeeds even if the reason was retired since. */
+	CheckReason(reason, reason_s);
+	EngineLockOrder(o, order_id, 0, "support");
+	m = CancelMilestoneTarget(o, order_id, position);
 
 	initStringInfo(&detail);
 	/* Confirmed mode: the charge of a milestone awaiting payment is voided. */
@@ -1868,26 +1917,7 @@ milestones_cancel_milestone(PG_FUNCTION_ARGS)
 		else
 		{
 			/* Nothing left: the order ends exactly as cancel ends it. */
-			StringInfoData payout;
-			Datum		ovalues[5];
-			char		onulls[5] = {' ', ' ', ' ', ' ', ' '};
-
-			ovalues[0] = Int64GetDatum(order_id);
-			ovalues[1] = PointerGetDatum(reason);
-			ovalues[2] = PointerGetDatum(agent);
-			ovalues[3] = note ? PointerGetDatum(note) : (Datum) 0;
-			if (note == NULL)
-				onulls[3] = 'n';
-			ovalues[4] = TimestampTzGetDatum(MilestonesNow());
-			EngineExec(&cancel_plan, ovalues, onulls, SPI_OK_UPDATE, 0);
-			if (SPI_processed != 1)
-				elog(ERROR, "milestones engine: order " INT64_FORMAT " not cancelled", order_id);
-			EngineSetOrder(o, ORDER_CANCELLED, true);
-			EngineSetEnded(o, NULL, reason_s, DatumGetTimestampTz(ovalues[4]));
-			initStringInfo(&payout);
-			LedgerSettle(o, &payout);
-			JsonAddKey(&detail, "payout");
-			appendStringInfoString(&detail, payout.data);
+			CancelMilestoneEndOrder(o, order_id, reason, agent, note, reason_s, &detail);
 		}
 	}
 

@@ -277,6 +277,11 @@ extern void PayoutAmounts(Numeric gross_raw, Numeric rate,
 #define EVENTS_CHANNEL "milestones"
 
 /* relay.c */
+extern void RelayInit(void);
+extern bool RelayServesThisDatabase(void);
+extern void RelayWakeAtCommit(void);
+
+/* relay_batch.c: the batch in C, and the kept plans of both relay files */
 /*
  * The relay's kept plans (relay.c's statements and relay_batch.c's): the
  * statements' %1$s is the extension's quoted schema; each is prepared on
@@ -291,11 +296,6 @@ typedef struct RelayPlans
 
 extern SPIPlanPtr RelayPlan(RelayPlans *cache, int stmt, const char *schema, const char *sql,
 							int nargs, const Oid *argtypes, int cursor_options);
-extern void RelayInit(void);
-extern bool RelayServesThisDatabase(void);
-extern void RelayWakeAtCommit(void);
-
-/* relay_batch.c */
 extern int	RelayBatchSend(Oid nsp, const char *schema, const char *consumer,
 						   bool woken, int max_events, bool *fallback);
 extern void RelayBatchCommitted(void);

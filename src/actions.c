@@ -983,7 +983,7 @@ milestones_expire_overdue(PG_FUNCTION_ARGS)
 	 * of the batch.  The same exactness as the deliveries: the charge is
 	 * void at pay_by, and an order that ends as unpaid ends then.
 	 */
-	if (count < batch && PaymentsSchema())
+	if (count < batch && EnginePaymentsSchema())
 	{
 		values[1] = Int32GetDatum(batch - count);
 		EngineExec(&unpaid_plan, values, NULL, SPI_OK_SELECT, 0);
@@ -1262,7 +1262,7 @@ OfferReadSettings(const Offer *of, OfferSettings *s)
 		s->seller_eligible = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4, &isnull));
 		s->category_eligible = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 5, &isnull));
 		/* 1.2's payment mode (a 1.1 database is recorded mode) */
-		if (PaymentsSchema())
+		if (EnginePaymentsSchema())
 		{
 			EngineExec(&mode_setting_plan, NULL, NULL, SPI_OK_SELECT, 1);
 			s->confirmed = SPI_processed == 1 &&

@@ -608,7 +608,7 @@ static void
 LockedOrderChecked(EngineOrder *o)
 {
 	CheckLockedOrder(o->order_id, o->nmilestones == 0 ||
-					 EngineUncheckedDirect(o->order_id) == 1);
+					 CheckUncheckedListed(o->order_id) == 1);
 }
 
 /* NoSuchOrder raises the P0002 of an order id that names no order. */

@@ -215,6 +215,7 @@ extern void CheckObserve(FactTable table, int64 order_id, const WriteFact *fact,
 extern void CheckDeclare(int64 order_id, const WriteFact *fact);
 extern void CheckFireDeferred(FunctionCallInfo fcinfo, int64 order_id, bool is_update);
 extern void CheckLockedOrder(int64 order_id, bool unchecked);
+extern int	CheckUncheckedListed(int64 order_id);
 extern WriteFact StateFact(FactTable table, bool insert, int from, int to, int position);
 extern int64 NumericToCents(Datum amount, bool *exact);
 
@@ -265,9 +266,6 @@ extern void ColumnsCheckResult(SPITupleTable *result, uint64 nrows, int first,
 							   const char *table, const ColumnSpec *columns, int ncolumns);
 extern Relation KeyIndexOpen(Relation rel, int nkeys, const int *attnums, Oid keytype);
 extern bool TableIsPlain(Form_pg_class c);
-
-/* direct.c: whether an order is listed in milestones.unchecked_orders */
-extern int	EngineUncheckedDirect(int64 order_id);
 
 /* payout.c */
 extern void PayoutAmounts(Numeric gross_raw, Numeric rate,

@@ -40,6 +40,7 @@ SELECT milestones.create_offer(101, 209, 'logo-design',
     '[{"name":"Logo","days":4,"amount":"150.00"},{"name":"Stationery","days":3,"amount":"120.00"},{"name":"Social templates","days":2,"amount":"90.00"}]',
     1) AS brandkit \gset
 -- the minimum total and eligibility are enforced
+\echo '(two refusals on purpose: a total of 100.00 or less; a seller support has not enabled)'
 SELECT milestones.create_offer(101, 208, 'logo-design', '[{"name":"Tiny","days":1,"amount":"100.00"}]');
 SELECT milestones.create_offer(103, 208, 'logo-design', '[{"name":"Big","days":1,"amount":"500.00"}]');
 
@@ -66,6 +67,7 @@ SELECT order_id, current_milestone AS ms, milestone_state, charged FROM mileston
 SELECT order_id, state, reason, charged, refunded, paid_out
   FROM milestones.cancel(:troubled, 'agent.kim', 'seller_unresponsive', 'Seller missed the script deadline and stopped answering.');
 -- support must give a reason from the cancellation_reasons list
+\echo '(refused on purpose: a reason that is not on the list)'
 SELECT milestones.cancel(:video, 'agent.kim', 'changed my mind');
 
 \echo '== Saturday 6 June: the brand-kit buyer will make the social templates in-house; support cancels that milestone alone'
@@ -74,11 +76,13 @@ SELECT order_id, state, current_milestone AS ms, milestone_state, total, charged
 SELECT position, name, amount, state, final, reason, agent, note
   FROM milestones.milestone_status WHERE order_id = :brandkit ORDER BY position;
 -- a milestone that has ended cannot be cancelled
+\echo '(refused on purpose: a milestone that has ended)'
 SELECT milestones.cancel_milestone(:logo, 1, 'agent.kim', 'mutual_agreement');
 
 \echo '== Tuesday 9 June: the silent buyer''s window (3 June 15:00 + 5 days) has closed'
 SET milestones.fake_now = '2026-06-09 12:00:00+00';
 SELECT order_id, milestone, overdue, respond_by FROM milestones.awaiting_response;
+\echo '(refused on purpose: an accept after the response window closed)'
 SELECT milestones.accept(:silent, 203);
 SELECT milestones.expire_overdue() AS expired_orders;
 SELECT milestones.expire_overdue() AS expired_again;
@@ -91,6 +95,7 @@ SELECT order_id, milestone_state, final_milestone FROM milestones.deliver(:logo,
 SELECT order_id, state, reason, paid_out FROM milestones.accept(:logo, 201);
 SELECT order_id, milestone_state FROM milestones.deliver(:video, 102, 'animation cut');
 SELECT order_id, state, reason, charged, paid_out FROM milestones.stop(:video, 202);
+\echo '(refused on purpose: a delivery to a stopped order)'
 SELECT milestones.deliver(:video, 102, 'voice-over anyway');
 SELECT order_id, milestone_state FROM milestones.deliver(:waiting, 101, 'icon set');
 -- the brand kit goes on: after the logo, stationery starts and is now the final delivery

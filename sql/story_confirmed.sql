@@ -55,6 +55,7 @@ SELECT order_id, milestone_state FROM milestones.deliver(:a, 101, 'three sketch 
 SELECT order_id, current_milestone AS ms, milestone_state, charge_id, charge_state FROM milestones.accept(:a, 211);
 SELECT charge_id AS a2 FROM milestones.charges WHERE order_id = :a AND position = 2 \gset
 -- the seller waits for the money
+\echo '(refused on purpose: milestone 2 is not paid yet)'
 SELECT milestones.deliver(:a, 101);
 SELECT charge_id, attempt, attempt_state, provider_ref FROM milestones.record_charge(:a2, 1, 'succeeded', 'ch_1003');
 SELECT order_id, milestone_state, final_milestone FROM milestones.deliver(:a, 101, 'final files');
@@ -71,6 +72,7 @@ SELECT charge_id AS b2 FROM milestones.charges WHERE order_id = :b AND position 
 SET milestones.fake_now = '2026-06-21 11:00:00+00';
 SELECT milestones.expire_overdue() \gset
 SELECT order_id, state, reason, completed_at, charged, paid_out FROM milestones.order_status WHERE order_id = :b;
+\echo '(refused on purpose: the order ended unpaid)'
 SELECT milestones.retry_charge(:b, 212);
 
 \echo '== Tuesday 23 June: the transfer settles after all; the money is booked and refunded at once'
@@ -115,6 +117,7 @@ SELECT seller_id, currency, pending, available, withdrawing, withdrawn, next_cle
 SET milestones.fake_now = '2026-07-02 09:00:00+00';
 SELECT milestones.clear_earnings() AS cleared;
 -- seller 102's net clears on 5 July: none of it is available yet
+\echo '(refused on purpose: nothing has cleared yet)'
 SELECT milestones.request_withdrawal(102, 50.00, 'USD');
 \echo '-- seller 101 withdraws what is available; the payment worker pays it out (key withdrawal-<withdrawal_id>) and reports it'
 SELECT milestones.request_withdrawal(101, 135.00, 'USD') AS w \gset

@@ -983,7 +983,7 @@ milestones_expire_overdue(PG_FUNCTION_ARGS)
 	 * of the batch.  The same exactness as the deliveries: the charge is
 	 * void at pay_by, and an order that ends as unpaid ends then.
 	 */
-	if (count < batch && PaymentsSchema())
+	if (count < batch && EnginePaymentsSchema())
 	{
 		values[1] = Int32GetDatum(batch - count);
 		EngineExec(&unpaid_plan, values, NULL, SPI_OK_SELECT, 0);
@@ -1103,45 +1103,123 @@ LeftOut(Datum num)
 }
 
 /*
- * milestones_create_offer: a seller's custom offer with 1..max_milestones
- * milestones (R1, R2, R12).  Returns the new order's id, taken from the
- * orders.order_id column default.
+ * Offer holds create_offer's arguments, as given and (category, currency)
+ * as C strings, for the steps below.
  */
-Datum
-milestones_create_offer(PG_FUNCTION_ARGS)
+typedef struct Offer
 {
-	bool		sellernull,
-				buyernull;
-	int64		seller_id = ARG_INT64(0, sellernull);
-	int64		buyer_id = ARG_INT64(1, buyernull);
-	text	   *category = ARG_TEXT(2);
-	Jsonb	   *milestones = PG_ARGISNULL(3) ? NULL : PG_GETARG_JSONB_P(3);
-	bool		revisionsnull = PG_ARGISNULL(4);
-	int32		revisions = revisionsnull ? 0 : PG_GETARG_INT32(4);
-	text	   *currency = ARG_TEXT(5);
-	text	   *key = ARG_TEXT(6);
+	bool		sellernull;
+	bool		buyernull;
+	int64		seller_id;
+	int64		buyer_id;
+	text	   *category;
+	Jsonb	   *milestones;
+	bool		revisionsnull;
+	int32		revisions;
+	text	   *currency;
+	text	   *key;
 	char	   *currency_s;
 	char	   *category_s;
-	Datum		prev;
-	StringInfoData args;
-	StringInfoData detail;
-	Datum		values[6];
-	bool		isnull;
+} Offer;
+
+/*
+ * OfferSettings is what an offer is held to, read before its milestones
+ * are checked: the settings, and whether the seller and the category are
+ * eligible.
+ */
+typedef struct OfferSettings
+{
 	Datum		min_total;
 	int32		max_milestones;
 	Datum		fee_rate;
-	int			n;
-	int			i;
-	Datum		total;
-	Datum		names[ENGINE_MAX_MILESTONES];
-	Datum		days_list[ENGINE_MAX_MILESTONES];
-	Datum		amounts[ENGINE_MAX_MILESTONES];
-	int64		order_id;
-	WriteFact	f;
+	bool		confirmed;		/* settings.payment_mode (1.2) */
 	bool		seller_eligible;
 	bool		category_eligible;
+} OfferSettings;
+
+/*
+ * OfferMilestones is an offer's milestones once checked, in the arrays the
+ * write statement takes, and their total.
+ */
+typedef struct OfferMilestones
+{
+	int			n;
+	Datum		total;
+	Datum		names[ENGINE_MAX_MILESTONES];
+	Datum		days[ENGINE_MAX_MILESTONES];
+	Datum		amounts[ENGINE_MAX_MILESTONES];
+} OfferMilestones;
+
+/*
+ * OfferCheckArgs refuses (22004, 22023) what can be refused from the
+ * arguments alone, before any statement runs, and sets the C strings of
+ * the currency and the category.
+ */
+static void
+OfferCheckArgs(Offer *of)
+{
+	EngineRefuseOnStandby("create_offer");
+	if (of->sellernull || of->seller_id <= 0)
+		EngineCheckId(of->sellernull, of->seller_id, "seller_id");
+	if (of->buyernull || of->buyer_id <= 0)
+		EngineCheckId(of->buyernull, of->buyer_id, "buyer_id");
+	EngineCheckText(of->category == NULL, of->category, "category", 100, true);
+	EngineNotNull(of->milestones == NULL, "milestones");
+	EngineNotNull(of->currency == NULL, "currency");
+	if (of->buyer_id == of->seller_id)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("buyer and seller must be different users"),
+				 errdetail("Both are user " INT64_FORMAT ".", of->seller_id)));
+	of->currency_s = text_to_cstring(of->currency);
+	if (!(strlen(of->currency_s) == 3 &&
+		  of->currency_s[0] >= 'A' && of->currency_s[0] <= 'Z' &&
+		  of->currency_s[1] >= 'A' && of->currency_s[1] <= 'Z' &&
+		  of->currency_s[2] >= 'A' && of->currency_s[2] <= 'Z'))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("currency must be an ISO 4217 code"),
+				 errdetail("Got %s.", EngineQuoteLiteral(of->currency_s, 20)),
+				 errhint("Use three capital letters, such as USD or EUR.")));
+	if (!of->revisionsnull && of->revisions < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("revisions must be 0 or more, or NULL for unlimited"),
+				 errdetail("Got %d.", of->revisions)));
+	of->category_s = text_to_cstring(of->category);
+}
+
+/*
+ * OfferArgsJson is the offer's arguments as the JSON its idempotency key
+ * is claimed with (a retry must send the same ones).
+ */
+static char *
+OfferArgsJson(const Offer *of)
+{
+	StringInfoData args;
+
+	initStringInfo(&args);
+	JsonAddInt(&args, "seller_id", false, of->seller_id);
+	JsonAddInt(&args, "buyer_id", false, of->buyer_id);
+	JsonAddText(&args, "category", of->category_s);
+	JsonAddKey(&args, "milestones");
+	(void) JsonbToCString(&args, &of->milestones->root, VARSIZE(of->milestones));
+	JsonAddInt(&args, "revisions", of->revisionsnull, of->revisions);
+	JsonAddText(&args, "currency", of->currency_s);
+	return JsonClose(&args);
+}
+
+/*
+ * OfferReadSettings reads the settings and the seller's and category's
+ * eligibility: by primary key without the executor (direct.c), or, when
+ * the tables are not as the extension made them, with the statement.
+ */
+static void
+OfferReadSettings(const Offer *of, OfferSettings *s)
+{
 	EngineSettings settings;
-	EngineOrder *o = palloc0(sizeof(EngineOrder));
+	Datum		values[2];
+	bool		isnull;
 
 	/* The settings and the seller's and category's eligibility, read at once. */
 	static EnginePlan settings_plan = {
@@ -1150,28 +1228,320 @@ milestones_create_offer(PG_FUNCTION_ARGS)
 		" FROM milestones.settings s",
 		2, {INT8OID, TEXTOID}
 	};
+	static EnginePlan mode_setting_plan = {
+		"SELECT s.payment_mode OPERATOR(pg_catalog.=) 'confirmed' FROM milestones.settings s",
+		0, {InvalidOid}
+	};
 
-	/*
-	 * The order and its milestones (the order_id from the column default)
-	 * in one statement; one row per milestone written.  The event is a
-	 * statement of its own, after: the events trigger's fallback NOTIFY
-	 * builds its payload from the order row, which a trigger fired by the
-	 * same statement would not see.
-	 */
+	s->confirmed = false;
+	if (EngineEligibleDirect(of->seller_id, of->category_s, &s->seller_eligible,
+							 &s->category_eligible, &settings))
+	{
+		s->min_total = settings.min_total;
+		s->max_milestones = settings.max_milestones;
+		s->fee_rate = settings.fee_rate;
+		s->confirmed = settings.confirmed;
+	}
+	else
+	{
+		static const ColumnSpec settings_columns[3] =
+		{
+			{"min_order_total", NUMERICOID, true}, {"max_milestones", INT4OID, true},
+			{"seller_fee_rate", NUMERICOID, true}
+		};
+
+		values[0] = Int64GetDatum(of->seller_id);
+		values[1] = PointerGetDatum(of->category);
+		EngineExec(&settings_plan, values, NULL, SPI_OK_SELECT, 0);
+		if (SPI_processed != 1)
+			EngineSettingsRowsError((int) SPI_processed);
+		ColumnsCheckResult(SPI_tuptable, 1, 1, "settings", settings_columns, 3);
+		s->min_total = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+		s->max_milestones = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+		s->fee_rate = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull);
+		s->seller_eligible = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4, &isnull));
+		s->category_eligible = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 5, &isnull));
+		/* 1.2's payment mode (a 1.1 database is recorded mode) */
+		if (EnginePaymentsSchema())
+		{
+			EngineExec(&mode_setting_plan, NULL, NULL, SPI_OK_SELECT, 1);
+			s->confirmed = SPI_processed == 1 &&
+				DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)) &&
+				!isnull;
+		}
+	}
+}
+
+/*
+ * OfferMilestoneKeys refuses (22023) milestone i when it has a key other
+ * than name, days and amount, naming them all.
+ */
+static void
+OfferMilestoneKeys(JsonbContainer *obj, int i)
+{
+	JsonbIterator *it;
+	JsonbValue	kv;
+	JsonbIteratorToken tok;
+	StringInfoData bad;
+
+	initStringInfo(&bad);
+	it = JsonbIteratorInit(obj);
+	while ((tok = JsonbIteratorNext(&it, &kv, true)) != WJB_DONE)
+	{
+		if (tok == WJB_KEY)
+		{
+			char	   *k = pnstrdup(kv.val.string.val, kv.val.string.len);
+
+			if (strcmp(k, "name") != 0 && strcmp(k, "days") != 0 && strcmp(k, "amount") != 0)
+			{
+				if (bad.len > 0)
+					appendStringInfoString(&bad, ", ");
+				appendStringInfoString(&bad, k);
+			}
+		}
+	}
+	if (bad.len > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("milestone %d has unknown keys", i),
+				 errdetail("Unknown: %s.", pnstrdup(bad.data, pg_mbcharcliplen(bad.data, bad.len, 200))),
+				 errhint("Each milestone has exactly name, days and amount.")));
+}
+
+/*
+ * OfferMilestoneName returns milestone i's name as text: a JSON string of
+ * 1..200 characters, not blank (22023 otherwise).
+ */
+static Datum
+OfferMilestoneName(JsonbContainer *obj, int i)
+{
+	JsonbValue *v = JsonMember(obj, "name");
+	char	   *name;
+
+	if (v == NULL || v->type != jbvString)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("milestone %d needs a name (a JSON string)", i),
+				 errdetail("Its name is a JSON %s.", JsonTypeName(v)),
+				 errhint("Each milestone is {\"name\": \"...\", \"days\": N, \"amount\": \"0.00\"}.")));
+	name = pnstrdup(v->val.string.val, v->val.string.len);
+	{
+		text	   *t = cstring_to_text(name);
+		int			len = EngineTextLength(t);
+
+		if (DatumGetBool(DirectFunctionCall2Coll(textregexne, DEFAULT_COLLATION_OID,
+												 PointerGetDatum(t),
+												 CStringGetTextDatum("[^[:space:]]"))) ||
+			len > 200)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("milestone %d name must have 1 to 200 characters and not be blank", i),
+					 errdetail("The name has %d characters.", len)));
+		return PointerGetDatum(t);
+	}
+}
+
+/*
+ * OfferMilestoneDays returns milestone i's days as int2: a JSON number,
+ * a whole number from 1 to 365 (22023 otherwise).
+ */
+static Datum
+OfferMilestoneDays(JsonbContainer *obj, int i)
+{
+	JsonbValue *v = JsonMember(obj, "days");
+	Datum		days;
+
+	if (v == NULL || v->type != jbvNumeric)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("milestone %d needs days (a JSON number)", i),
+				 errdetail("Its days is a JSON %s.", JsonTypeName(v)),
+				 errhint("Each milestone is {\"name\": \"...\", \"days\": N, \"amount\": \"0.00\"}.")));
+	days = NumericGetDatum(v->val.numeric);
+	if (NumCmp(days, DirectFunctionCall2(numeric_trunc, days, Int32GetDatum(0))) != 0 ||
+		NumCmp(days, NumericGetDatum(int64_to_numeric(1))) < 0 ||
+		NumCmp(days, NumericGetDatum(int64_to_numeric(365))) > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("milestone %d days must be a whole number from 1 to 365", i),
+				 errdetail("Got %s.", LeftOut(days))));
+	return DirectFunctionCall1(numeric_int2, days);
+}
+
+/*
+ * OfferMilestoneAmount returns milestone i's amount as numeric: a JSON
+ * number or decimal string, more than 0, at most 999999999.99, with at
+ * most 2 decimals, never rounded (22023 otherwise).
+ */
+static Datum
+OfferMilestoneAmount(JsonbContainer *obj, int i)
+{
+	JsonbValue *v = JsonMember(obj, "amount");
+	Datum		amount;
+
+	if (v != NULL && v->type == jbvNumeric)
+		amount = NumericGetDatum(v->val.numeric);
+	else if (v != NULL && v->type == jbvString)
+	{
+		char	   *raw = pnstrdup(v->val.string.val, v->val.string.len);
+
+		if (!IsDecimalText(raw))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("milestone %d amount must be a decimal number", i),
+					 errdetail("Got %s.", EngineQuoteLiteral(raw, 40)),
+					 errhint("Send an amount such as \"150.00\".")));
+		amount = NumConst(raw);
+	}
+	else
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("milestone %d needs an amount (a JSON number or string)", i),
+				 errdetail("Its amount is a JSON %s.", JsonTypeName(v)),
+				 errhint("Send the amount as a decimal string such as \"150.00\".")));
+	if (NumCmp(amount, NumericGetDatum(int64_to_numeric(0))) <= 0 ||
+		NumCmp(amount, NumConst("999999999.99")) > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("milestone %d amount must be more than 0 and at most 999999999.99", i),
+				 errdetail("Got %s.", LeftOut(amount))));
+	if (NumCmp(amount, DirectFunctionCall2(numeric_round, amount, Int32GetDatum(2))) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("milestone %d amount has more than 2 decimals", i),
+				 errdetail("Got %s.", EngineNumericOut(amount)),
+				 errhint("Amounts are never rounded: send whole cents.")));
+	return amount;
+}
+
+/*
+ * OfferCheckMilestones checks the milestones argument (R1, R12): a JSON
+ * array of 1..max_milestones objects, each with exactly a name, days and
+ * an amount, checked in that order, milestone by milestone, so that the
+ * first fault is the one reported (22023).
+ */
+static void
+OfferCheckMilestones(Jsonb *milestones, int32 max_milestones, OfferMilestones *ms)
+{
+	int			n;
+	int			i;
+
+	if (JB_ROOT_IS_SCALAR(milestones) || !JB_ROOT_IS_ARRAY(milestones))
+	{
+		const char *type;
+
+		if (JB_ROOT_IS_OBJECT(milestones))
+			type = "object";
+		else
+		{
+			JsonbValue	scalar;
+
+			if (!JsonbExtractScalar(&milestones->root, &scalar))
+				elog(ERROR, "milestones engine: unexpected JSON root");
+			type = JsonTypeName(&scalar);
+		}
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("milestones must be a JSON array"),
+				 errdetail("Got a JSON %s.", type),
+				 errhint("Send [{\"name\": \"Wireframes\", \"days\": 5, \"amount\": \"150.00\"}, ...].")));
+	}
+	n = JB_ROOT_COUNT(milestones);
+	if (n < 1 || n > max_milestones || n > ENGINE_MAX_MILESTONES)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("an offer needs 1 to %d milestones", max_milestones),
+				 errdetail("Got %d milestones.", n)));
+	ms->n = n;
+
+	ms->total = NumericGetDatum(int64_to_numeric(0));
+	for (i = 1; i <= n; i++)
+	{
+		JsonbValue *e = getIthJsonbValueFromContainer(&milestones->root, i - 1);
+		JsonbContainer *obj;
+		Datum		amount;
+
+		if (e == NULL || e->type != jbvBinary || JsonContainerIsArray(e->val.binary.data))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("milestone %d must be a JSON object", i),
+					 errdetail("Got a JSON %s.", JsonTypeName(e))));
+		obj = e->val.binary.data;
+		OfferMilestoneKeys(obj, i);
+		ms->names[i - 1] = OfferMilestoneName(obj, i);
+		ms->days[i - 1] = OfferMilestoneDays(obj, i);
+		amount = OfferMilestoneAmount(obj, i);
+		ms->total = DirectFunctionCall2(numeric_add, ms->total, amount);
+		ms->amounts[i - 1] = amount;
+	}
+}
+
+/*
+ * OfferCheckAllowed refuses an offer the settings do not allow: a total
+ * not above min_order_total (22023, R2), a seller or a category not
+ * eligible (0A000).
+ */
+static void
+OfferCheckAllowed(const Offer *of, const OfferSettings *s, const OfferMilestones *ms)
+{
+	if (NumCmp(ms->total, s->min_total) <= 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("milestone orders must total more than %s", EngineNumericOut(s->min_total)),
+				 errdetail("The milestones total %s %s.", EngineNumericOut(ms->total), of->currency_s),
+				 errhint("Milestones are for larger orders; send a regular offer instead.")));
+
+	if (!s->seller_eligible)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("seller " INT64_FORMAT " cannot offer milestone orders", of->seller_id),
+				 errdetail("Seller " INT64_FORMAT " is not eligible for milestones.", of->seller_id),
+				 errhint("Support enables sellers with milestones.set_seller_eligibility().")));
+	if (!s->category_eligible)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("category %s does not offer milestone orders", quote_literal_cstr(of->category_s)),
+				 errdetail("Category %s is not eligible for milestones.", quote_literal_cstr(of->category_s)),
+				 errhint("Support enables categories with milestones.set_category_eligibility().")));
+}
+
+/*
+ * The order and its milestones (the order_id from the column default)
+ * in one statement; one row per milestone written.  The event is a
+ * statement of its own, after: the events trigger's fallback NOTIFY
+ * builds its payload from the order row, which a trigger fired by the
+ * same statement would not see.
+ */
 #define OFFER_CTES OFFER_CTES_MODE("", "")
-	/* $14: the payment mode, in the confirmed-mode variants (1.2) */
+/* $14: the payment mode, in the confirmed-mode variants (1.2) */
 #define OFFER_CTES_MODE(mode_column, mode_value) \
-		"WITH o AS (INSERT INTO milestones.orders (seller_id, buyer_id, category, currency," \
-		" revisions_allowed, fee_rate, created_at" mode_column ") VALUES ($1, $2, $3, $4, $5, $6, $7" \
-		mode_value ") RETURNING order_id)," \
-		" m AS (INSERT INTO milestones.order_milestones (order_id, position, name, days, amount, final)" \
-		" SELECT o.order_id, x.ord, x.name, x.days, x.amount, x.ord OPERATOR(pg_catalog.=) $11" \
-		" FROM o, ROWS FROM (pg_catalog.unnest($8), pg_catalog.unnest($9), pg_catalog.unnest($10))" \
-		" WITH ORDINALITY AS x(name, days, amount, ord)" \
-		" RETURNING position)"
+	"WITH o AS (INSERT INTO milestones.orders (seller_id, buyer_id, category, currency," \
+	" revisions_allowed, fee_rate, created_at" mode_column ") VALUES ($1, $2, $3, $4, $5, $6, $7" \
+	mode_value ") RETURNING order_id)," \
+	" m AS (INSERT INTO milestones.order_milestones (order_id, position, name, days, amount, final)" \
+	" SELECT o.order_id, x.ord, x.name, x.days, x.amount, x.ord OPERATOR(pg_catalog.=) $11" \
+	" FROM o, ROWS FROM (pg_catalog.unnest($8), pg_catalog.unnest($9), pg_catalog.unnest($10))" \
+	" WITH ORDINALITY AS x(name, days, amount, ord)" \
+	" RETURNING position)"
 #define OFFER_ARGTYPES \
-		INT8OID, INT8OID, TEXTOID, TEXTOID, INT4OID, NUMERICOID, TIMESTAMPTZOID, \
-		TEXTARRAYOID, INT2ARRAYOID, NUMERICARRAYOID, INT4OID
+	INT8OID, INT8OID, TEXTOID, TEXTOID, INT4OID, NUMERICOID, TIMESTAMPTZOID, \
+	TEXTARRAYOID, INT2ARRAYOID, NUMERICARRAYOID, INT4OID
+
+/*
+ * OfferWrite writes the order and its milestones (and, with_event, the
+ * 'offered' event with its detail) and declares the new rows to the commit
+ * check (check.c).  Returns the new order's id.
+ */
+static int64
+OfferWrite(const Offer *of, const OfferSettings *s, const OfferMilestones *ms,
+		   StringInfo detail, bool with_event)
+{
+	int			n = ms->n;
+	int64		order_id;
+	bool		isnull;
+	WriteFact	f;
+	int			i;
+
 	static EnginePlan offer_plan = {
 		OFFER_CTES " SELECT o.order_id, m.position FROM o, m",
 		11, {OFFER_ARGTYPES}
@@ -1205,295 +1575,27 @@ milestones_create_offer(PG_FUNCTION_ARGS)
 		" SELECT o.order_id, m.position FROM o, m, e",
 		13, {OFFER_ARGTYPES, JSONBOID, TIMESTAMPTZOID}
 	};
-	static EnginePlan mode_setting_plan = {
-		"SELECT s.payment_mode OPERATOR(pg_catalog.=) 'confirmed' FROM milestones.settings s",
-		0, {InvalidOid}
-	};
-	bool		confirmed = false;
-	bool		with_event;
 
-	EngineRefuseOnStandby("create_offer");
-	if (sellernull || seller_id <= 0)
-		EngineCheckId(sellernull, seller_id, "seller_id");
-	if (buyernull || buyer_id <= 0)
-		EngineCheckId(buyernull, buyer_id, "buyer_id");
-	EngineCheckText(category == NULL, category, "category", 100, true);
-	EngineNotNull(milestones == NULL, "milestones");
-	EngineNotNull(currency == NULL, "currency");
-	if (buyer_id == seller_id)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("buyer and seller must be different users"),
-				 errdetail("Both are user " INT64_FORMAT ".", seller_id)));
-	currency_s = text_to_cstring(currency);
-	if (!(strlen(currency_s) == 3 &&
-		  currency_s[0] >= 'A' && currency_s[0] <= 'Z' &&
-		  currency_s[1] >= 'A' && currency_s[1] <= 'Z' &&
-		  currency_s[2] >= 'A' && currency_s[2] <= 'Z'))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("currency must be an ISO 4217 code"),
-				 errdetail("Got %s.", EngineQuoteLiteral(currency_s, 20)),
-				 errhint("Use three capital letters, such as USD or EUR.")));
-	if (!revisionsnull && revisions < 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("revisions must be 0 or more, or NULL for unlimited"),
-				 errdetail("Got %d.", revisions)));
-	category_s = text_to_cstring(category);
-
-	EngineConnect();
-	/* A retry returns the first result even if settings changed since. */
-	initStringInfo(&args);
-	JsonAddInt(&args, "seller_id", false, seller_id);
-	JsonAddInt(&args, "buyer_id", false, buyer_id);
-	JsonAddText(&args, "category", category_s);
-	JsonAddKey(&args, "milestones");
-	(void) JsonbToCString(&args, &milestones->root, VARSIZE(milestones));
-	JsonAddInt(&args, "revisions", revisionsnull, revisions);
-	JsonAddText(&args, "currency", currency_s);
-	if (EngineIdemClaim(key == NULL, key, "create_offer", JsonClose(&args), &prev))
-	{
-		static EnginePlan id_plan = {"SELECT $1::pg_catalog.int8", 1, {JSONBOID}};
-
-		values[0] = prev;
-		EngineExec(&id_plan, values, NULL, SPI_OK_SELECT, 1);
-		order_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-		EngineFinish();
-		if (isnull)
-			PG_RETURN_NULL();
-		PG_RETURN_INT64(order_id);
-	}
-
-	/* By primary key without the executor (direct.c), or the statement. */
-	if (EngineEligibleDirect(seller_id, category_s, &seller_eligible, &category_eligible, &settings))
-	{
-		min_total = settings.min_total;
-		max_milestones = settings.max_milestones;
-		fee_rate = settings.fee_rate;
-		confirmed = settings.confirmed;
-	}
-	else
-	{
-		static const ColumnSpec settings_columns[3] =
-		{
-			{"min_order_total", NUMERICOID, true}, {"max_milestones", INT4OID, true},
-			{"seller_fee_rate", NUMERICOID, true}
-		};
-
-		values[0] = Int64GetDatum(seller_id);
-		values[1] = PointerGetDatum(category);
-		EngineExec(&settings_plan, values, NULL, SPI_OK_SELECT, 0);
-		if (SPI_processed != 1)
-			EngineSettingsRowsError((int) SPI_processed);
-		ColumnsCheckResult(SPI_tuptable, 1, 1, "settings", settings_columns, 3);
-		min_total = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-		max_milestones = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
-		fee_rate = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull);
-		seller_eligible = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4, &isnull));
-		category_eligible = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 5, &isnull));
-		/* 1.2's payment mode (a 1.1 database is recorded mode) */
-		if (PaymentsSchema())
-		{
-			EngineExec(&mode_setting_plan, NULL, NULL, SPI_OK_SELECT, 1);
-			confirmed = SPI_processed == 1 &&
-				DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)) &&
-				!isnull;
-		}
-	}
-
-	if (JB_ROOT_IS_SCALAR(milestones) || !JB_ROOT_IS_ARRAY(milestones))
-	{
-		const char *type;
-
-		if (JB_ROOT_IS_OBJECT(milestones))
-			type = "object";
-		else
-		{
-			JsonbValue	scalar;
-
-			if (!JsonbExtractScalar(&milestones->root, &scalar))
-				elog(ERROR, "milestones engine: unexpected JSON root");
-			type = JsonTypeName(&scalar);
-		}
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("milestones must be a JSON array"),
-				 errdetail("Got a JSON %s.", type),
-				 errhint("Send [{\"name\": \"Wireframes\", \"days\": 5, \"amount\": \"150.00\"}, ...].")));
-	}
-	n = JB_ROOT_COUNT(milestones);
-	if (n < 1 || n > max_milestones || n > ENGINE_MAX_MILESTONES)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("an offer needs 1 to %d milestones", max_milestones),
-				 errdetail("Got %d milestones.", n)));
-
-	total = NumericGetDatum(int64_to_numeric(0));
-	for (i = 1; i <= n; i++)
-	{
-		JsonbValue *e = getIthJsonbValueFromContainer(&milestones->root, i - 1);
-		JsonbContainer *obj;
-		JsonbValue *v;
-		JsonbIterator *it;
-		JsonbValue	kv;
-		JsonbIteratorToken tok;
-		StringInfoData bad;
-		char	   *name;
-		Datum		days;
-		Datum		amount;
-
-		if (e == NULL || e->type != jbvBinary || JsonContainerIsArray(e->val.binary.data))
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("milestone %d must be a JSON object", i),
-					 errdetail("Got a JSON %s.", JsonTypeName(e))));
-		obj = e->val.binary.data;
-		initStringInfo(&bad);
-		it = JsonbIteratorInit(obj);
-		while ((tok = JsonbIteratorNext(&it, &kv, true)) != WJB_DONE)
-		{
-			if (tok == WJB_KEY)
-			{
-				char	   *k = pnstrdup(kv.val.string.val, kv.val.string.len);
-
-				if (strcmp(k, "name") != 0 && strcmp(k, "days") != 0 && strcmp(k, "amount") != 0)
-				{
-					if (bad.len > 0)
-						appendStringInfoString(&bad, ", ");
-					appendStringInfoString(&bad, k);
-				}
-			}
-		}
-		if (bad.len > 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("milestone %d has unknown keys", i),
-					 errdetail("Unknown: %s.", pnstrdup(bad.data, pg_mbcharcliplen(bad.data, bad.len, 200))),
-					 errhint("Each milestone has exactly name, days and amount.")));
-		/* name: 1..200 characters, not blank */
-		v = JsonMember(obj, "name");
-		if (v == NULL || v->type != jbvString)
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("milestone %d needs a name (a JSON string)", i),
-					 errdetail("Its name is a JSON %s.", JsonTypeName(v)),
-					 errhint("Each milestone is {\"name\": \"...\", \"days\": N, \"amount\": \"0.00\"}.")));
-		name = pnstrdup(v->val.string.val, v->val.string.len);
-		{
-			text	   *t = cstring_to_text(name);
-			int			len = EngineTextLength(t);
-
-			if (DatumGetBool(DirectFunctionCall2Coll(textregexne, DEFAULT_COLLATION_OID,
-													 PointerGetDatum(t),
-													 CStringGetTextDatum("[^[:space:]]"))) ||
-				len > 200)
-				ereport(ERROR,
-						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-						 errmsg("milestone %d name must have 1 to 200 characters and not be blank", i),
-						 errdetail("The name has %d characters.", len)));
-			names[i - 1] = PointerGetDatum(t);
-		}
-		/* days: a whole number 1..365 */
-		v = JsonMember(obj, "days");
-		if (v == NULL || v->type != jbvNumeric)
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("milestone %d needs days (a JSON number)", i),
-					 errdetail("Its days is a JSON %s.", JsonTypeName(v)),
-					 errhint("Each milestone is {\"name\": \"...\", \"days\": N, \"amount\": \"0.00\"}.")));
-		days = NumericGetDatum(v->val.numeric);
-		if (NumCmp(days, DirectFunctionCall2(numeric_trunc, days, Int32GetDatum(0))) != 0 ||
-			NumCmp(days, NumericGetDatum(int64_to_numeric(1))) < 0 ||
-			NumCmp(days, NumericGetDatum(int64_to_numeric(365))) > 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("milestone %d days must be a whole number from 1 to 365", i),
-					 errdetail("Got %s.", LeftOut(days))));
-		days_list[i - 1] = DirectFunctionCall1(numeric_int2, days);
-		/* amount: > 0, at most 2 decimals, never rounded */
-		v = JsonMember(obj, "amount");
-		if (v != NULL && v->type == jbvNumeric)
-			amount = NumericGetDatum(v->val.numeric);
-		else if (v != NULL && v->type == jbvString)
-		{
-			char	   *raw = pnstrdup(v->val.string.val, v->val.string.len);
-
-			if (!IsDecimalText(raw))
-				ereport(ERROR,
-						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-						 errmsg("milestone %d amount must be a decimal number", i),
-						 errdetail("Got %s.", EngineQuoteLiteral(raw, 40)),
-						 errhint("Send an amount such as \"150.00\".")));
-			amount = NumConst(raw);
-		}
-		else
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("milestone %d needs an amount (a JSON number or string)", i),
-					 errdetail("Its amount is a JSON %s.", JsonTypeName(v)),
-					 errhint("Send the amount as a decimal string such as \"150.00\".")));
-		if (NumCmp(amount, NumericGetDatum(int64_to_numeric(0))) <= 0 ||
-			NumCmp(amount, NumConst("999999999.99")) > 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("milestone %d amount must be more than 0 and at most 999999999.99", i),
-					 errdetail("Got %s.", LeftOut(amount))));
-		if (NumCmp(amount, DirectFunctionCall2(numeric_round, amount, Int32GetDatum(2))) != 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("milestone %d amount has more than 2 decimals", i),
-					 errdetail("Got %s.", EngineNumericOut(amount)),
-					 errhint("Amounts are never rounded: send whole cents.")));
-		total = DirectFunctionCall2(numeric_add, total, amount);
-		amounts[i - 1] = amount;
-	}
-
-	if (NumCmp(total, min_total) <= 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("milestone orders must total more than %s", EngineNumericOut(min_total)),
-				 errdetail("The milestones total %s %s.", EngineNumericOut(total), currency_s),
-				 errhint("Milestones are for larger orders; send a regular offer instead.")));
-
-	if (!seller_eligible)
-		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("seller " INT64_FORMAT " cannot offer milestone orders", seller_id),
-				 errdetail("Seller " INT64_FORMAT " is not eligible for milestones.", seller_id),
-				 errhint("Support enables sellers with milestones.set_seller_eligibility().")));
-	if (!category_eligible)
-		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("category %s does not offer milestone orders", quote_literal_cstr(category_s)),
-				 errdetail("Category %s is not eligible for milestones.", quote_literal_cstr(category_s)),
-				 errhint("Support enables categories with milestones.set_category_eligibility().")));
-
-	initStringInfo(&detail);
-	JsonAddInt(&detail, "milestones", false, n);
-	JsonAddNumeric(&detail, "total", total);
-	JsonAddInt(&detail, "revisions", revisionsnull, revisions);
-	with_event = RelayServesThisDatabase();
 	{
 		Datum		ovalues[13];
 		char		onulls[13] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
 
-		ovalues[0] = Int64GetDatum(seller_id);
-		ovalues[1] = Int64GetDatum(buyer_id);
-		ovalues[2] = PointerGetDatum(category);
-		ovalues[3] = PointerGetDatum(currency);
-		ovalues[4] = Int32GetDatum(revisions);
-		if (revisionsnull)
+		ovalues[0] = Int64GetDatum(of->seller_id);
+		ovalues[1] = Int64GetDatum(of->buyer_id);
+		ovalues[2] = PointerGetDatum(of->category);
+		ovalues[3] = PointerGetDatum(of->currency);
+		ovalues[4] = Int32GetDatum(of->revisions);
+		if (of->revisionsnull)
 			onulls[4] = 'n';
-		ovalues[5] = fee_rate;
+		ovalues[5] = s->fee_rate;
 		ovalues[6] = TimestampTzGetDatum(MilestonesNow());
-		ovalues[7] = PointerGetDatum(construct_array(names, n, TEXTOID, -1, false, TYPALIGN_INT));
-		ovalues[8] = PointerGetDatum(construct_array(days_list, n, INT2OID, 2, true, TYPALIGN_SHORT));
-		ovalues[9] = PointerGetDatum(construct_array(amounts, n, NUMERICOID, -1, false, TYPALIGN_INT));
+		ovalues[7] = PointerGetDatum(construct_array((Datum *) ms->names, n, TEXTOID, -1, false, TYPALIGN_INT));
+		ovalues[8] = PointerGetDatum(construct_array((Datum *) ms->days, n, INT2OID, 2, true, TYPALIGN_SHORT));
+		ovalues[9] = PointerGetDatum(construct_array((Datum *) ms->amounts, n, NUMERICOID, -1, false, TYPALIGN_INT));
 		ovalues[10] = Int32GetDatum(n);
-		ovalues[11] = EngineJsonb(JsonClose(&detail));
+		ovalues[11] = EngineJsonb(JsonClose(detail));
 		ovalues[12] = TimestampTzGetDatum(MilestonesNow());
-		EngineExec(confirmed ? (with_event ? &offer_confirmed_event_plan : &offer_confirmed_plan) :
+		EngineExec(s->confirmed ? (with_event ? &offer_confirmed_event_plan : &offer_confirmed_plan) :
 				   (with_event ? &offer_event_plan : &offer_plan), ovalues, onulls, SPI_OK_SELECT, 0);
 	}
 	if ((int) SPI_processed != n)
@@ -1510,97 +1612,97 @@ milestones_create_offer(PG_FUNCTION_ARGS)
 		f = StateFact(FACT_MILESTONE, true, -1, MS_PENDING, i + 1);
 		CheckDeclare(order_id, &f);
 	}
+	return order_id;
+}
+
+/*
+ * milestones_create_offer: a seller's custom offer with 1..max_milestones
+ * milestones (R1, R2, R12).  Returns the new order's id, taken from the
+ * orders.order_id column default.  The steps: the arguments (OfferCheckArgs),
+ * the idempotency key (a retry returns the first result even if settings
+ * changed since), the settings (OfferReadSettings), the milestones
+ * (OfferCheckMilestones), what the settings allow (OfferCheckAllowed), the
+ * write (OfferWrite), the event, the key's result.
+ */
+Datum
+milestones_create_offer(PG_FUNCTION_ARGS)
+{
+	Offer		of;
+	OfferSettings s;
+	OfferMilestones ms;
+	Datum		prev;
+	StringInfoData detail;
+	Datum		values[1];
+	bool		isnull;
+	int64		order_id;
+	bool		with_event;
+	EngineOrder *o = palloc0(sizeof(EngineOrder));
+
+	of.seller_id = ARG_INT64(0, of.sellernull);
+	of.buyer_id = ARG_INT64(1, of.buyernull);
+	of.category = ARG_TEXT(2);
+	of.milestones = PG_ARGISNULL(3) ? NULL : PG_GETARG_JSONB_P(3);
+	of.revisionsnull = PG_ARGISNULL(4);
+	of.revisions = of.revisionsnull ? 0 : PG_GETARG_INT32(4);
+	of.currency = ARG_TEXT(5);
+	of.key = ARG_TEXT(6);
+	OfferCheckArgs(&of);
+
+	EngineConnect();
+	/* A retry returns the first result even if settings changed since. */
+	if (EngineIdemClaim(of.key == NULL, of.key, "create_offer", OfferArgsJson(&of), &prev))
+	{
+		static EnginePlan id_plan = {"SELECT $1::pg_catalog.int8", 1, {JSONBOID}};
+
+		values[0] = prev;
+		EngineExec(&id_plan, values, NULL, SPI_OK_SELECT, 1);
+		order_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+		EngineFinish();
+		if (isnull)
+			PG_RETURN_NULL();
+		PG_RETURN_INT64(order_id);
+	}
+
+	OfferReadSettings(&of, &s);
+	OfferCheckMilestones(of.milestones, s.max_milestones, &ms);
+	OfferCheckAllowed(&of, &s, &ms);
+
+	initStringInfo(&detail);
+	JsonAddInt(&detail, "milestones", false, ms.n);
+	JsonAddNumeric(&detail, "total", ms.total);
+	JsonAddInt(&detail, "revisions", of.revisionsnull, of.revisions);
+	with_event = RelayServesThisDatabase();
+	order_id = OfferWrite(&of, &s, &ms, &detail, with_event);
 	o->order_id = order_id;
 	o->state = ORDER_OFFERED;
 	if (!with_event)
-		EngineEvent(o, -1, "offered", "seller", false, seller_id, NULL, -1, detail.data);
+		EngineEvent(o, -1, "offered", "seller", false, of.seller_id, NULL, -1, detail.data);
 
-	if (key != NULL)
+	if (of.key != NULL)
 	{
 		char		buf[32];
 
 		snprintf(buf, sizeof(buf), INT64_FORMAT, order_id);
-		EngineIdemStore(key, EngineJsonb(buf));
+		EngineIdemStore(of.key, EngineJsonb(buf));
 	}
 	EngineFinish();
 	PG_RETURN_INT64(order_id);
 }
 
 /*
- * milestones_cancel_milestone: customer support ends one milestone of an
- * active order for a listed reason, and the order goes on (R10b, SPEC
- * section 8).  A pending milestone is cancelled (never charged); the
- * running one (in progress, or delivered with its window open) is
- * refunded and the next pending milestone is charged and started as on
- * accept -- or, when none is left, the order ends exactly as cancel ends
- * it.  The behaviour of issue 11's PL/pgSQL version, message for message.
+ * CancelMilestoneTarget returns the milestone cancel_milestone ends, once
+ * the order is locked: it refuses (55000) an order that is not active, or
+ * whose current milestone's window closed or whose charge is past its
+ * pay_by (the sweep will end it), a position with no milestone (P0002),
+ * and a milestone that has already ended (55000).
  */
-Datum
-milestones_cancel_milestone(PG_FUNCTION_ARGS)
+static EngineMilestone *
+CancelMilestoneTarget(EngineOrder *o, int64 order_id, int32 position)
 {
-	MemoryContext caller = CurrentMemoryContext;
-	bool		idnull;
-	int64		order_id = ARG_INT64(0, idnull);
-	bool		posnull = PG_ARGISNULL(1);
-	int32		position = posnull ? 0 : PG_GETARG_INT32(1);
-	text	   *agent = ARG_TEXT(2);
-	text	   *reason = ARG_TEXT(3);
-	text	   *note = ARG_TEXT(4);
-	text	   *key = ARG_TEXT(5);
-	EngineOrder *o = palloc(sizeof(EngineOrder));
 	EngineMilestone *m = NULL;
 	EngineMilestone *cur;
-	EngineMilestone *next = NULL;
-	Datum		result;
-	Datum		values[6];
-	char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
-	char	   *reason_s;
-	char	   *agent_s;
 	int			i;
-	int			final = -1;
-	Datum		total = (Datum) 0;
-	Datum		refunded = NumericGetDatum(int64_to_numeric(0));
-	Datum		charged = NumericGetDatum(int64_to_numeric(0));
-	StringInfoData args;
-	StringInfoData detail;
-	static EnginePlan end_milestone_plan = {
-		"UPDATE milestones.order_milestones SET state = $3, cancel_reason = $4,"
-		" cancelled_by = $5, cancel_note = $6"
-		" WHERE order_id OPERATOR(pg_catalog.=) $1 AND position OPERATOR(pg_catalog.=) $2",
-		6, {INT8OID, INT2OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID}
-	};
-	static EnginePlan cancel_plan = {
-		"UPDATE milestones.orders SET state = 'cancelled', cancel_reason = $2, cancelled_by = $3,"
-		" cancel_note = $4, completed_at = $5 WHERE order_id OPERATOR(pg_catalog.=) $1",
-		5, {INT8OID, TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID}
-	};
 
-	EngineRefuseOnStandby("cancel_milestone");
-	if (idnull || order_id <= 0)
-		EngineCheckId(idnull, order_id, "order_id");
-	EngineNotNull(posnull, "position");
-	if (position < 1)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("position must be 1 or more"),
-				 errdetail("Got %d; milestones are numbered from 1.", position)));
-	EngineCheckText(agent == NULL, agent, "agent", 200, true);
-	EngineNotNull(reason == NULL, "reason");
-	CheckNote(note);
-	reason_s = text_to_cstring(reason);
-	agent_s = text_to_cstring(agent);
-	EngineConnect();
-	initStringInfo(&args);
-	JsonAddInt(&args, "order_id", false, order_id);
-	JsonAddInt(&args, "position", false, position);
-	JsonAddText(&args, "agent", agent_s);
-	JsonAddText(&args, "reason", reason_s);
-	JsonAddText(&args, "note", note ? text_to_cstring(note) : NULL);
-	if (EngineRetried(fcinfo, caller, key, "cancel_milestone", JsonClose(&args), &result))
-		PG_RETURN_DATUM(result);
-	/* After the key: a retry succeeds even if the reason was retired since. */
-	CheckReason(reason, reason_s);
-	EngineLockOrder(o, order_id, 0, "support");
 	if (o->state != ORDER_ACTIVE)
 	{
 		const char *state = StateName(&OrderMachine, o->state);
@@ -1649,6 +1751,116 @@ milestones_cancel_milestone(PG_FUNCTION_ARGS)
 				 errdetail("Milestone %d (%s) has ended as %s; only a pending, in-progress or delivered milestone can be cancelled.",
 						   m->position, m->name, StateName(&MilestoneMachine, m->state)),
 				 errhint("See milestones.milestone_status for the order's milestones.")));
+	return m;
+}
+
+/*
+ * CancelMilestoneEndOrder ends the order exactly as cancel ends it, when
+ * cancel_milestone ended its last milestone not cancelled: the order is
+ * cancelled for the reason, settled (LedgerSettle), and the payout goes
+ * into the event's detail.
+ */
+static void
+CancelMilestoneEndOrder(EngineOrder *o, int64 order_id, text *reason, text *agent,
+						text *note, const char *reason_s, StringInfo detail)
+{
+	static EnginePlan cancel_plan = {
+		"UPDATE milestones.orders SET state = 'cancelled', cancel_reason = $2, cancelled_by = $3,"
+		" cancel_note = $4, completed_at = $5 WHERE order_id OPERATOR(pg_catalog.=) $1",
+		5, {INT8OID, TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID}
+	};
+	StringInfoData payout;
+	Datum		ovalues[5];
+	char		onulls[5] = {' ', ' ', ' ', ' ', ' '};
+
+	ovalues[0] = Int64GetDatum(order_id);
+	ovalues[1] = PointerGetDatum(reason);
+	ovalues[2] = PointerGetDatum(agent);
+	ovalues[3] = note ? PointerGetDatum(note) : (Datum) 0;
+	if (note == NULL)
+		onulls[3] = 'n';
+	ovalues[4] = TimestampTzGetDatum(MilestonesNow());
+	EngineExec(&cancel_plan, ovalues, onulls, SPI_OK_UPDATE, 0);
+	if (SPI_processed != 1)
+		elog(ERROR, "milestones engine: order " INT64_FORMAT " not cancelled", order_id);
+	EngineSetOrder(o, ORDER_CANCELLED, true);
+	EngineSetEnded(o, NULL, reason_s, DatumGetTimestampTz(ovalues[4]));
+	initStringInfo(&payout);
+	LedgerSettle(o, &payout);
+	JsonAddKey(detail, "payout");
+	appendStringInfoString(detail, payout.data);
+}
+
+/*
+ * milestones_cancel_milestone: customer support ends one milestone of an
+ * active order for a listed reason, and the order goes on (R10b, SPEC
+ * section 8).  A pending milestone is cancelled (never charged); the
+ * running one (in progress, or delivered with its window open) is
+ * refunded and the next pending milestone is charged and started as on
+ * accept -- or, when none is left, the order ends exactly as cancel ends
+ * it.  The behaviour of issue 11's PL/pgSQL version, message for message.
+ */
+Datum
+milestones_cancel_milestone(PG_FUNCTION_ARGS)
+{
+	MemoryContext caller = CurrentMemoryContext;
+	bool		idnull;
+	int64		order_id = ARG_INT64(0, idnull);
+	bool		posnull = PG_ARGISNULL(1);
+	int32		position = posnull ? 0 : PG_GETARG_INT32(1);
+	text	   *agent = ARG_TEXT(2);
+	text	   *reason = ARG_TEXT(3);
+	text	   *note = ARG_TEXT(4);
+	text	   *key = ARG_TEXT(5);
+	EngineOrder *o = palloc(sizeof(EngineOrder));
+	EngineMilestone *m = NULL;
+	EngineMilestone *next = NULL;
+	Datum		result;
+	Datum		values[6];
+	char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
+	char	   *reason_s;
+	char	   *agent_s;
+	int			i;
+	int			final = -1;
+	Datum		total = (Datum) 0;
+	Datum		refunded = NumericGetDatum(int64_to_numeric(0));
+	Datum		charged = NumericGetDatum(int64_to_numeric(0));
+	StringInfoData args;
+	StringInfoData detail;
+	static EnginePlan end_milestone_plan = {
+		"UPDATE milestones.order_milestones SET state = $3, cancel_reason = $4,"
+		" cancelled_by = $5, cancel_note = $6"
+		" WHERE order_id OPERATOR(pg_catalog.=) $1 AND position OPERATOR(pg_catalog.=) $2",
+		6, {INT8OID, INT2OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID}
+	};
+
+	EngineRefuseOnStandby("cancel_milestone");
+	if (idnull || order_id <= 0)
+		EngineCheckId(idnull, order_id, "order_id");
+	EngineNotNull(posnull, "position");
+	if (position < 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("position must be 1 or more"),
+				 errdetail("Got %d; milestones are numbered from 1.", position)));
+	EngineCheckText(agent == NULL, agent, "agent", 200, true);
+	EngineNotNull(reason == NULL, "reason");
+	CheckNote(note);
+	reason_s = text_to_cstring(reason);
+	agent_s = text_to_cstring(agent);
+	EngineConnect();
+	initStringInfo(&args);
+	JsonAddInt(&args, "order_id", false, order_id);
+	JsonAddInt(&args, "position", false, position);
+	JsonAddText(&args, "agent", agent_s);
+	JsonAddText(&args, "reason", reason_s);
+	JsonAddText(&args, "note", note ? text_to_cstring(note) : NULL);
+	if (EngineRetried(fcinfo, caller, key, "cancel_milestone", JsonClose(&args), &result))
+		PG_RETURN_DATUM(result);
+	/* After the key: a retry succeeds even if the reason was retired since. */
+	CheckReason(reason, reason_s);
+	EngineLockOrder(o, order_id, 0, "support");
+	m = CancelMilestoneTarget(o, order_id, position);
 
 	initStringInfo(&detail);
 	/* Confirmed mode: the charge of a milestone awaiting payment is voided. */
@@ -1705,26 +1917,7 @@ milestones_cancel_milestone(PG_FUNCTION_ARGS)
 		else
 		{
 			/* Nothing left: the order ends exactly as cancel ends it. */
-			StringInfoData payout;
-			Datum		ovalues[5];
-			char		onulls[5] = {' ', ' ', ' ', ' ', ' '};
-
-			ovalues[0] = Int64GetDatum(order_id);
-			ovalues[1] = PointerGetDatum(reason);
-			ovalues[2] = PointerGetDatum(agent);
-			ovalues[3] = note ? PointerGetDatum(note) : (Datum) 0;
-			if (note == NULL)
-				onulls[3] = 'n';
-			ovalues[4] = TimestampTzGetDatum(MilestonesNow());
-			EngineExec(&cancel_plan, ovalues, onulls, SPI_OK_UPDATE, 0);
-			if (SPI_processed != 1)
-				elog(ERROR, "milestones engine: order " INT64_FORMAT " not cancelled", order_id);
-			EngineSetOrder(o, ORDER_CANCELLED, true);
-			EngineSetEnded(o, NULL, reason_s, DatumGetTimestampTz(ovalues[4]));
-			initStringInfo(&payout);
-			LedgerSettle(o, &payout);
-			JsonAddKey(&detail, "payout");
-			appendStringInfoString(&detail, payout.data);
+			CancelMilestoneEndOrder(o, order_id, reason, agent, note, reason_s, &detail);
 		}
 	}
 

@@ -3,7 +3,11 @@
  * src/direct.c
  *		Reads by key without the executor: the order lock (every order
  *		action's first step), the eligibility of a seller and a category,
- *		and the settings row.
+ *		and the settings row.  And the rows of an order and its milestones
+ *		made into the engine's picture (EngineOrderFromRow,
+ *		EngineMilestoneFromRow), for these reads and for the locking
+ *		statement's result alike (engine.c): engine.c calls this file, never
+ *		the other way round.
  *
  * An executor start-up costs more than the few index probes most of the
  * engine's reads are; each read here does the probes itself, and steps
@@ -180,6 +184,85 @@ OpenDirect(const char *name, LOCKMODE lockmode, bool for_update, ColumnMap *map,
 		return NULL;
 	}
 	return rel;
+}
+
+/* RowText is a text column's value as a C string, or NULL. */
+static char *
+RowText(const Datum *values, const bool *nulls, int a)
+{
+	return nulls[a] ? NULL : TextDatumGetCString(values[a]);
+}
+
+/*
+ * EngineOrderFromRow fills o from a row of the order's columns, whose
+ * values are values[att[OC_...]] (of the types of EngineOrderColumns,
+ * with a value wherever those are NOT NULL: the caller checked both).
+ */
+void
+EngineOrderFromRow(EngineOrder *o, const Datum *values, const bool *nulls, const int *att)
+{
+	char	   *state;
+	char	   *cancel_reason;
+
+	memset(o, 0, offsetof(EngineOrder, ms));
+	o->order_id = DatumGetInt64(values[att[OC_ORDER_ID]]);
+	o->seller_id = DatumGetInt64(values[att[OC_SELLER_ID]]);
+	o->buyer_id = DatumGetInt64(values[att[OC_BUYER_ID]]);
+	o->category = RowText(values, nulls, att[OC_CATEGORY]);
+	o->currency = RowText(values, nulls, att[OC_CURRENCY]);
+	state = RowText(values, nulls, att[OC_STATE]);
+	o->state = StateCode(&OrderMachine, state);
+	if (o->state < 0)
+		elog(ERROR, "milestones engine: order " INT64_FORMAT " has unknown state \"%s\"",
+			 o->order_id, state ? state : "(null)");
+	o->end_reason = RowText(values, nulls, att[OC_END_REASON]);
+	cancel_reason = RowText(values, nulls, att[OC_CANCEL_REASON]);
+	o->reason = o->end_reason != NULL ? o->end_reason : cancel_reason;
+	o->revisions_unlimited = nulls[att[OC_REVISIONS_ALLOWED]];
+	o->revisions_allowed = o->revisions_unlimited ? 0 :
+		DatumGetInt32(values[att[OC_REVISIONS_ALLOWED]]);
+	o->revisions_used = DatumGetInt32(values[att[OC_REVISIONS_USED]]);
+	o->fee_rate = datumCopy(values[att[OC_FEE_RATE]], false, -1);
+	o->created_at = DatumGetTimestampTz(values[att[OC_CREATED_AT]]);
+	o->placed_at_null = nulls[att[OC_PLACED_AT]];
+	o->placed_at = o->placed_at_null ? 0 : DatumGetTimestampTz(values[att[OC_PLACED_AT]]);
+	o->completed_at_null = nulls[att[OC_COMPLETED_AT]];
+	o->completed_at = o->completed_at_null ? 0 :
+		DatumGetTimestampTz(values[att[OC_COMPLETED_AT]]);
+	o->nmilestones = -1;
+	o->current = -1;
+}
+
+/*
+ * EngineMilestoneFromRow fills m, one of o's milestones, from a row of the
+ * milestone's columns (values[att[MC_...]], as EngineOrderFromRow), and
+ * makes it o's current one when it is in progress or delivered.
+ */
+void
+EngineMilestoneFromRow(EngineOrder *o, EngineMilestone *m, const Datum *values,
+					   const bool *nulls, const int *att)
+{
+	char	   *state;
+
+	m->position = DatumGetInt16(values[att[MC_POSITION]]);
+	state = RowText(values, nulls, att[MC_STATE]);
+	m->state = StateCode(&MilestoneMachine, state);
+	if (m->state < 0)
+		elog(ERROR, "milestones engine: milestone %d of order " INT64_FORMAT " has unknown state \"%s\"",
+			 m->position, o->order_id, state ? state : "(null)");
+	m->name = RowText(values, nulls, att[MC_NAME]);
+	m->final = DatumGetBool(values[att[MC_FINAL]]);
+	m->amount = datumCopy(values[att[MC_AMOUNT]], false, -1);
+	m->respond_by_null = nulls[att[MC_RESPOND_BY]];
+	m->respond_by = m->respond_by_null ? 0 : DatumGetTimestampTz(values[att[MC_RESPOND_BY]]);
+	m->delivered_at_null = nulls[att[MC_DELIVERED_AT]];
+	m->delivered_at = m->delivered_at_null ? 0 :
+		DatumGetTimestampTz(values[att[MC_DELIVERED_AT]]);
+	m->deliveries = DatumGetInt32(values[att[MC_DELIVERIES]]);
+	m->due_at_null = nulls[att[MC_DUE_AT]];
+	m->due_at = m->due_at_null ? 0 : DatumGetTimestampTz(values[att[MC_DUE_AT]]);
+	if (m->state == MS_IN_PROGRESS || m->state == MS_DELIVERED)
+		o->current = (int) (m - o->ms);
 }
 
 /*
@@ -461,6 +544,22 @@ Probe(KeyProbe *p)
 }
 
 /*
+ * EngineSettingsRowsError refuses to read the settings when the table does
+ * not have exactly one row (a DBA removed it, or added one, with the
+ * table's guards switched off).
+ */
+void
+EngineSettingsRowsError(int rows)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("milestones.settings must have exactly one row"),
+			 errdetail("It has %d.", rows),
+			 errhint("Restore the row (INSERT INTO milestones.settings DEFAULT VALUES, then set each value with milestones.set_setting()), or remove the extra one.")));
+	pg_unreachable();
+}
+
+/*
  * ReadSettings reads the settings row under the active snapshot into
  * settings; returns how many rows the table has (exactly one, unless a
  * DBA broke it: each caller says what any other count means).
@@ -564,80 +663,4 @@ EngineNotifyDirect(Oid events_nsp, bool *notify)
 		return false;
 	*notify = settings.notify;
 	return true;
-}
-
-/*
- * The list of orders whose money was never checked (1.2): the order lock
- * looks the order up in it, and the commit check keeps it (check.c).
- */
-static const ColumnSpec unchecked_columns[1] =
-{
-	{"order_id", INT8OID, true}
-};
-static ColumnMap unchecked_map;
-
-/*
- * EngineUncheckedDirect says whether the order is listed in
- * milestones.unchecked_orders: 1 when it is, or when the table is not as
- * the extension made it and cannot be probed (the caller then assumes the
- * worst), 0 when it is not, -1 when there is no such table (a database at
- * 1.0 or 1.1).  A probe by primary key, under a new snapshot that also
- * sees this transaction's own listings; none when the table has no page.
- */
-int
-EngineUncheckedDirect(int64 order_id)
-{
-	Oid			relid = CheckRelid(CHECK_REL_UNCHECKED, NULL);
-	Relation	rel;
-	Relation	index;
-	IndexScanDesc scan;
-	ScanKeyData key;
-	TupleTableSlot *slot;
-	int			keycol[1];
-	bool		found;
-
-	if (!OidIsValid(relid))
-		return -1;
-	if (pg_class_aclcheck(relid, GetUserId(), ACL_SELECT) != ACLCHECK_OK)
-		return 1;
-	rel = try_table_open(relid, AccessShareLock);
-	if (rel == NULL)
-		return 1;				/* dropped meanwhile */
-	/*
-	 * The list is nearly always empty, and then has no page (autovacuum
-	 * truncates it, see the table's storage parameters): no page, no row,
-	 * without the index probe's snapshot and scan.
-	 */
-	if (TableIsPlain(rel->rd_rel) && RelationGetNumberOfBlocks(rel) == 0)
-	{
-		table_close(rel, NoLock);
-		return 0;
-	}
-	index = NULL;
-	if (TableIsPlain(rel->rd_rel) &&
-		ColumnMapFind(&unchecked_map, RelationGetDescr(rel), relid, 0, unchecked_columns, 1) < 0)
-	{
-		keycol[0] = unchecked_map.attnum[0];
-		index = KeyIndexOpen(rel, 1, keycol, INT8OID);
-	}
-	if (index == NULL)
-	{
-		/* not as the extension made it: the caller assumes the worst */
-		table_close(rel, NoLock);
-		return 1;
-	}
-	CommandCounterIncrement();
-	PushActiveSnapshot(GetTransactionSnapshot());
-	UpdateActiveSnapshotCommandId();
-	slot = table_slot_create(rel, NULL);
-	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(order_id));
-	scan = index_beginscan(rel, index, GetActiveSnapshot(), 1, 0);
-	index_rescan(scan, &key, 1, NULL, 0);
-	found = index_getnext_slot(scan, ForwardScanDirection, slot);
-	index_endscan(scan);
-	ExecDropSingleTupleTableSlot(slot);
-	PopActiveSnapshot();
-	index_close(index, NoLock);
-	table_close(rel, NoLock);
-	return found ? 1 : 0;
 }

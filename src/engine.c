@@ -17,6 +17,7 @@
 
 #include "access/htup_details.h"
 #include "access/xlog.h"
+#include "catalog/namespace.h"
 #include "catalog/pg_collation.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
@@ -456,85 +457,6 @@ const ColumnSpec EngineMilestoneColumns[MC_COUNT] =
 	{"deliveries", INT4OID, true}, {"due_at", TIMESTAMPTZOID, false}
 };
 
-/* RowText is a text column's value as a C string, or NULL. */
-static char *
-RowText(const Datum *values, const bool *nulls, int a)
-{
-	return nulls[a] ? NULL : TextDatumGetCString(values[a]);
-}
-
-/*
- * EngineOrderFromRow fills o from a row of the order's columns, whose
- * values are values[att[OC_...]] (of the types of EngineOrderColumns,
- * with a value wherever those are NOT NULL: the caller checked both).
- */
-void
-EngineOrderFromRow(EngineOrder *o, const Datum *values, const bool *nulls, const int *att)
-{
-	char	   *state;
-	char	   *cancel_reason;
-
-	memset(o, 0, offsetof(EngineOrder, ms));
-	o->order_id = DatumGetInt64(values[att[OC_ORDER_ID]]);
-	o->seller_id = DatumGetInt64(values[att[OC_SELLER_ID]]);
-	o->buyer_id = DatumGetInt64(values[att[OC_BUYER_ID]]);
-	o->category = RowText(values, nulls, att[OC_CATEGORY]);
-	o->currency = RowText(values, nulls, att[OC_CURRENCY]);
-	state = RowText(values, nulls, att[OC_STATE]);
-	o->state = StateCode(&OrderMachine, state);
-	if (o->state < 0)
-		elog(ERROR, "milestones engine: order " INT64_FORMAT " has unknown state \"%s\"",
-			 o->order_id, state ? state : "(null)");
-	o->end_reason = RowText(values, nulls, att[OC_END_REASON]);
-	cancel_reason = RowText(values, nulls, att[OC_CANCEL_REASON]);
-	o->reason = o->end_reason != NULL ? o->end_reason : cancel_reason;
-	o->revisions_unlimited = nulls[att[OC_REVISIONS_ALLOWED]];
-	o->revisions_allowed = o->revisions_unlimited ? 0 :
-		DatumGetInt32(values[att[OC_REVISIONS_ALLOWED]]);
-	o->revisions_used = DatumGetInt32(values[att[OC_REVISIONS_USED]]);
-	o->fee_rate = datumCopy(values[att[OC_FEE_RATE]], false, -1);
-	o->created_at = DatumGetTimestampTz(values[att[OC_CREATED_AT]]);
-	o->placed_at_null = nulls[att[OC_PLACED_AT]];
-	o->placed_at = o->placed_at_null ? 0 : DatumGetTimestampTz(values[att[OC_PLACED_AT]]);
-	o->completed_at_null = nulls[att[OC_COMPLETED_AT]];
-	o->completed_at = o->completed_at_null ? 0 :
-		DatumGetTimestampTz(values[att[OC_COMPLETED_AT]]);
-	o->nmilestones = -1;
-	o->current = -1;
-}
-
-/*
- * EngineMilestoneFromRow fills m, one of o's milestones, from a row of the
- * milestone's columns (values[att[MC_...]], as EngineOrderFromRow), and
- * makes it o's current one when it is in progress or delivered.
- */
-void
-EngineMilestoneFromRow(EngineOrder *o, EngineMilestone *m, const Datum *values,
-					   const bool *nulls, const int *att)
-{
-	char	   *state;
-
-	m->position = DatumGetInt16(values[att[MC_POSITION]]);
-	state = RowText(values, nulls, att[MC_STATE]);
-	m->state = StateCode(&MilestoneMachine, state);
-	if (m->state < 0)
-		elog(ERROR, "milestones engine: milestone %d of order " INT64_FORMAT " has unknown state \"%s\"",
-			 m->position, o->order_id, state ? state : "(null)");
-	m->name = RowText(values, nulls, att[MC_NAME]);
-	m->final = DatumGetBool(values[att[MC_FINAL]]);
-	m->amount = datumCopy(values[att[MC_AMOUNT]], false, -1);
-	m->respond_by_null = nulls[att[MC_RESPOND_BY]];
-	m->respond_by = m->respond_by_null ? 0 : DatumGetTimestampTz(values[att[MC_RESPOND_BY]]);
-	m->delivered_at_null = nulls[att[MC_DELIVERED_AT]];
-	m->delivered_at = m->delivered_at_null ? 0 :
-		DatumGetTimestampTz(values[att[MC_DELIVERED_AT]]);
-	m->deliveries = DatumGetInt32(values[att[MC_DELIVERIES]]);
-	m->due_at_null = nulls[att[MC_DUE_AT]];
-	m->due_at = m->due_at_null ? 0 : DatumGetTimestampTz(values[att[MC_DUE_AT]]);
-	if (m->state == MS_IN_PROGRESS || m->state == MS_DELIVERED)
-		o->current = (int) (m - o->ms);
-}
-
 static EnginePlan lock_read_plan = {
 	ORDER_COLUMNS ", NULL::pg_catalog.bool," MILESTONE_COLUMNS ORDER_MILESTONES_FROM,
 	1, {INT8OID}, NULL, CURSOR_OPT_FAST_PLAN
@@ -607,7 +529,7 @@ static void
 LockedOrderChecked(EngineOrder *o)
 {
 	CheckLockedOrder(o->order_id, o->nmilestones == 0 ||
-					 EngineUncheckedDirect(o->order_id) == 1);
+					 CheckUncheckedListed(o->order_id) == 1);
 }
 
 /* NoSuchOrder raises the P0002 of an order id that names no order. */
@@ -621,16 +543,127 @@ NoSuchOrder(int64 order_id)
 }
 
 /*
+ * EnginePaymentsSchema says whether this database is at 1.2 or later: the
+ * table of charges exists.  (The library also serves databases still at 1.0
+ * and 1.1, whose SQL calls the same functions: they are recorded mode.)
+ */
+bool
+EnginePaymentsSchema(void)
+{
+	Oid			nsp = get_namespace_oid("milestones", true);
+
+	return OidIsValid(nsp) && OidIsValid(get_relname_relid("order_charges", nsp));
+}
+
+/* The order's payment mode, when the locking statement read the order. */
+static EnginePlan mode_plan = {
+	"SELECT o.payment_mode OPERATOR(pg_catalog.=) 'confirmed' FROM milestones.orders o"
+	" WHERE o.order_id OPERATOR(pg_catalog.=) $1",
+	1, {INT8OID}
+};
+
+/* The open charge's columns, checked before they are read (ColumnsCheckResult). */
+static const ColumnSpec open_charge_columns[] =
+{
+	{"charge_id", INT8OID, false}, {"attempts", INT4OID, false}, {"state", TEXTOID, false},
+	{"pay_by", TIMESTAMPTZOID, false}, {"amount", NUMERICOID, false}
+};
+
+/*
+ * The order's open charge (requested or failed) and the sum of its late
+ * successes (booked and refunded), in one row.  The late successes through
+ * charge_attempts_late_idx: an order's rare late successes, found in a
+ * small index whatever the table holds.
+ */
+static EnginePlan open_charge_plan = {
+	"SELECT c.charge_id, c.attempts, c.state, c.pay_by,"
+	" (SELECT pg_catalog.sum(x.amount) FROM milestones.charge_attempts a"
+	" JOIN milestones.order_charges x ON x.charge_id OPERATOR(pg_catalog.=) a.charge_id"
+	" WHERE a.order_id OPERATOR(pg_catalog.=) $1 AND a.state OPERATOR(pg_catalog.=) 'succeeded'"
+	" AND NOT a.wanted)"
+	" FROM (SELECT 1) d LEFT JOIN milestones.order_charges c ON c.order_id OPERATOR(pg_catalog.=) $1"
+	" AND c.state OPERATOR(pg_catalog.=) ANY ('{requested,failed}'::pg_catalog.text[])",
+	1, {INT8OID}
+};
+
+/*
+ * ReadPayments completes the engine's picture of a locked order with
+ * what confirmed payments add: its payment mode (read with the order by the
+ * direct read; here when the statement read it), the milestone awaiting
+ * payment, the open charge and the late successes.  A recorded-mode order
+ * costs nothing more.
+ */
+static void
+ReadPayments(EngineOrder *o)
+{
+	Datum		values[1];
+	bool		isnull;
+	int			i;
+
+	o->awaiting = -1;
+	o->charge_id = 0;
+	o->charge_attempts = 0;
+	o->charge_state = -1;
+	o->pay_by = 0;
+	o->late = (Datum) 0;
+	values[0] = Int64GetDatum(o->order_id);
+	if (!o->mode_known)
+	{
+		o->confirmed = false;
+		if (EnginePaymentsSchema())
+		{
+			EngineExec(&mode_plan, values, NULL, SPI_OK_SELECT, 1);
+			o->confirmed = SPI_processed == 1 &&
+				DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)) &&
+				!isnull;
+		}
+		o->mode_known = true;
+	}
+	if (!o->confirmed)
+		return;
+	for (i = 0; i < o->nmilestones; i++)
+		if (o->ms[i].state == MS_AWAITING_PAYMENT)
+			o->awaiting = i;
+	EngineExec(&open_charge_plan, values, NULL, SPI_OK_SELECT, 1);
+	if (SPI_processed != 1)
+		elog(ERROR, "milestones engine: no charge row for order " INT64_FORMAT, o->order_id);
+	ColumnsCheckResult(SPI_tuptable, 1, 1, "order_charges", open_charge_columns,
+					   lengthof(open_charge_columns));
+	{
+		HeapTuple	tup = SPI_tuptable->vals[0];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		Datum		id = SPI_getbinval(tup, desc, 1, &isnull);
+		Datum		late;
+
+		if (!isnull)
+		{
+			char	   *state = SPI_getvalue(tup, desc, 3);
+
+			o->charge_id = DatumGetInt64(id);
+			o->charge_attempts = DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull));
+			o->charge_state = StateCode(&ChargeMachine, state);
+			if (o->charge_state < 0)
+				elog(ERROR, "milestones engine: charge " INT64_FORMAT " has unknown state \"%s\"",
+					 o->charge_id, state ? state : "(null)");
+			o->pay_by = DatumGetTimestampTz(SPI_getbinval(tup, desc, 4, &isnull));
+		}
+		late = SPI_getbinval(tup, desc, 5, &isnull);
+		if (!isnull)
+			o->late = datumCopy(late, false, -1);
+	}
+}
+
+/*
  * LockOrder is the body of EngineLockOrder: the lock and read of the order
  * and its milestones (LockOrderRead), then what confirmed payments add to
- * the picture (PaymentsReadOrder).
+ * the picture (ReadPayments).
  */
 static bool
 LockOrder(EngineOrder *o, int64 order_id, int64 actor_id, const char *role, bool eligible)
 {
 	bool		result = LockOrderRead(o, order_id, actor_id, role, eligible);
 
-	PaymentsReadOrder(o);
+	ReadPayments(o);
 	return result;
 }
 
@@ -781,22 +814,6 @@ EngineReadMilestones(EngineOrder *o)
 	values[0] = Int64GetDatum(o->order_id);
 	EngineExec(&milestones_plan, values, NULL, SPI_OK_SELECT, 0);
 	ReadMilestoneRows(o, 1);
-}
-
-/*
- * EngineSettingsRowsError refuses to read the settings when the table does
- * not have exactly one row (a DBA removed it, or added one, with the
- * table's guards switched off).
- */
-void
-EngineSettingsRowsError(int rows)
-{
-	ereport(ERROR,
-			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-			 errmsg("milestones.settings must have exactly one row"),
-			 errdetail("It has %d.", rows),
-			 errhint("Restore the row (INSERT INTO milestones.settings DEFAULT VALUES, then set each value with milestones.set_setting()), or remove the extra one.")));
-	pg_unreachable();
 }
 
 /*
@@ -1103,81 +1120,96 @@ StatusRank(EngineMilestone *m)
 }
 
 /*
- * EngineStatus returns the action's order_status row, built from what the
- * engine holds under the order's lock (the order row, all its milestones,
- * as they are after the action's writes) instead of querying the view,
- * which aggregates the milestones and the ledger.  The money columns
- * follow from the milestones' states by the invariants the commit check
- * holds (SPEC section 6): a milestone is charged its amount once it has
- * started, refunded its amount when refunded, and an ended order's payout
- * is that of its completed milestones.  With a key the row is also stored
- * as the key's result, as to_jsonb of the row (built here as JSON text).
- * test/sql/36_status_row.sql proves the row equal to the view's.
+ * StatusSums is what EngineStatus derives from the milestones: the current
+ * milestone, the last one not cancelled, and the money columns.
  */
-Datum
-EngineStatus(FunctionCallInfo fcinfo, MemoryContext caller, EngineOrder *o, text *key)
+typedef struct StatusSums
+{
+	EngineMilestone *cur;
+	int			last_live;
+	Datum		total;
+	Datum		charged;
+	Datum		refunded;
+	Datum		paid_out;
+	Datum		fee;
+	Datum		net;
+} StatusSums;
+
+/*
+ * StatusDesc returns the caller's result row type, blessed, after checking
+ * that it is order_status as 1.1 or 1.2 made it (its column count and
+ * names), and sets *ncolumns.
+ */
+static TupleDesc
+StatusDesc(FunctionCallInfo fcinfo, int *ncolumns)
 {
 	TupleDesc	resdesc;
-	MemoryContext old;
-	Datum		values[STATUS_NCOLUMNS];
-	bool		nulls[STATUS_NCOLUMNS];
-	EngineMilestone *cur = NULL;
-	int			last_live = -1;
-	Datum		zero = NumericGetDatum(int64_to_numeric(0));
-	Datum		total = zero;
-	Datum		charged = zero;
-	Datum		refunded = zero;
-	Datum		earned = zero;
-	Datum		paid_out = zero;
-	Datum		fee = zero;
-	Datum		net = zero;
-	HeapTuple	tup;
 	int			i;
-	int			ncolumns;
 
-	if (o->nmilestones < 0)
-		elog(ERROR, "milestones engine: order " INT64_FORMAT " status without its milestones",
-			 o->order_id);
-	old = MemoryContextSwitchTo(caller);
 	if (get_call_result_type(fcinfo, NULL, &resdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "milestones engine: return type must be a row type");
 	resdesc = BlessTupleDesc(resdesc);
-	ncolumns = resdesc->natts;
-	if (ncolumns != STATUS_NCOLUMNS && ncolumns != STATUS_NCOLUMNS_11)
+	*ncolumns = resdesc->natts;
+	if (*ncolumns != STATUS_NCOLUMNS && *ncolumns != STATUS_NCOLUMNS_11)
 		elog(ERROR, "milestones engine: order_status has %d columns, expected %d",
 			 resdesc->natts, STATUS_NCOLUMNS);
-	for (i = 0; i < ncolumns; i++)
+	for (i = 0; i < *ncolumns; i++)
 		if (strcmp(NameStr(TupleDescAttr(resdesc, i)->attname), status_columns[i]) != 0)
 			elog(ERROR, "milestones engine: order_status column %d is \"%s\", expected \"%s\"",
 				 i + 1, NameStr(TupleDescAttr(resdesc, i)->attname), status_columns[i]);
+	return resdesc;
+}
 
+/*
+ * StatusSum finds the current milestone (StatusRank) and sums the money
+ * columns from the milestones' states, by the invariants the commit check
+ * holds (SPEC section 6): a milestone is charged its amount once it has
+ * started, refunded its amount when refunded, and an ended order's payout
+ * is that of its completed milestones.  zero is numeric 0, allocated by the
+ * caller before it switched to its caller's memory context.
+ */
+static void
+StatusSum(EngineOrder *o, Datum zero, StatusSums *s)
+{
+	Datum		earned = zero;
+	int			i;
+
+	s->cur = NULL;
+	s->last_live = -1;
+	s->total = zero;
+	s->charged = zero;
+	s->refunded = zero;
+	s->paid_out = zero;
+	s->fee = zero;
+	s->net = zero;
 	for (i = 0; i < o->nmilestones; i++)
 	{
 		EngineMilestone *m = &o->ms[i];
+		EngineMilestone *cur = s->cur;
 
 		if (cur == NULL || StatusRank(m) < StatusRank(cur) ||
 			(StatusRank(m) == StatusRank(cur) &&
 			 (StatusRank(m) == 1 ? m->position > cur->position : m->position < cur->position)))
-			cur = m;
+			s->cur = m;
 		if (m->state != MS_CANCELLED)
 		{
-			total = NumAdd(total, m->amount);
-			if (m->position > last_live)
-				last_live = m->position;
+			s->total = NumAdd(s->total, m->amount);
+			if (m->position > s->last_live)
+				s->last_live = m->position;
 		}
 		if (m->state == MS_IN_PROGRESS || m->state == MS_DELIVERED ||
 			m->state == MS_COMPLETED || m->state == MS_REFUNDED)
-			charged = NumAdd(charged, m->amount);
+			s->charged = NumAdd(s->charged, m->amount);
 		if (m->state == MS_REFUNDED)
-			refunded = NumAdd(refunded, m->amount);
+			s->refunded = NumAdd(s->refunded, m->amount);
 		if (m->state == MS_COMPLETED)
 			earned = NumAdd(earned, m->amount);
 	}
 	/* Late successes were booked and refunded at once (confirmed mode). */
 	if (o->confirmed && o->late != (Datum) 0)
 	{
-		charged = NumAdd(charged, o->late);
-		refunded = NumAdd(refunded, o->late);
+		s->charged = NumAdd(s->charged, o->late);
+		s->refunded = NumAdd(s->refunded, o->late);
 	}
 	/* An ended order was paid out what its completed milestones earned. */
 	if (StateIsFinal(&OrderMachine, o->state) &&
@@ -1188,12 +1220,24 @@ EngineStatus(FunctionCallInfo fcinfo, MemoryContext caller, EngineOrder *o, text
 					n;
 
 		PayoutAmounts(DatumGetNumeric(earned), DatumGetNumeric(o->fee_rate), &g, &f, &n);
-		paid_out = NumericGetDatum(g);
-		fee = NumericGetDatum(f);
-		net = NumericGetDatum(n);
+		s->paid_out = NumericGetDatum(g);
+		s->fee = NumericGetDatum(f);
+		s->net = NumericGetDatum(n);
 	}
+}
 
-	memset(nulls, false, sizeof(nulls));
+/*
+ * StatusValues fills the order_status row's values and nulls from the
+ * order and its sums; 1.2's payment columns only when the row has them
+ * (ncolumns).
+ */
+static void
+StatusValues(EngineOrder *o, const StatusSums *s, TupleDesc resdesc, int ncolumns,
+			 Datum *values, bool *nulls)
+{
+	EngineMilestone *cur = s->cur;
+
+	memset(nulls, false, sizeof(bool) * STATUS_NCOLUMNS);
 	values[0] = Int64GetDatum(o->order_id);
 	values[1] = Int64GetDatum(o->seller_id);
 	values[2] = Int64GetDatum(o->buyer_id);
@@ -1219,17 +1263,17 @@ EngineStatus(FunctionCallInfo fcinfo, MemoryContext caller, EngineOrder *o, text
 		nulls[14] = cur->state != MS_DELIVERED || cur->respond_by_null;
 		values[14] = TimestampTzGetDatum(cur->respond_by);
 		values[23] = CStringGetTextDatum(cur->name);
-		nulls[24] = last_live < 0;
-		values[24] = BoolGetDatum(cur->position == last_live);
+		nulls[24] = s->last_live < 0;
+		values[24] = BoolGetDatum(cur->position == s->last_live);
 	}
 	nulls[15] = o->revisions_unlimited;
 	values[15] = Int32GetDatum(o->revisions_allowed - o->revisions_used);
-	values[16] = StatusNumeric(total, TupleDescAttr(resdesc, 16));
-	values[17] = StatusNumeric(charged, TupleDescAttr(resdesc, 17));
-	values[18] = StatusNumeric(paid_out, TupleDescAttr(resdesc, 18));
-	values[19] = StatusNumeric(refunded, TupleDescAttr(resdesc, 19));
-	values[20] = StatusNumeric(fee, TupleDescAttr(resdesc, 20));
-	values[21] = StatusNumeric(net, TupleDescAttr(resdesc, 21));
+	values[16] = StatusNumeric(s->total, TupleDescAttr(resdesc, 16));
+	values[17] = StatusNumeric(s->charged, TupleDescAttr(resdesc, 17));
+	values[18] = StatusNumeric(s->paid_out, TupleDescAttr(resdesc, 18));
+	values[19] = StatusNumeric(s->refunded, TupleDescAttr(resdesc, 19));
+	values[20] = StatusNumeric(s->fee, TupleDescAttr(resdesc, 20));
+	values[21] = StatusNumeric(s->net, TupleDescAttr(resdesc, 21));
 	values[22] = Int32GetDatum(o->revisions_used);
 	if (ncolumns == STATUS_NCOLUMNS)
 	{
@@ -1242,53 +1286,92 @@ EngineStatus(FunctionCallInfo fcinfo, MemoryContext caller, EngineOrder *o, text
 			CStringGetTextDatum(StateName(&ChargeMachine, o->charge_state));
 		values[29] = TimestampTzGetDatum(o->pay_by);
 	}
+}
+
+/*
+ * StatusStoreKey stores the row as the idempotency key's result, as
+ * to_jsonb of the row would write it (built here as JSON text).
+ */
+static void
+StatusStoreKey(text *key, TupleDesc resdesc, int ncolumns, const Datum *values, const bool *nulls)
+{
+	StringInfoData json;
+	int			i;
+
+	initStringInfo(&json);
+	for (i = 0; i < ncolumns; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(resdesc, i);
+		const char *name = NameStr(att->attname);
+
+		if (nulls[i])
+		{
+			JsonAddKey(&json, name);
+			appendStringInfoString(&json, "null");
+			continue;
+		}
+		switch (att->atttypid)
+		{
+			case INT8OID:
+				JsonAddInt(&json, name, false, DatumGetInt64(values[i]));
+				break;
+			case INT4OID:
+				JsonAddInt(&json, name, false, DatumGetInt32(values[i]));
+				break;
+			case TEXTOID:
+				JsonAddText(&json, name, TextDatumGetCString(values[i]));
+				break;
+			case TIMESTAMPTZOID:
+				JsonAddTimestamp(&json, name, DatumGetTimestampTz(values[i]));
+				break;
+			case NUMERICOID:
+				JsonAddNumeric(&json, name, values[i]);
+				break;
+			case BOOLOID:
+				JsonAddBool(&json, name, DatumGetBool(values[i]));
+				break;
+			default:
+				elog(ERROR, "milestones engine: order_status column \"%s\" has an unexpected type %u",
+					 name, att->atttypid);
+		}
+	}
+	appendStringInfoChar(&json, '}');
+	EngineIdemStore(key, EngineJsonb(json.data));
+}
+
+/*
+ * EngineStatus returns the action's order_status row, built from what the
+ * engine holds under the order's lock (the order row, all its milestones,
+ * as they are after the action's writes) instead of querying the view,
+ * which aggregates the milestones and the ledger.  The money columns
+ * follow from the milestones' states (StatusSum).  With a key the row is
+ * also stored as the key's result (StatusStoreKey).
+ * test/sql/36_status_row.sql proves the row equal to the view's.
+ */
+Datum
+EngineStatus(FunctionCallInfo fcinfo, MemoryContext caller, EngineOrder *o, text *key)
+{
+	TupleDesc	resdesc;
+	MemoryContext old;
+	Datum		values[STATUS_NCOLUMNS];
+	bool		nulls[STATUS_NCOLUMNS];
+	StatusSums	sums;
+	Datum		zero = NumericGetDatum(int64_to_numeric(0));
+	HeapTuple	tup;
+	int			ncolumns;
+
+	if (o->nmilestones < 0)
+		elog(ERROR, "milestones engine: order " INT64_FORMAT " status without its milestones",
+			 o->order_id);
+	old = MemoryContextSwitchTo(caller);
+	resdesc = StatusDesc(fcinfo, &ncolumns);
+	StatusSum(o, zero, &sums);
+	StatusValues(o, &sums, resdesc, ncolumns, values, nulls);
 	tup = heap_form_tuple(resdesc, values, nulls);
 	MemoryContextSwitchTo(old);
 
 	if (key != NULL)
-	{
-		StringInfoData json;
-
-		initStringInfo(&json);
-		for (i = 0; i < ncolumns; i++)
-		{
-			Form_pg_attribute att = TupleDescAttr(resdesc, i);
-			const char *name = NameStr(att->attname);
-
-			if (nulls[i])
-			{
-				JsonAddKey(&json, name);
-				appendStringInfoString(&json, "null");
-				continue;
-			}
-			switch (att->atttypid)
-			{
-				case INT8OID:
-					JsonAddInt(&json, name, false, DatumGetInt64(values[i]));
-					break;
-				case INT4OID:
-					JsonAddInt(&json, name, false, DatumGetInt32(values[i]));
-					break;
-				case TEXTOID:
-					JsonAddText(&json, name, TextDatumGetCString(values[i]));
-					break;
-				case TIMESTAMPTZOID:
-					JsonAddTimestamp(&json, name, DatumGetTimestampTz(values[i]));
-					break;
-				case NUMERICOID:
-					JsonAddNumeric(&json, name, values[i]);
-					break;
-				case BOOLOID:
-					JsonAddBool(&json, name, DatumGetBool(values[i]));
-					break;
-				default:
-					elog(ERROR, "milestones engine: order_status column \"%s\" has an unexpected type %u",
-						 name, att->atttypid);
-			}
-		}
-		appendStringInfoChar(&json, '}');
-		EngineIdemStore(key, EngineJsonb(json.data));
-	}
+		StatusStoreKey(key, resdesc, ncolumns, values, nulls);
 	return HeapTupleGetDatum(tup);
 }
 

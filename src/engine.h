@@ -49,7 +49,7 @@ enum
 	/*
 	 * The direct read (direct.c) reads the payment mode with the order (a
 	 * 1.2 column, optional: a 1.1 table has none); the locking statements
-	 * leave it to PaymentsReadOrder.
+	 * leave it to engine.c's ReadPayments.
 	 */
 	OC_PAYMENT_MODE = OC_COUNT, OC_DIRECT_COUNT
 };
@@ -118,7 +118,7 @@ typedef struct EngineOrder
 	TimestampTz placed_at;
 	bool		completed_at_null;
 	TimestampTz completed_at;
-	/* Confirmed payment mode (1.2, SPEC section 11); PaymentsReadOrder. */
+	/* Confirmed payment mode (1.2, SPEC section 11); engine.c's ReadPayments. */
 	bool		mode_known;		/* payment_mode was read with the order */
 	bool		confirmed;		/* payment_mode = 'confirmed' */
 	int			awaiting;		/* index of the milestone awaiting payment, or -1 */
@@ -215,6 +215,7 @@ extern int64 EngineResultInt(int col);
 extern void EngineExec(EnginePlan *p, Datum *values, const char *nulls,
 					   int expect, long tcount);
 extern void EngineRefuseOnStandby(const char *action);
+extern bool EnginePaymentsSchema(void);
 extern void EngineConnect(void);
 extern void EngineFinish(void);
 extern void EngineCheckId(bool isnull, int64 value, const char *argument);
@@ -288,8 +289,6 @@ extern Datum LedgerStart(EngineOrder *o, EngineMilestone *m);
 extern Datum EngineResultRow(FunctionCallInfo fcinfo, MemoryContext caller);
 
 /* payments.c (1.2, SPEC section 11) */
-extern bool PaymentsSchema(void);
-extern void PaymentsReadOrder(EngineOrder *o);
 extern bool PaymentsDeadlinePassed(EngineOrder *o);
 extern void PaymentsRequest(EngineOrder *o, EngineMilestone *m, const char *actor_role,
 							bool actor_null, int64 actor_id);

@@ -215,6 +215,7 @@ extern void CheckObserve(FactTable table, int64 order_id, const WriteFact *fact,
 extern void CheckDeclare(int64 order_id, const WriteFact *fact);
 extern void CheckFireDeferred(FunctionCallInfo fcinfo, int64 order_id, bool is_update);
 extern void CheckLockedOrder(int64 order_id, bool unchecked);
+extern int	CheckUncheckedListed(int64 order_id);
 extern WriteFact StateFact(FactTable table, bool insert, int from, int to, int position);
 extern int64 NumericToCents(Datum amount, bool *exact);
 
@@ -266,9 +267,6 @@ extern void ColumnsCheckResult(SPITupleTable *result, uint64 nrows, int first,
 extern Relation KeyIndexOpen(Relation rel, int nkeys, const int *attnums, Oid keytype);
 extern bool TableIsPlain(Form_pg_class c);
 
-/* direct.c: whether an order is listed in milestones.unchecked_orders */
-extern int	EngineUncheckedDirect(int64 order_id);
-
 /* payout.c */
 extern void PayoutAmounts(Numeric gross_raw, Numeric rate,
 						  Numeric *gross, Numeric *fee, Numeric *net);
@@ -277,6 +275,11 @@ extern void PayoutAmounts(Numeric gross_raw, Numeric rate,
 #define EVENTS_CHANNEL "milestones"
 
 /* relay.c */
+extern void RelayInit(void);
+extern bool RelayServesThisDatabase(void);
+extern void RelayWakeAtCommit(void);
+
+/* relay_batch.c: the batch in C, and the kept plans of both relay files */
 /*
  * The relay's kept plans (relay.c's statements and relay_batch.c's): the
  * statements' %1$s is the extension's quoted schema; each is prepared on
@@ -291,11 +294,6 @@ typedef struct RelayPlans
 
 extern SPIPlanPtr RelayPlan(RelayPlans *cache, int stmt, const char *schema, const char *sql,
 							int nargs, const Oid *argtypes, int cursor_options);
-extern void RelayInit(void);
-extern bool RelayServesThisDatabase(void);
-extern void RelayWakeAtCommit(void);
-
-/* relay_batch.c */
 extern int	RelayBatchSend(Oid nsp, const char *schema, const char *consumer,
 						   bool woken, int max_events, bool *fallback);
 extern void RelayBatchCommitted(void);

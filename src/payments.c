@@ -26,7 +26,6 @@
  */
 #include "postgres.h"
 
-#include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "fmgr.h"
 #include "utils/builtins.h"
@@ -45,34 +44,10 @@ PG_FUNCTION_INFO_V1(milestones_retry_refund);
 #define ARG_TEXT(n) (PG_ARGISNULL(n) ? NULL : PG_GETARG_TEXT_PP(n))
 
 /*
- * PaymentsSchema says whether this database is at 1.2 or later: the table
- * of charges exists.  (The library also serves databases still at 1.0 and
- * 1.1, whose SQL calls the same functions: they are recorded mode.)
- */
-bool
-PaymentsSchema(void)
-{
-	Oid			nsp = get_namespace_oid("milestones", true);
-
-	return OidIsValid(nsp) && OidIsValid(get_relname_relid("order_charges", nsp));
-}
-
-static EnginePlan mode_plan = {
-	"SELECT o.payment_mode OPERATOR(pg_catalog.=) 'confirmed' FROM milestones.orders o"
-	" WHERE o.order_id OPERATOR(pg_catalog.=) $1",
-	1, {INT8OID}
-};
-
-/*
  * The columns of the payment tables the statements below return, each
  * checked (ColumnsCheckResult) before it is read by position: a column a
  * DBA retyped or emptied is refused (42804, 22004), never misread.
  */
-static const ColumnSpec open_charge_columns[] =
-{
-	{"charge_id", INT8OID, false}, {"attempts", INT4OID, false}, {"state", TEXTOID, false},
-	{"pay_by", TIMESTAMPTZOID, false}, {"amount", NUMERICOID, false}
-};
 static const ColumnSpec requested_charge_columns[] =
 {
 	{"charge_id", INT8OID, true}, {"pay_by", TIMESTAMPTZOID, true}
@@ -98,88 +73,6 @@ static const ColumnSpec refund_read_columns[] =
 	{"amount", NUMERICOID, true}
 };
 static const ColumnSpec due_at_column[] = {{"due_at", TIMESTAMPTZOID, false}};
-
-/*
- * The order's open charge (requested or failed) and the sum of its late
- * successes (booked and refunded), in one row.
- */
-static EnginePlan open_charge_plan = {
-	"SELECT c.charge_id, c.attempts, c.state, c.pay_by,"
-	" (SELECT pg_catalog.sum(x.amount) FROM milestones.charge_attempts a"
-	" JOIN milestones.order_charges x ON x.charge_id OPERATOR(pg_catalog.=) a.charge_id"
-	" WHERE a.order_id OPERATOR(pg_catalog.=) $1 AND a.state OPERATOR(pg_catalog.=) 'succeeded'"
-	" AND NOT a.wanted)"
-	" FROM (SELECT 1) d LEFT JOIN milestones.order_charges c ON c.order_id OPERATOR(pg_catalog.=) $1"
-	" AND c.state OPERATOR(pg_catalog.=) ANY ('{requested,failed}'::pg_catalog.text[])",
-	1, {INT8OID}
-};
-
-/*
- * PaymentsReadOrder completes the engine's picture of a locked order with
- * what confirmed payments add: its payment mode (read with the order by the
- * direct read; here when the statement read it), the milestone awaiting
- * payment, the open charge and the late successes.  A recorded-mode order
- * costs nothing more.
- */
-void
-PaymentsReadOrder(EngineOrder *o)
-{
-	Datum		values[1];
-	bool		isnull;
-	int			i;
-
-	o->awaiting = -1;
-	o->charge_id = 0;
-	o->charge_attempts = 0;
-	o->charge_state = -1;
-	o->pay_by = 0;
-	o->late = (Datum) 0;
-	values[0] = Int64GetDatum(o->order_id);
-	if (!o->mode_known)
-	{
-		o->confirmed = false;
-		if (PaymentsSchema())
-		{
-			EngineExec(&mode_plan, values, NULL, SPI_OK_SELECT, 1);
-			o->confirmed = SPI_processed == 1 &&
-				DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)) &&
-				!isnull;
-		}
-		o->mode_known = true;
-	}
-	if (!o->confirmed)
-		return;
-	for (i = 0; i < o->nmilestones; i++)
-		if (o->ms[i].state == MS_AWAITING_PAYMENT)
-			o->awaiting = i;
-	EngineExec(&open_charge_plan, values, NULL, SPI_OK_SELECT, 1);
-	if (SPI_processed != 1)
-		elog(ERROR, "milestones engine: no charge row for order " INT64_FORMAT, o->order_id);
-	ColumnsCheckResult(SPI_tuptable, 1, 1, "order_charges", open_charge_columns,
-					   lengthof(open_charge_columns));
-	{
-		HeapTuple	tup = SPI_tuptable->vals[0];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		Datum		id = SPI_getbinval(tup, desc, 1, &isnull);
-		Datum		late;
-
-		if (!isnull)
-		{
-			char	   *state = SPI_getvalue(tup, desc, 3);
-
-			o->charge_id = DatumGetInt64(id);
-			o->charge_attempts = DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull));
-			o->charge_state = StateCode(&ChargeMachine, state);
-			if (o->charge_state < 0)
-				elog(ERROR, "milestones engine: charge " INT64_FORMAT " has unknown state \"%s\"",
-					 o->charge_id, state ? state : "(null)");
-			o->pay_by = DatumGetTimestampTz(SPI_getbinval(tup, desc, 4, &isnull));
-		}
-		late = SPI_getbinval(tup, desc, 5, &isnull);
-		if (!isnull)
-			o->late = datumCopy(late, false, -1);
-	}
-}
 
 /*
  * PaymentsDeadlinePassed says whether the order's open charge is void by

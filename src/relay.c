@@ -525,46 +525,6 @@ static SPIPlanPtr relay_plan_slots[STMT_COUNT];
 static RelayPlans relay_plans = {STMT_COUNT, relay_plan_slots, ""};
 
 /*
- * RelayPlan returns the kept plan of statement stmt of cache (sql with
- * %1$s for schema), preparing it on first use, and every plan of the cache
- * again when the extension's schema changed.
- */
-SPIPlanPtr
-RelayPlan(RelayPlans *cache, int stmt, const char *schema, const char *sql,
-		  int nargs, const Oid *argtypes, int cursor_options)
-{
-	int			i;
-
-	if (strcmp(schema, cache->schema) != 0)
-	{
-		for (i = 0; i < cache->count; i++)
-			if (cache->plans[i] != NULL)
-			{
-				SPI_freeplan(cache->plans[i]);
-				cache->plans[i] = NULL;
-			}
-		strlcpy(cache->schema, schema, sizeof(cache->schema));
-	}
-	if (cache->plans[stmt] == NULL)
-	{
-		StringInfoData text;
-		SPIPlanPtr	plan;
-
-		initStringInfo(&text);
-		appendStringInfo(&text, sql, cache->schema);
-		plan = SPI_prepare_cursor(text.data, nargs, (Oid *) argtypes, cursor_options);
-		if (plan == NULL)
-			elog(ERROR, "milestones relay: SPI_prepare failed for \"%s\": %s",
-				 text.data, SPI_result_code_string(SPI_result));
-		if (SPI_keepplan(plan) != 0)
-			elog(ERROR, "milestones relay: SPI_keepplan failed");
-		cache->plans[stmt] = plan;
-		pfree(text.data);
-	}
-	return cache->plans[stmt];
-}
-
-/*
  * RunStmt runs one of the relay's statements from its kept plan and checks
  * that it returned rows.
  */

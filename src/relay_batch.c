@@ -246,6 +246,48 @@ static const BatchStmtDef batch_stmts[BSTMT_COUNT] = {
 	1, {INT8OID}, SPI_OK_DELETE},
 };
 
+/*
+ * RelayPlan returns the kept plan of statement stmt of cache (sql with
+ * %1$s for schema), preparing it on first use, and every plan of the cache
+ * again when the extension's schema changed.  The worker (relay.c) keeps
+ * its SQL-path statements with it too: it lives here, below the worker,
+ * so that relay.c calls this file and never the other way round.
+ */
+SPIPlanPtr
+RelayPlan(RelayPlans *cache, int stmt, const char *schema, const char *sql,
+		  int nargs, const Oid *argtypes, int cursor_options)
+{
+	int			i;
+
+	if (strcmp(schema, cache->schema) != 0)
+	{
+		for (i = 0; i < cache->count; i++)
+			if (cache->plans[i] != NULL)
+			{
+				SPI_freeplan(cache->plans[i]);
+				cache->plans[i] = NULL;
+			}
+		strlcpy(cache->schema, schema, sizeof(cache->schema));
+	}
+	if (cache->plans[stmt] == NULL)
+	{
+		StringInfoData text;
+		SPIPlanPtr	plan;
+
+		initStringInfo(&text);
+		appendStringInfo(&text, sql, cache->schema);
+		plan = SPI_prepare_cursor(text.data, nargs, (Oid *) argtypes, cursor_options);
+		if (plan == NULL)
+			elog(ERROR, "milestones relay: SPI_prepare failed for \"%s\": %s",
+				 text.data, SPI_result_code_string(SPI_result));
+		if (SPI_keepplan(plan) != 0)
+			elog(ERROR, "milestones relay: SPI_keepplan failed");
+		cache->plans[stmt] = plan;
+		pfree(text.data);
+	}
+	return cache->plans[stmt];
+}
+
 /* The saved plans, and the schema they were prepared for. */
 static SPIPlanPtr batch_plan_slots[BSTMT_COUNT];
 static RelayPlans batch_plans = {BSTMT_COUNT, batch_plan_slots, ""};
@@ -1371,6 +1413,222 @@ RelayBatchForget(void)
 }
 
 /*
+ * Batch is one RelayBatchSend's work, passed between its steps: the events
+ * table and index, the consumer and where it stands (lo), the new tick
+ * (hi), the range's events and their payloads.
+ */
+typedef struct Batch
+{
+	const char *schema;
+	const char *consumer;
+	Relation	rel;
+	Relation	idx;
+	EventsColumns col;
+	Datum		arg;			/* the consumer's name, as text */
+	int64		here;			/* this cluster's system identifier */
+	bool		use_known;		/* the position this worker left is known */
+	bool		notify_on;		/* settings.notify */
+	int64		consumer_id;
+	int64		tick_id;
+	TickSnap	lo;
+	char	   *lo_text;
+	TickSnap	hi;
+	char	   *hi_text;
+	RangeEvent *events;
+	int			n;
+	char	  **payloads;
+} Batch;
+
+/* BatchStep is what a step of RelayBatchSend leaves to do next. */
+typedef enum BatchStep
+{
+	BATCH_GO,					/* go on with the next step */
+	BATCH_NOTHING,				/* nothing new: no batch */
+	BATCH_SQL					/* not the common case: the SQL functions */
+} BatchStep;
+
+/*
+ * BatchAnyNew is the look of a relay that was not woken: is there anything
+ * new past the consumer's tick?  Read-only (the consumer is read, not
+ * locked, unless its position is known), so an idle database costs no
+ * transaction id.
+ */
+static BatchStep
+BatchAnyNew(Batch *b)
+{
+	if (!b->use_known)
+	{
+		RunBatchStmt(BSTMT_CONSUMER, b->schema, &b->arg, NULL);
+		if (SPI_processed != 1)
+			return BATCH_NOTHING;	/* as _has_pending(): no such consumer */
+		if (GetBool(0, 3) || GetInt64(0, 5) != b->here)
+			return BATCH_SQL;
+		if (!ParseTick(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4), &b->lo))
+			return BATCH_SQL;
+	}
+	if (!AnyPending(b->rel, b->idx, &b->col, &b->lo, b->here))
+		return BATCH_NOTHING;
+	return BATCH_GO;
+}
+
+/*
+ * BatchLockConsumer locks the consumer and reads its tick and the notify
+ * setting (when the position this worker left is not known).
+ */
+static BatchStep
+BatchLockConsumer(Batch *b)
+{
+	RunBatchStmt(BSTMT_LOCK, b->schema, &b->arg, NULL);
+	if (SPI_processed != 1)
+		return BATCH_NOTHING;
+	b->consumer_id = GetInt64(0, 1);
+	b->tick_id = GetInt64(0, 2);
+	b->lo_text = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4);
+	if (GetBool(0, 3) || GetInt64(0, 5) != b->here || !ParseTick(b->lo_text, &b->lo))
+		return BATCH_SQL;
+	b->notify_on = GetBool(0, 6);
+	return BATCH_GO;
+}
+
+/*
+ * BatchTakeRange takes the new tick and reads the batch's range and,
+ * unless notify is off, its payloads.  The new tick: this transaction's id
+ * first, then a snapshot; the range and the orders are read with that very
+ * snapshot, so every event the tick sees, and its order, are there.  The
+ * tick is then cut where the range reaches a batch (_take_range_tick()'s
+ * rule), so that a backlog is sent a batch at a time, each moving the
+ * consumer's position.  A range longer than a batch (one huge transaction)
+ * is drained by the SQL functions.
+ */
+static BatchStep
+BatchTakeRange(Batch *b, Oid nsp, int max_events)
+{
+	Snapshot	snap;
+	uint64		upto;
+
+	(void) GetTopFullTransactionId();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	snap = GetActiveSnapshot();
+	TakeTick(snap, &b->hi);
+	if (!WalkRange(b->rel, b->idx, &b->col, snap, &b->lo, &b->hi, b->here, max_events,
+				   &b->events, &b->n, &upto))
+	{
+		PopActiveSnapshot();
+		return BATCH_SQL;
+	}
+	CutTick(&b->hi, upto);
+	b->hi_text = TickText(&b->hi);
+
+	/* The payloads, before anything is written (unless notify is off). */
+	if (b->n > 0 && b->notify_on)
+	{
+		b->payloads = palloc(b->n * sizeof(char *));
+		if (!BuildPayloads(nsp, snap, b->rel, &b->col, b->events, b->n, b->payloads))
+		{
+			PopActiveSnapshot();
+			return BATCH_SQL;
+		}
+	}
+	PopActiveSnapshot();
+	return BATCH_GO;
+}
+
+/*
+ * BatchMove stores the tick and the consumer's new position: the consumer
+ * stands at the new tick and its old one is pruned (in one update of the
+ * tick when possible).  Then remembers where the consumer stands once this
+ * commits, for the next batch (known_pending).
+ */
+static void
+BatchMove(Batch *b)
+{
+	Datum		values[7];
+	bool		moved;
+	bool		isnull;
+	int64		new_tick_id;
+
+	values[0] = Int64GetDatum(b->tick_id);
+	values[1] = DirectFunctionCall1(pg_snapshot_in, CStringGetDatum(b->hi_text));
+	values[2] = Int64GetDatum(b->consumer_id);
+	values[3] = Int64GetDatum(b->here);
+	values[4] = Int64GetDatum(b->n);
+	moved = false;
+	if (b->use_known)
+	{
+		values[5] = CStringGetTextDatum(b->lo_text);
+		values[6] = Int64GetDatum(b->n > 0 ? 1 : 0);
+		RunBatchStmt(BSTMT_MOVE_KNOWN, b->schema, values, NULL);
+		if (SPI_processed != 1)
+		{
+			known.valid = false;
+			ereport(ERROR,
+					(errmsg("milestones relay: its consumer \"%s\" was moved by another session", b->consumer),
+					 errdetail("The relay reads and locks the consumer again at its next batch.")));
+		}
+		b->notify_on = GetBool(0, 1);
+		moved = true;
+	}
+	else
+	{
+		/* n == 0: nothing visible yet (an open transaction's events). */
+		RunBatchStmt(b->n > 0 ? BSTMT_MOVE_FINISH : BSTMT_TICK_MOVE, b->schema, values, NULL);
+		moved = SPI_processed == 1;
+	}
+	if (!moved)
+	{
+		Datum		tick_values[2] = {values[1], Int64GetDatum(b->here)};
+
+		RunBatchStmt(BSTMT_TICK, b->schema, tick_values, NULL);
+		if (SPI_processed != 1)
+			elog(ERROR, "milestones relay: no tick was stored");
+		new_tick_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+		SetPosition(b->schema, b->consumer_id, new_tick_id, 0, 0, b->n > 0 ? 1 : 0, b->n);
+		PruneTick(b->schema, b->tick_id);
+	}
+
+	/* Where the consumer stands once this commits: known to the next batch. */
+	if (moved && strlen(b->hi_text) < sizeof(known_pending.tick_text))
+	{
+		known_pending.valid = true;
+		known_pending.events_relid = RelationGetRelid(b->rel);
+		known_pending.consumer_id = b->consumer_id;
+		known_pending.tick_id = b->tick_id;
+		strlcpy(known_pending.tick_text, b->hi_text, sizeof(known_pending.tick_text));
+	}
+	else
+		known.valid = false;
+}
+
+/*
+ * BatchNotify queues the batch's notifications, delivered when this
+ * transaction commits, and returns what RelayBatchSend returns: as
+ * _relay_batch(), one per event with an order, or -1 for none.
+ */
+static int
+BatchNotify(Batch *b)
+{
+	int			total;
+	int			i;
+
+	if (b->payloads != NULL && b->notify_on)
+		for (i = 0; i < b->n; i++)
+			if (b->payloads[i] != NULL)
+				Async_Notify(EVENTS_CHANNEL, b->payloads[i]);
+
+	index_close(b->idx, NoLock);
+	table_close(b->rel, NoLock);
+	if (b->n == 0)
+		return -1;
+	if (!b->notify_on)
+		return b->n;
+	/* As _relay_batch(): one row per event with an order. */
+	total = 0;
+	for (i = 0; i < b->n; i++)
+		total += b->payloads[i] != NULL;
+	return total > 0 ? total : -1;
+}
+
+/*
  * RelayBatchSend sends, in the caller's transaction, the notifications of
  * the consumer's next batch and moves the consumer past it, as
  * _has_pending() then _relay_batch() would.  Unless woken (a commit that
@@ -1378,200 +1636,62 @@ RelayBatchForget(void)
  * anything new, so that an idle database costs no transaction id.
  * Returns the events of the batch, or -1 when there is nothing new;
  * *fallback is set (and nothing written) when the case is not the common
- * one and the SQL functions must do it.
+ * one and the SQL functions must do it.  The steps: where the consumer
+ * stands (known, or BatchAnyNew and BatchLockConsumer), the range and its
+ * payloads (BatchTakeRange), the new position (BatchMove), the
+ * notifications (BatchNotify).
  */
 int
 RelayBatchSend(Oid nsp, const char *schema, const char *consumer, bool woken,
 			   int max_events, bool *fallback)
 {
-	Relation	rel = NULL;
-	Relation	idx = NULL;
-	EventsColumns col;
-	Datum		arg;
-	int64		consumer_id;
-	int64		tick_id;
-	int64		new_tick_id;
-	int64		here = (int64) GetSystemIdentifier();
-	TickSnap	lo;
-	TickSnap	hi;
-	char	   *lo_text;
-	char	   *hi_text;
-	Snapshot	snap;
-	RangeEvent *events;
-	char	  **payloads = NULL;
-	uint64		upto;
-	int			total;
-	int			n;
-	bool		notify_on = true;
-	bool		moved;
-	bool		use_known;
-	bool		isnull;
-	Datum		values[7];
-	int			i;
+	Batch		b;
+	BatchStep	step;
 
+	memset(&b, 0, sizeof(b));
+	b.schema = schema;
+	b.consumer = consumer;
+	b.here = (int64) GetSystemIdentifier();
+	b.notify_on = true;
 	*fallback = false;
 	known_pending.valid = false;
-	if (!OpenEvents(nsp, &rel, &idx, &col))
+	if (!OpenEvents(nsp, &b.rel, &b.idx, &b.col))
 		goto sql;
-	arg = CStringGetTextDatum(consumer);
-	use_known = known.valid && known.events_relid == RelationGetRelid(rel);
-	if (use_known)
+	b.arg = CStringGetTextDatum(consumer);
+	b.use_known = known.valid && known.events_relid == RelationGetRelid(b.rel);
+	if (b.use_known)
 	{
-		consumer_id = known.consumer_id;
-		tick_id = known.tick_id;
-		lo_text = known.tick_text;
-		if (!ParseTick(lo_text, &lo))
+		b.consumer_id = known.consumer_id;
+		b.tick_id = known.tick_id;
+		b.lo_text = known.tick_text;
+		if (!ParseTick(b.lo_text, &b.lo))
 			goto sql;
 	}
 
 	/* Not woken: anything new?  A read-only look at the consumer's tick. */
-	if (!woken)
-	{
-		if (!use_known)
-		{
-			RunBatchStmt(BSTMT_CONSUMER, schema, &arg, NULL);
-			if (SPI_processed != 1)
-				goto nothing;	/* as _has_pending(): no such consumer */
-			if (GetBool(0, 3) || GetInt64(0, 5) != here)
-				goto sql;
-			if (!ParseTick(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4), &lo))
-				goto sql;
-		}
-		if (!AnyPending(rel, idx, &col, &lo, here))
-			goto nothing;
-	}
-
+	step = woken ? BATCH_GO : BatchAnyNew(&b);
 	/* The consumer, locked, and its tick (unless known). */
-	if (!use_known)
-	{
-		RunBatchStmt(BSTMT_LOCK, schema, &arg, NULL);
-		if (SPI_processed != 1)
-			goto nothing;
-		consumer_id = GetInt64(0, 1);
-		tick_id = GetInt64(0, 2);
-		lo_text = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4);
-		if (GetBool(0, 3) || GetInt64(0, 5) != here || !ParseTick(lo_text, &lo))
-			goto sql;
-		notify_on = GetBool(0, 6);
-	}
-
-	/*
-	 * The new tick: this transaction's id first, then a snapshot; the range
-	 * and the orders are read with that very snapshot, so every event the
-	 * tick sees, and its order, are there.  The tick is then cut where the
-	 * range reaches a batch (_take_range_tick()'s rule), so that a backlog
-	 * is sent a batch at a time, each moving the consumer's position.  A
-	 * range longer than a batch (one huge transaction) is drained by the
-	 * SQL functions.
-	 */
-	(void) GetTopFullTransactionId();
-	PushActiveSnapshot(GetTransactionSnapshot());
-	snap = GetActiveSnapshot();
-	TakeTick(snap, &hi);
-	if (!WalkRange(rel, idx, &col, snap, &lo, &hi, here, max_events, &events, &n, &upto))
-	{
-		PopActiveSnapshot();
+	if (step == BATCH_GO && !b.use_known)
+		step = BatchLockConsumer(&b);
+	if (step == BATCH_GO)
+		step = BatchTakeRange(&b, nsp, max_events);
+	if (step == BATCH_NOTHING)
+		goto nothing;
+	if (step == BATCH_SQL)
 		goto sql;
-	}
-	CutTick(&hi, upto);
-	hi_text = TickText(&hi);
-
-	/* The payloads, before anything is written (unless notify is off). */
-	if (n > 0 && notify_on)
-	{
-		payloads = palloc(n * sizeof(char *));
-		if (!BuildPayloads(nsp, snap, rel, &col, events, n, payloads))
-		{
-			PopActiveSnapshot();
-			goto sql;
-		}
-	}
-	PopActiveSnapshot();
-
-	/*
-	 * The tick and the consumer's new position: the consumer stands at the
-	 * new tick and its old one is pruned (in one update of the tick when
-	 * possible).
-	 */
-	values[0] = Int64GetDatum(tick_id);
-	values[1] = DirectFunctionCall1(pg_snapshot_in, CStringGetDatum(hi_text));
-	values[2] = Int64GetDatum(consumer_id);
-	values[3] = Int64GetDatum(here);
-	values[4] = Int64GetDatum(n);
-	moved = false;
-	if (use_known)
-	{
-		values[5] = CStringGetTextDatum(lo_text);
-		values[6] = Int64GetDatum(n > 0 ? 1 : 0);
-		RunBatchStmt(BSTMT_MOVE_KNOWN, schema, values, NULL);
-		if (SPI_processed != 1)
-		{
-			known.valid = false;
-			ereport(ERROR,
-					(errmsg("milestones relay: its consumer \"%s\" was moved by another session", consumer),
-					 errdetail("The relay reads and locks the consumer again at its next batch.")));
-		}
-		notify_on = GetBool(0, 1);
-		moved = true;
-	}
-	else
-	{
-		/* n == 0: nothing visible yet (an open transaction's events). */
-		RunBatchStmt(n > 0 ? BSTMT_MOVE_FINISH : BSTMT_TICK_MOVE, schema, values, NULL);
-		moved = SPI_processed == 1;
-	}
-	if (!moved)
-	{
-		Datum		tick_values[2] = {values[1], Int64GetDatum(here)};
-
-		RunBatchStmt(BSTMT_TICK, schema, tick_values, NULL);
-		if (SPI_processed != 1)
-			elog(ERROR, "milestones relay: no tick was stored");
-		new_tick_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-		SetPosition(schema, consumer_id, new_tick_id, 0, 0, n > 0 ? 1 : 0, n);
-		PruneTick(schema, tick_id);
-	}
-
-	/* Where the consumer stands once this commits: known to the next batch. */
-	if (moved && strlen(hi_text) < sizeof(known_pending.tick_text))
-	{
-		known_pending.valid = true;
-		known_pending.events_relid = RelationGetRelid(rel);
-		known_pending.consumer_id = consumer_id;
-		known_pending.tick_id = tick_id;
-		strlcpy(known_pending.tick_text, hi_text, sizeof(known_pending.tick_text));
-	}
-	else
-		known.valid = false;
-
-	/* The notifications: delivered when this transaction commits. */
-	if (payloads != NULL && notify_on)
-		for (i = 0; i < n; i++)
-			if (payloads[i] != NULL)
-				Async_Notify(EVENTS_CHANNEL, payloads[i]);
-
-	index_close(idx, NoLock);
-	table_close(rel, NoLock);
-	if (n == 0)
-		return -1;
-	if (!notify_on)
-		return n;
-	/* As _relay_batch(): one row per event with an order. */
-	total = 0;
-	for (i = 0; i < n; i++)
-		total += payloads[i] != NULL;
-	return total > 0 ? total : -1;
+	BatchMove(&b);
+	return BatchNotify(&b);
 
 nothing:
-	index_close(idx, NoLock);
-	table_close(rel, NoLock);
+	index_close(b.idx, NoLock);
+	table_close(b.rel, NoLock);
 	return -1;
 
 sql:
-	if (RelationIsValid(rel))
+	if (RelationIsValid(b.rel))
 	{
-		index_close(idx, NoLock);
-		table_close(rel, NoLock);
+		index_close(b.idx, NoLock);
+		table_close(b.rel, NoLock);
 	}
 	known.valid = false;
 	*fallback = true;

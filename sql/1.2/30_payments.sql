@@ -221,6 +221,13 @@ COMMENT ON COLUMN @extschema@.charge_attempts.wanted IS
     'For a success: true when it paid the milestone, false when the charge was no longer wanted (voided, or paid by another attempt): then it was booked and refunded at once.';
 COMMENT ON COLUMN @extschema@.charge_attempts.reported_at IS 'When the payment worker last reported this attempt''s outcome.';
 COMMENT ON COLUMN @extschema@.charge_attempts.order_id IS 'The charge''s order (the commit check and the order lock work per order).';
+-- An order's late successes (booked and refunded at once), which every
+-- action of a confirmed-mode order sums: rare rows, so a small index that
+-- finds them whatever the table holds (without it the planner, which
+-- rightly guesses "succeeded and not wanted" to be a few rows, read the
+-- whole table on each action: 1.4 ms at 6,000 attempts).
+CREATE INDEX charge_attempts_late_idx ON @extschema@.charge_attempts (order_id)
+    WHERE state = 'succeeded' AND NOT wanted;
 
 -- The guards: only the transitions of src/states.c, immutable identity
 -- columns, no DELETE or TRUNCATE; every write is a fact of its order for

@@ -12,6 +12,13 @@
 # orders, in three groups by the milestone support cancels) and
 # cancel_milestone.sql, plus the whole-order race's accept.sql, stop.sql,
 # revise.sql and sweep.sql.
+#
+# Two tests depend on how the machine schedules the sessions, not on the
+# engine: that every kind of call won on some orders, and that the calls
+# overlapped.  On a machine busy enough that one pgbench process falls
+# behind the others all along, it wins nothing; then the race runs again on
+# new orders (tap_retry in lib.sh, at most 3 times), but only when every
+# other test of that attempt passed.
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
 conc=$(cd "$here/../concurrency" && pwd)
@@ -20,11 +27,11 @@ conc=$(cd "$here/../concurrency" && pwd)
 
 N=${RACE_ORDERS:-300}        # orders: a third per group
 C=${RACE_CLIENTS:-2}         # pgbench clients per action (4 actions + 2 sweepers)
-DB=ms_cmrace_$$
+MAX_ATTEMPTS=3               # the race again when only the scheduler's part failed (tap_retry)
 AGENT=ms_cmrace_agent_$$
 tmp=$(mktemp -d)
 cleanup() {
-  dropdbs "$DB"
+  for k in $(seq 1 "$MAX_ATTEMPTS"); do dropdbs "ms_cmrace_$$_$k"; done
   psql -X -q -d postgres -c "DROP ROLE IF EXISTS $AGENT" >/dev/null 2>&1
   rm -rf "$tmp"
 }
@@ -32,9 +39,13 @@ trap cleanup EXIT
 
 plan 23
 ms_now() { date +%s%3N; }
+
+attempt() {   # attempt K: the whole race in a database of its own, 23 tests
+DB=ms_cmrace_$$_$1
+[ "$1" -gt 1 ] && dropdbs "ms_cmrace_$$_$(( $1 - 1 ))"
 t_start=$(ms_now)
 newdb "$DB"
-q "$DB" "CREATE ROLE $AGENT LOGIN PASSWORD '${PGPASSWORD:-x}' IN ROLE milestones_support" >/dev/null ||
+[ "$1" -gt 1 ] || q "$DB" "CREATE ROLE $AGENT LOGIN PASSWORD '${PGPASSWORD:-x}' IN ROLE milestones_support" >/dev/null ||
   bail "cannot create the support login"
 psql -X -q -v ON_ERROR_STOP=1 -v n="$N" -v agent="$AGENT" -d "$DB" -f "$conc/cancel_milestone_setup.sql" >/dev/null 2>"$tmp/setup.err"
 ok $? "$N orders placed with milestone 1 delivered (setup in $(( $(ms_now) - t_start )) ms)"
@@ -176,5 +187,7 @@ ok $? "the calls really raced: on at least a quarter of the orders all four ende
 t_end=$(ms_now)
 [ $(( t_end - t_start )) -lt 45000 ]
 ok $? "the suite ran in $(( t_end - t_start )) ms (limit 45 s)"
+}
 
+tap_retry "$MAX_ATTEMPTS" '^(every kind of call won on some orders|the calls really raced: )' attempt
 exit $(( TAP_FAILED > 0 ))

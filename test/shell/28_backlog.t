@@ -87,6 +87,7 @@ CREATE TABLE public.got (pos bigint, event_id bigint);
 CREATE TABLE public.got_c (pos bigserial, event_id bigint, b bigint);
 CREATE TABLE public.drain_info (pid integer, seconds numeric, events bigint, batches integer, median_us numeric);
 CREATE TABLE public.wait_for_late (x integer);
+CREATE TABLE public.c_pending (pos bigserial, pending bigint);
 CREATE TABLE public.samples (n integer, at timestamptz, pending bigint);
 -- order_problems(source, from): what is wrong with the delivery recorded in
 -- public.got (source 'relay') or public.got_c ('consumer') of the events
@@ -249,11 +250,15 @@ arrived() {
 }
 # drain: the consumer reads batches of 1000 until nothing is new (and no
 # late transaction is awaited), each batch its own transaction; its
-# pending events and its backend's memory sampled meanwhile.  Sets
-# drain_s, drain_n, drain_batches, c_rss_before, c_rss_peak.
+# backend's memory sampled meanwhile, and consumer_status.pending_events
+# read after every 5th batch's commit, in a transaction of its own outside
+# the batch's timing (read by the drain itself: a sampler session started
+# by psql every 50 ms saw only 2 values of a 60,000-event drain on a busy
+# machine).  Sets drain_s, drain_n, drain_batches, c_rss_before,
+# c_rss_peak and writes the samples to $tmp/c_pending.
 drain() {
   local dp a v
-  q "$DB" "TRUNCATE public.got_c, public.drain_info" >/dev/null
+  q "$DB" "TRUNCATE public.got_c, public.drain_info, public.c_pending" >/dev/null
   psql -X -q -d "$DB" >"$tmp/drain.out" 2>&1 <<'SQL' &
 DO $$
 DECLARE b bigint; t0 timestamptz; tb timestamptz; k bigint; n bigint := 0; nb integer := 0; per_event float8[] := '{}';
@@ -281,6 +286,11 @@ BEGIN
         IF k > 0 THEN
             per_event := per_event || (extract(epoch FROM clock_timestamp() - tb) * 1e6 / k)::float8;
         END IF;
+        IF nb % 5 = 1 THEN
+            INSERT INTO public.c_pending (pending)
+            SELECT pending_events FROM milestones.consumer_status WHERE consumer = 'backlog';
+            COMMIT;
+        END IF;
     END LOOP;
     UPDATE public.drain_info SET seconds = extract(epoch FROM clock_timestamp() - t0), events = n, batches = nb,
            median_us = (SELECT round(percentile_cont(0.5) WITHIN GROUP (ORDER BY x)::numeric, 1) FROM unnest(per_event) x);
@@ -290,14 +300,14 @@ SQL
   for _ in $(seq 1 100); do dp=$(q "$DB" "SELECT pid FROM public.drain_info"); [ -n "$dp" ] && break; sleep 0.02; done
   read -r c_rss_before _ <<<"$(rss "$dp")"
   c_rss_peak=$c_rss_before
-  : > "$tmp/c_pending"
   while kill -0 "$dpid" 2>/dev/null; do
     read -r a v <<<"$(rss "$dp")"
     [ "${a:-0}" -gt "$c_rss_peak" ] && c_rss_peak=$a
-    q "$DB" "SELECT pending_events FROM milestones.consumer_status WHERE consumer = 'backlog'" >> "$tmp/c_pending" 2>/dev/null
     sleep 0.05
   done
   wait "$dpid"
+  { q "$DB" "SELECT pending FROM public.c_pending ORDER BY pos"
+    q "$DB" "SELECT pending_events FROM milestones.consumer_status WHERE consumer = 'backlog'"; } > "$tmp/c_pending"
   read -r drain_s drain_n drain_batches drain_median <<<"$(q "$DB" "SELECT round(seconds, 2), events, batches, median_us FROM public.drain_info" | tr '|' ' ')"
 }
 # counts_down FILE: the samples went down step by step: a value between

@@ -35,18 +35,28 @@ SELECT milestones.request_withdrawal(:s, 1.00, 'USD');
 SQL
 
 pm_pid=$(q $db "SELECT pg_catalog.split_part(pg_catalog.pg_read_file('postmaster.pid'), E'\n', 1)")
+# The watch for the sweep runs in the server, every 10 ms (a fresh read of
+# pg_stat_activity each time), not a psql started per look: on a busy
+# machine starting psql takes long enough to miss a sweep of a second or two.
+q $db "CREATE FUNCTION public.sweep_after(min_s float8) RETURNS integer LANGUAGE plpgsql AS \$\$
+DECLARE p integer;
+BEGIN
+    FOR i IN 1 .. 3000 LOOP
+        PERFORM pg_stat_clear_snapshot();
+        SELECT pid INTO p FROM pg_stat_activity
+         WHERE application_name = 'crash_sweep' AND state = 'active'
+           AND backend_xid IS NOT NULL AND clock_timestamp() - xact_start > make_interval(secs => min_s);
+        IF p IS NOT NULL THEN RETURN p; END IF;
+        PERFORM pg_sleep(0.01);
+    END LOOP;
+    RETURN NULL;
+END \$\$" >/dev/null || bail "cannot create the watch function"
 pgbench -n -c 4 -j 4 -T 20 -f "$tmp/withdraw.sql" $db > "$tmp/pgbench.out" 2>&1 &
 bench=$!
 PGAPPNAME=crash_sweep psql -X -q -A -t -d $db -c "SELECT milestones.clear_earnings(milestones.now(), 100000)" \
   > "$tmp/sweep.out" 2>&1 &
 sweep=$!
-victim=""
-for i in $(seq 1 200); do
-  victim=$(q $db "SELECT pid FROM pg_stat_activity WHERE application_name = 'crash_sweep' AND state = 'active'
-                    AND backend_xid IS NOT NULL AND now() - xact_start > interval '1 second'")
-  [ -n "$victim" ] && break
-  sleep 0.05
-done
+victim=$(q $db "SELECT public.sweep_after(1)")
 ok $([ -n "$victim" ]; echo $?) "the sweep has been clearing for 1 s beside 4 withdrawing clients (pid ${victim:-none})"
 kill -9 "$victim"
 ok $? "kill -9 the sweep's backend"

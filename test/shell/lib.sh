@@ -33,6 +33,9 @@ bail() {
 # outcome (the books, the invariants, one winner per order) passed in every
 # attempt that was run again: a bug cannot hide behind a retry, only bad
 # luck with the scheduler.
+# SCHEDULER_TESTS: the races' tests that only the scheduler decides (the
+# pattern 21_concurrency.t and 22_cancel_milestone_race.t give tap_retry).
+SCHEDULER_TESTS='^(every kind of call won on some orders|the calls really raced: )'
 tap_retry() {
   local max=$1 pat=$2 fn=$3 k out failed
   out=$(mktemp)
